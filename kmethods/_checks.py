@@ -1,0 +1,103 @@
+"""Input validation shared by the public functions.
+
+Every check runs on concrete arrays only: under `jit`/`vmap` the arrays are tracers and the
+checks that need values (finiteness, positivity) are skipped, while shape checks always run.
+Checks happen in Python before any compiled work starts, so bad input fails fast.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(x) -> bool:
+    """True when `x` holds values (not a tracer inside jit/vmap/grad)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def as_points(x, name: str, *, min_points: int = 2) -> jax.Array:
+    """Validates a sample of points: a floating (n, d) array of finite values, n >= min_points.
+
+    A 1-d array of length n is read as n points in one dimension.
+    """
+    if isinstance(x, (str, bytes)) or x is None:
+        raise TypeError(f"`{name}` must be an array of shape (n, d), got {type(x).__name__}.")
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        if jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_:
+            x = x.astype(jnp.result_type(float))
+        else:
+            raise TypeError(f"`{name}` must hold real floating values, got dtype {x.dtype}.")
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2:
+        raise ValueError(f"`{name}` must have shape (n, d) or (n,), got shape {x.shape}.")
+    if x.shape[0] < min_points:
+        raise ValueError(f"`{name}` needs at least {min_points} points, got {x.shape[0]}.")
+    if x.shape[1] < 1:
+        raise ValueError(f"`{name}` has zero dimensions (shape {x.shape}).")
+    check_finite(x, name)
+    return x
+
+
+def check_finite(x, name: str) -> None:
+    if is_concrete(x) and not bool(np.all(np.isfinite(np.asarray(x)))):
+        raise ValueError(f"`{name}` contains NaN or inf values.")
+
+
+def check_positive(value, name: str) -> None:
+    """Raises if a concrete scalar (or every entry of an array) is not > 0."""
+    if value is None or not is_concrete(value):
+        return
+    arr = np.asarray(value)
+    if not np.all(np.isfinite(arr)) or not np.all(arr > 0):
+        raise ValueError(f"`{name}` must be positive and finite, got {value!r}.")
+
+
+def same_dimension(x, y, name_x: str, name_y: str) -> None:
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(
+            f"`{name_x}` and `{name_y}` must have the same dimension d, got "
+            f"{x.shape[1]} and {y.shape[1]}."
+        )
+
+
+def same_length(x, y, name_x: str, name_y: str) -> None:
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"`{name_x}` and `{name_y}` must hold the same number of points (paired samples), "
+            f"got {x.shape[0]} and {y.shape[0]}."
+        )
+
+
+def choice(value, name: str, options) -> None:
+    if value not in options:
+        raise ValueError(f"`{name}` must be one of {tuple(options)}, got {value!r}.")
+
+
+def positive_int(value, name: str, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}.")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {value}.")
+    return int(value)
+
+
+def probability(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+        raise TypeError(f"`{name}` must be a float in (0, 1), got {type(value).__name__}.")
+    if not 0.0 < float(value) < 1.0:
+        raise ValueError(f"`{name}` must lie in (0, 1), got {value}.")
+    return float(value)
+
+
+def check_kernel(kernel, name: str = "kernel") -> None:
+    from kmethods.kernels import Kernel
+
+    if not isinstance(kernel, Kernel):
+        raise TypeError(
+            f"`{name}` must be a kmethods kernel (e.g. kmethods.Gaussian(1.0)), "
+            f"got {type(kernel).__name__}."
+        )

@@ -1,0 +1,82 @@
+"""Calibration shared by the kernel tests: the result type, p-values and resampling draws.
+
+All draws are vectorised over the resamples (one `vmap`, no Python loop), and a p-value follows
+the (1 + count) / (1 + B) convention, which keeps a permutation or bootstrap test valid at any
+number B of resamples (Phipson & Smyth, 2010).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "TestResult",
+    "gamma_p_value",
+    "multinomial_weights",
+    "permuted_labels",
+    "resample_p_value",
+    "wild_bootstrap_signs",
+]
+
+
+class TestResult(NamedTuple):
+    """Outcome of a kernel hypothesis test.
+
+    Attributes:
+      statistic: the test statistic (its definition is in each test's docstring).
+      p_value: the p-value, in (0, 1].
+      reject: whether the null hypothesis is rejected at level alpha (p_value <= alpha).
+      null_samples: the statistic recomputed under the null, one per permutation or bootstrap
+        draw, shape (B,); empty (shape (0,)) for an asymptotic null such as `null="gamma"`.
+    """
+
+    statistic: jax.Array
+    p_value: jax.Array
+    reject: jax.Array
+    null_samples: jax.Array
+
+    __test__ = False  # not a pytest test class
+
+
+def resample_p_value(statistic, null_samples):
+    """(1 + #{b : null_b >= statistic}) / (1 + B)."""
+    count = jnp.sum(null_samples >= statistic)
+    return (1.0 + count) / (1.0 + null_samples.shape[0])
+
+
+def gamma_p_value(statistic, mean, variance):
+    """Upper tail of the moment-matched gamma law with the given mean and variance."""
+    shape = mean**2 / variance
+    scale = variance / mean
+    return jax.scipy.special.gammaincc(shape, statistic / scale)
+
+
+def permuted_labels(key, labels, num_permutations):
+    """`num_permutations` random permutations of a label vector, shape (B, n)."""
+    keys = jax.random.split(key, num_permutations)
+    return jax.vmap(lambda k: jax.random.permutation(k, labels))(keys)
+
+
+def multinomial_weights(key, n, num_draws, dtype):
+    """Bootstrap weights w = counts / n with counts ~ Multinomial(n; 1/n, ..., 1/n); (B, n)."""
+    idx = jax.random.randint(key, (num_draws, n), 0, n)
+    counts = jax.vmap(lambda i: jnp.zeros(n, dtype).at[i].add(1.0))(idx)
+    return counts / n
+
+
+def wild_bootstrap_signs(key, n, num_draws, flip_probability, dtype):
+    """The wild bootstrap process of Chwialkowski, Strathmann & Gretton (2016), shape (B, n).
+
+    W_1 is a uniform sign and W_t = -W_{t-1} with probability `flip_probability`, else
+    W_{t-1}. With probability 1/2 the signs are i.i.d. Rademacher (for i.i.d. samples); a small
+    flip probability keeps neighbouring signs correlated, which is what a dependent (e.g. MCMC)
+    sample needs.
+    """
+    k0, k1 = jax.random.split(key)
+    first = jax.random.rademacher(k0, (num_draws, 1), dtype=jnp.int32)
+    flips = jax.random.bernoulli(k1, flip_probability, (num_draws, n - 1)).astype(jnp.int32)
+    parity = jnp.concatenate([jnp.zeros((num_draws, 1), jnp.int32), jnp.cumsum(flips, 1)], 1)
+    return (first * (1 - 2 * (parity % 2))).astype(dtype)
