@@ -68,6 +68,7 @@ def _hsic(x, y, kernel_x, kernel_y, *, unbiased, block_size):
         return jnp.sum(kb * lb, axis=1), jnp.sum(kb, axis=1), jnp.sum(lb, axis=1)
 
     kl, k_rows, l_rows = map_row_blocks(block, x, y, block_size=block_size, num_columns=n)
+    n = float(n)  # n(n-1)(n-2) overflows int32 for n in the thousands
     trace_kl, k_sum, l_sum = jnp.sum(kl), jnp.sum(k_rows), jnp.sum(l_rows)
     cross = jnp.dot(k_rows, l_rows)  # 1'K L 1
     if unbiased:
@@ -161,15 +162,17 @@ def _hsic_permutation_test(key, x, y, kernel_x, kernel_y, alpha, *, num_permutat
     a_diag = jnp.diag(a)
     b_flat, b_diag = b.ravel(), jnp.diag(b)
 
+    nf = float(n)
+
     def statistic(p):
         # sum_ij A_ij B_{p_i p_j}, with A and B symmetric: twice the upper triangle plus diagonal.
         s = 2.0 * jnp.dot(a_upper, b_flat[p[iu] * n + p[ju]]) + jnp.dot(a_diag, b_diag[p])
         if unbiased:
             cross = jnp.dot(a_rows, b_rows[p])
-            return (s + a_sum * b_sum / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)) / (
-                n * (n - 3)
+            return (s + a_sum * b_sum / ((nf - 1) * (nf - 2)) - 2.0 * cross / (nf - 2)) / (
+                nf * (nf - 3)
             )
-        return s / n**2
+        return s / nf**2
 
     keys = jax.random.split(key, num_permutations)
     num_batches = -(-num_permutations // batch)
@@ -204,6 +207,7 @@ def _hsic_gamma_test(x, y, kernel_x, kernel_y, alpha, *, block_size):
     kl, kl2 = map_row_blocks(
         centred, x, y, k_mean_rows, l_mean_rows, block_size=block_size, num_columns=n
     )
+    n = float(n)
     statistic = jnp.sum(kl) / n  # n * HSIC_b
     # Variance of HSIC_b under H0 (Gretton et al. 2008, Theorem 4 and their reference code).
     variance = (

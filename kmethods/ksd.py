@@ -91,8 +91,8 @@ def ksd2(x, score, kernel, *, unbiased=True, block_size=None):
 
 @partial(jax.jit, static_argnames=("unbiased", "block_size"))
 def _ksd2(x, scores, kernel, *, unbiased, block_size):
-    n = x.shape[0]
-    ones = jnp.ones(n, x.dtype)
+    ones = jnp.ones(x.shape[0], x.dtype)
+    n = float(x.shape[0])
     u_rows = langevin_stein_matvec(kernel, x, scores, ones, exclude_diagonal=unbiased,
                                    block_size=block_size)
     return jnp.sum(u_rows) / (n * (n - 1) if unbiased else n**2)
@@ -167,7 +167,7 @@ def _ksd_bootstrap_test(key, x, scores, kernel, alpha, flip_probability, *, num_
     u_columns = langevin_stein_matvec(kernel, x, scores, columns, exclude_diagonal=not wild,
                                       block_size=block_size)
     forms = jnp.einsum("ib,ib->b", columns, u_columns)
-    statistic = forms[0] if wild else forms[0] / (n * (n - 1))
+    statistic = forms[0] if wild else forms[0] / (float(n) * (n - 1))
     null_samples = forms[1:]
     p_value = resample_p_value(statistic, null_samples)
     return TestResult(statistic, p_value, p_value <= alpha, null_samples)

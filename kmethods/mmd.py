@@ -51,7 +51,7 @@ def _promote(*arrays):
 
 @partial(jax.jit, static_argnames=("unbiased", "block_size"))
 def _mmd2(x, y, kernel, *, unbiased, block_size):
-    n, m = x.shape[0], y.shape[0]
+    n, m = float(x.shape[0]), float(y.shape[0])  # floats: n(n-1) overflows int32 at n ~ 46k
     kxx = kernel_sum(kernel, x, x, exclude_diagonal=unbiased, block_size=block_size)
     kyy = kernel_sum(kernel, y, y, exclude_diagonal=unbiased, block_size=block_size)
     kxy = kernel_sum(kernel, x, y, block_size=block_size)
@@ -133,8 +133,10 @@ def _mmd_permutation_test(key, x, y, kernel, alpha, *, num_permutations, unbiase
     within_y = total - 2.0 * x_to_all + within_x  # f' K f with f = 1 - e
     between = x_to_all - within_x  # e' K f
     if unbiased:
+        n, m = float(n), float(m)
         stats = within_x / (n * (n - 1)) + within_y / (m * (m - 1)) - 2.0 * between / (n * m)
     else:
+        n, m = float(n), float(m)
         stats = within_x / n**2 + within_y / m**2 - 2.0 * between / (n * m)
     statistic, null_samples = stats[0], stats[1:]
     p_value = resample_p_value(statistic, null_samples)
@@ -152,6 +154,7 @@ def _mmd_gamma_test(x, y, kernel, alpha, *, block_size):
         return jnp.sum(h, axis=1), jnp.sum(h_off**2, axis=1)
 
     h_rows, h2_rows = map_row_blocks(block, x, y, block_size=block_size, num_columns=m)
+    m = float(m)
     statistic = jnp.sum(h_rows) / m  # m * MMD_b^2
     diag_xy = jax.vmap(kernel)(x, y)
     # E[m MMD_b^2] under H0 (Gretton et al. 2012, Sec. 5), written for kernels with any k(z, z).

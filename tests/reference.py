@@ -1,0 +1,94 @@
+"""Dense NumPy (float64) reference formulas, written independently of kmethods."""
+
+import numpy as np
+
+
+def sqdist(x, y):
+    return ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+
+
+def gram(name, x, y, **p):
+    r2 = sqdist(x, y)
+    r = np.sqrt(r2)
+    if name == "gaussian":
+        return np.exp(-r2 / (2 * p["bandwidth"] ** 2))
+    if name == "imq":
+        return (p["c"] ** 2 + r2 / p["bandwidth"] ** 2) ** p["beta"]
+    if name == "laplace":
+        return np.exp(-r / p["bandwidth"])
+    if name == "matern":
+        nu, h = p["nu"], p["bandwidth"]
+        if nu == 0.5:
+            return np.exp(-r / h)
+        if nu == 1.5:
+            a = np.sqrt(3) * r / h
+            return (1 + a) * np.exp(-a)
+        a = np.sqrt(5) * r / h
+        return (1 + a + a**2 / 3) * np.exp(-a)
+    if name == "sinc":
+        return np.prod(np.sinc((x[:, None, :] - y[None, :, :]) / p["bandwidth"]), axis=-1)
+    if name == "linear":
+        return x @ y.T
+    if name == "polynomial":
+        return (p["scale"] * (x @ y.T) + p["c"]) ** p["degree"]
+    raise ValueError(name)
+
+
+def mmd2(kxx, kyy, kxy, unbiased):
+    n, m = kxx.shape[0], kyy.shape[0]
+    if unbiased:
+        return (
+            (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
+            + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+            - 2 * kxy.mean()
+        )
+    return kxx.mean() + kyy.mean() - 2 * kxy.mean()
+
+
+def hsic(k, l_mat, unbiased):
+    n = k.shape[0]
+    if not unbiased:
+        h = np.eye(n) - 1.0 / n
+        return np.trace(k @ h @ l_mat @ h) / n**2
+    kt = k - np.diag(np.diag(k))
+    lt = l_mat - np.diag(np.diag(l_mat))
+    one = np.ones(n)
+    return (
+        np.trace(kt @ lt)
+        + (one @ kt @ one) * (one @ lt @ one) / ((n - 1) * (n - 2))
+        - 2.0 / (n - 2) * (one @ kt @ lt @ one)
+    ) / (n * (n - 3))
+
+
+def stein_gram(name, x, s, **p):
+    """Langevin Stein kernel matrix from hand-derived kernel derivatives."""
+    d = x.shape[1]
+    diff = x[:, None, :] - x[None, :, :]  # x_i - x_j
+    r2 = (diff**2).sum(-1)
+    ss = s @ s.T
+    # (s_j - s_i) . (x_i - x_j)
+    cross = np.einsum("jk,ijk->ij", s, diff) - np.einsum("ik,ijk->ij", s, diff)
+    if name == "gaussian":
+        h2 = p["bandwidth"] ** 2
+        k = np.exp(-r2 / (2 * h2))
+        return k * ss + (-k / h2) * cross + (d / h2 - r2 / h2**2) * k
+    if name == "imq":
+        c, beta, h2 = p["c"], p["beta"], p["bandwidth"] ** 2
+        base = c**2 + r2 / h2
+        k = base**beta
+        d1 = beta / h2 * base ** (beta - 1)
+        d2 = beta * (beta - 1) / h2**2 * base ** (beta - 2)
+        return k * ss + 2 * d1 * cross - 2 * d * d1 - 4 * d2 * r2
+    if name == "linear":
+        k = x @ x.T
+        return k * ss + (s * x).sum(1)[:, None] + (s * x).sum(1)[None, :] + d
+    if name == "polynomial":
+        a, c, deg = p["scale"], p["c"], p["degree"]
+        t = a * (x @ x.T) + c
+        k = t**deg
+        # s_j . grad_x k(x_i, x_j) = p a t^{p-1} s_j.x_j; s_i . grad_y k = p a t^{p-1} s_i.x_i
+        gx = deg * a * t ** (deg - 1) * (x * s).sum(1)[None, :]
+        gy = deg * a * t ** (deg - 1) * (x * s).sum(1)[:, None]
+        tr = deg * a * d * t ** (deg - 1) + deg * (deg - 1) * a**2 * t ** (deg - 2) * (x @ x.T)
+        return k * ss + gx + gy + tr
+    raise ValueError(name)
