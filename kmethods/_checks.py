@@ -24,6 +24,8 @@ def as_points(x, name: str, *, min_points: int = 2) -> jax.Array:
     """
     if isinstance(x, (str, bytes)) or x is None:
         raise TypeError(f"`{name}` must be an array of shape (n, d), got {type(x).__name__}.")
+    if isinstance(x, np.ndarray) and x.dtype.kind not in "biuf":
+        raise TypeError(f"`{name}` must hold real numbers, got dtype {x.dtype}.")
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         if jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_:

@@ -137,14 +137,22 @@ def hsic_test(
         permutation_batch = max(1, min(num_permutations, 2**23 // max(n * (n - 1) // 2, 1)))
     permutation_batch = _checks.positive_int(permutation_batch, "permutation_batch")
     return _hsic_permutation_test(
-        key, x, y, kernel_x, kernel_y, alpha, num_permutations=num_permutations,
-        unbiased=bool(unbiased), batch=min(permutation_batch, num_permutations),
+        key,
+        x,
+        y,
+        kernel_x,
+        kernel_y,
+        alpha,
+        num_permutations=num_permutations,
+        unbiased=bool(unbiased),
+        batch=min(permutation_batch, num_permutations),
     )
 
 
 @partial(jax.jit, static_argnames=("num_permutations", "unbiased", "batch"))
-def _hsic_permutation_test(key, x, y, kernel_x, kernel_y, alpha, *, num_permutations,
-                           unbiased, batch):
+def _hsic_permutation_test(
+    key, x, y, kernel_x, kernel_y, alpha, *, num_permutations, unbiased, batch
+):
     n = x.shape[0]
     k = kernel_x.gram(x, x)
     l_mat = kernel_y.gram(y, y)
@@ -211,8 +219,13 @@ def _hsic_gamma_test(x, y, kernel_x, kernel_y, alpha, *, block_size):
     statistic = jnp.sum(kl) / n  # n * HSIC_b
     # Variance of HSIC_b under H0 (Gretton et al. 2008, Theorem 4 and their reference code).
     variance = (
-        72.0 * (n - 4) * (n - 5) / (n * (n - 1) * (n - 2) * (n - 3))
-        * jnp.sum(kl2) / 36.0 / (n * (n - 1))
+        72.0
+        * (n - 4)
+        * (n - 5)
+        / (n * (n - 1) * (n - 2) * (n - 3))
+        * jnp.sum(kl2)
+        / 36.0
+        / (n * (n - 1))
     )
     # E[HSIC_b] = (E k(x,x) - E k(x,x')) (E l(y,y) - E l(y,y')) / n, the pair means over i != j.
     k_diag, l_diag = kernel_x.diag(x), kernel_y.diag(y)

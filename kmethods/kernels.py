@@ -217,7 +217,11 @@ class Matern(RadialKernel):
         b = math.sqrt(5.0) / h
         e = jnp.exp(-b * r)
         g = (1.0 + b * r + (b * r) ** 2 / 3.0) * e
-        return g, -(b**2 / 3.0) * (1.0 + b * r) * e, -(b**2 / 3.0) * (1.0 + b * r - (b * r) ** 2) * e
+        return (
+            g,
+            -(b**2 / 3.0) * (1.0 + b * r) * e,
+            -(b**2 / 3.0) * (1.0 + b * r - (b * r) ** 2) * e,
+        )
 
 
 class Laplace(RadialKernel):

@@ -83,8 +83,9 @@ def ksd2(x, score, kernel, *, unbiased=True, block_size=None):
     _checks.check_kernel(kernel)
     if callable(score):
         _check_score_function(x, score)
-        return _ksd2_with_function(x, kernel, score=score, unbiased=bool(unbiased),
-                                   block_size=block_size)
+        return _ksd2_with_function(
+            x, kernel, score=score, unbiased=bool(unbiased), block_size=block_size
+        )
     x, scores = _scores(x, score)
     return _ksd2(x, scores, kernel, unbiased=bool(unbiased), block_size=block_size)
 
@@ -93,8 +94,9 @@ def ksd2(x, score, kernel, *, unbiased=True, block_size=None):
 def _ksd2(x, scores, kernel, *, unbiased, block_size):
     ones = jnp.ones(x.shape[0], x.dtype)
     n = float(x.shape[0])
-    u_rows = langevin_stein_matvec(kernel, x, scores, ones, exclude_diagonal=unbiased,
-                                   block_size=block_size)
+    u_rows = langevin_stein_matvec(
+        kernel, x, scores, ones, exclude_diagonal=unbiased, block_size=block_size
+    )
     return jnp.sum(u_rows) / (n * (n - 1) if unbiased else n**2)
 
 
@@ -148,14 +150,22 @@ def ksd_test(
     alpha = _checks.probability(alpha, "alpha")
     flip_probability = _checks.probability(flip_probability, "flip_probability")
     return _ksd_bootstrap_test(
-        key, x, scores, kernel, alpha, flip_probability, num_bootstrap=num_bootstrap,
-        wild=bootstrap == "wild", block_size=block_size,
+        key,
+        x,
+        scores,
+        kernel,
+        alpha,
+        flip_probability,
+        num_bootstrap=num_bootstrap,
+        wild=bootstrap == "wild",
+        block_size=block_size,
     )
 
 
 @partial(jax.jit, static_argnames=("num_bootstrap", "wild", "block_size"))
-def _ksd_bootstrap_test(key, x, scores, kernel, alpha, flip_probability, *, num_bootstrap,
-                        wild, block_size):
+def _ksd_bootstrap_test(
+    key, x, scores, kernel, alpha, flip_probability, *, num_bootstrap, wild, block_size
+):
     n, dtype = x.shape[0], x.dtype
     if wild:
         weights = wild_bootstrap_signs(key, n, num_bootstrap, flip_probability, dtype) / n
@@ -164,8 +174,9 @@ def _ksd_bootstrap_test(key, x, scores, kernel, alpha, flip_probability, *, num_
         weights = multinomial_weights(key, n, num_bootstrap, dtype) - 1.0 / n
         observed = jnp.ones((1, n), dtype)
     columns = jnp.concatenate([observed, weights]).T  # (n, B + 1)
-    u_columns = langevin_stein_matvec(kernel, x, scores, columns, exclude_diagonal=not wild,
-                                      block_size=block_size)
+    u_columns = langevin_stein_matvec(
+        kernel, x, scores, columns, exclude_diagonal=not wild, block_size=block_size
+    )
     forms = jnp.einsum("ib,ib->b", columns, u_columns)
     statistic = forms[0] if wild else forms[0] / (float(n) * (n - 1))
     null_samples = forms[1:]

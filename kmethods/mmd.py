@@ -110,7 +110,13 @@ def mmd_test(
         return _mmd_gamma_test(x, y, kernel, alpha, block_size=block_size)
     num_permutations = _checks.positive_int(num_permutations, "num_permutations")
     return _mmd_permutation_test(
-        key, x, y, kernel, alpha, num_permutations=num_permutations, unbiased=bool(unbiased),
+        key,
+        x,
+        y,
+        kernel,
+        alpha,
+        num_permutations=num_permutations,
+        unbiased=bool(unbiased),
         block_size=block_size,
     )
 
@@ -124,8 +130,9 @@ def _mmd_permutation_test(key, x, y, kernel, alpha, *, num_permutations, unbiase
     labels = jnp.concatenate([observed[None], permuted_labels(key, observed, num_permutations)])
     # Columns: the label indicator e of each labelling, then the all-ones vector.
     columns = jnp.concatenate([labels.T, jnp.ones((n + m, 1), dtype)], axis=1)
-    k_columns = kernel_matvec(kernel, z, z, columns, exclude_diagonal=unbiased,
-                              block_size=block_size)
+    k_columns = kernel_matvec(
+        kernel, z, z, columns, exclude_diagonal=unbiased, block_size=block_size
+    )
     k_e, k_one = k_columns[:, :-1], k_columns[:, -1]
     total = jnp.sum(k_one)
     within_x = jnp.einsum("ib,bi->b", k_e, labels)  # e' K e

@@ -124,7 +124,10 @@ def kernel_matvec(kernel, x, y, v, *, exclude_diagonal=False, block_size=None):
       (n,) or (n, p).
     """
     return gram_matvec(
-        lambda xb: kernel.gram(xb, y), (x,), v, exclude_diagonal=exclude_diagonal,
+        lambda xb: kernel.gram(xb, y),
+        (x,),
+        v,
+        exclude_diagonal=exclude_diagonal,
         block_size=block_size,
     )
 

@@ -13,8 +13,6 @@ differentiation of its `__call__` (`Kernel.stein_gram`).
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 from kmethods.pairwise import gram_matvec
 
 __all__ = ["langevin_stein_matvec"]
@@ -29,6 +27,9 @@ def langevin_stein_matvec(kernel, x, scores, v, *, exclude_diagonal=False, block
       block_size: rows of U held at once (memory O(block_size * n)).
     """
     return gram_matvec(
-        lambda xb, sb: kernel.stein_gram(xb, sb, x, scores), (x, scores), v,
-        exclude_diagonal=exclude_diagonal, block_size=block_size,
+        lambda xb, sb: kernel.stein_gram(xb, sb, x, scores),
+        (x, scores),
+        v,
+        exclude_diagonal=exclude_diagonal,
+        block_size=block_size,
     )

@@ -43,7 +43,7 @@ class TestResult(NamedTuple):
 
 def resample_p_value(statistic, null_samples):
     """(1 + #{b : null_b >= statistic}) / (1 + B)."""
-    count = jnp.sum(null_samples >= statistic)
+    count = jnp.sum(null_samples >= statistic).astype(null_samples.dtype)
     return (1.0 + count) / (1.0 + null_samples.shape[0])
 
 

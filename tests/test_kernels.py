@@ -9,16 +9,22 @@ from tests import reference as ref
 
 KERNELS = [
     ("gaussian", lambda: km.Gaussian(1.3), {"bandwidth": 1.3}),
-    ("imq", lambda: km.IMQ(c=0.8, beta=-0.6, bandwidth=1.5), {"c": 0.8, "beta": -0.6,
-                                                             "bandwidth": 1.5}),
+    (
+        "imq",
+        lambda: km.IMQ(c=0.8, beta=-0.6, bandwidth=1.5),
+        {"c": 0.8, "beta": -0.6, "bandwidth": 1.5},
+    ),
     ("laplace", lambda: km.Laplace(0.9), {"bandwidth": 0.9}),
     ("matern", lambda: km.Matern(nu=0.5, bandwidth=1.1), {"nu": 0.5, "bandwidth": 1.1}),
     ("matern", lambda: km.Matern(nu=1.5, bandwidth=1.1), {"nu": 1.5, "bandwidth": 1.1}),
     ("matern", lambda: km.Matern(nu=2.5, bandwidth=0.7), {"nu": 2.5, "bandwidth": 0.7}),
     ("sinc", lambda: km.Sinc(2.0), {"bandwidth": 2.0}),
     ("linear", lambda: km.Linear(), {}),
-    ("polynomial", lambda: km.Polynomial(degree=3, c=0.5, scale=0.4), {"degree": 3, "c": 0.5,
-                                                                       "scale": 0.4}),
+    (
+        "polynomial",
+        lambda: km.Polynomial(degree=3, c=0.5, scale=0.4),
+        {"degree": 3, "c": 0.5, "scale": 0.4},
+    ),
 ]
 IDS = [f"{name}-{i}" for i, (name, _, _) in enumerate(KERNELS)]
 
@@ -34,8 +40,9 @@ def test_gram_matches_dense_numpy(x64, getkey, name, make, params, d):
     # the single-point call and the generic nested vmap agree with the fast block
     pointwise = km.Kernel.gram(kernel, x, y)
     np.testing.assert_allclose(pointwise, expected, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(kernel.diag(x), np.diag(ref.gram(name, *(np.asarray(x),) * 2,
-                                                                **params)), rtol=1e-10)
+    np.testing.assert_allclose(
+        kernel.diag(x), np.diag(ref.gram(name, *(np.asarray(x),) * 2, **params)), rtol=1e-10
+    )
 
 
 @pytest.mark.parametrize("name,make,params", KERNELS, ids=IDS)
@@ -107,7 +114,9 @@ def test_sqdist_forms_agree(x64, getkey):
         x = jax.random.normal(getkey(), (10, d))
         y = jax.random.normal(getkey(), (8, d))
         np.testing.assert_allclose(
-            pairwise.sqdist(x, y), ref.sqdist(np.asarray(x), np.asarray(y)), rtol=1e-10,
+            pairwise.sqdist(x, y),
+            ref.sqdist(np.asarray(x), np.asarray(y)),
+            rtol=1e-10,
             atol=1e-10,
         )
 

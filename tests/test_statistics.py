@@ -68,8 +68,12 @@ def test_ksd2_matches_dense_numpy(x64, getkey, name, make, params, unbiased):
 
 @pytest.mark.parametrize(
     "kernel",
-    [km.Gaussian(0.8), km.IMQ(c=1.2, beta=-0.3, bandwidth=0.9), km.Matern(nu=1.5),
-     km.Matern(nu=2.5, bandwidth=1.7)],
+    [
+        km.Gaussian(0.8),
+        km.IMQ(c=1.2, beta=-0.3, bandwidth=0.9),
+        km.Matern(nu=1.5),
+        km.Matern(nu=2.5, bandwidth=1.7),
+    ],
     ids=["gaussian", "imq", "matern15", "matern25"],
 )
 def test_closed_form_stein_kernel_equals_autodiff(x64, getkey, kernel):
@@ -98,8 +102,9 @@ def test_ksd2_sum_and_scaled_kernels_are_linear(x64, getkey):
     # the autodiff path (Sinc has no closed form) agrees with a dense evaluation of itself
     sinc = km.Sinc(1.5)
     u = np.asarray(km.Kernel.stein_gram(sinc, x, -x, x, -x))
-    np.testing.assert_allclose(km.ksd2(x, -x, sinc, unbiased=False, block_size=4), u.mean(),
-                               rtol=1e-10)
+    np.testing.assert_allclose(
+        km.ksd2(x, -x, sinc, unbiased=False, block_size=4), u.mean(), rtol=1e-10
+    )
 
 
 def test_laplace_has_no_stein_kernel(getkey):
@@ -127,17 +132,31 @@ def test_float32_and_float64(getkey):
 def test_gradients_pass_finite_differences(x64, getkey):
     x = jax.random.normal(getkey(), (12, 2))
     y = jax.random.normal(getkey(), (9, 2)) + 0.5
-    check_grads(lambda x: km.mmd2(x, y, km.Gaussian(1.1), block_size=5), (x,), order=1,
-                modes=["rev"])
+    check_grads(
+        lambda x: km.mmd2(x, y, km.Gaussian(1.1), block_size=5), (x,), order=1, modes=["rev"]
+    )
     check_grads(lambda bw: km.mmd2(x, y, km.Gaussian(bw)), (1.1,), order=1, modes=["rev"])
-    check_grads(lambda x: km.hsic(x, y[:12] if y.shape[0] >= 12 else x ** 2, km.Gaussian(1.0),
-                                  km.Gaussian(0.5), block_size=5), (x,), order=1, modes=["rev"])
+    check_grads(
+        lambda x: km.hsic(
+            x,
+            y[:12] if y.shape[0] >= 12 else x**2,
+            km.Gaussian(1.0),
+            km.Gaussian(0.5),
+            block_size=5,
+        ),
+        (x,),
+        order=1,
+        modes=["rev"],
+    )
     log_p = lambda z: -0.5 * jnp.sum(z**2) - 0.1 * jnp.sum(z**4)
     score = jax.grad(log_p)
-    check_grads(lambda x: km.ksd2(x, score, km.IMQ(), block_size=5), (x,), order=1,
-                modes=["rev"])
-    check_grads(lambda bw: km.ksd2(x, score, km.Gaussian(bw), unbiased=False), (0.9,),
-                order=1, modes=["rev"])
+    check_grads(lambda x: km.ksd2(x, score, km.IMQ(), block_size=5), (x,), order=1, modes=["rev"])
+    check_grads(
+        lambda bw: km.ksd2(x, score, km.Gaussian(bw), unbiased=False),
+        (0.9,),
+        order=1,
+        modes=["rev"],
+    )
     check_grads(lambda x: km.ksd2(x, score, km.Matern(nu=2.5)), (x,), order=1, modes=["rev"])
 
 
@@ -162,8 +181,9 @@ def test_mmd2_memory_is_blocked():
     total = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
     assert total < 3 * 2**30, total
     # and the same under grad: blocks are recomputed, not stored
-    grad = jax.jit(jax.grad(lambda x, y: _mmd2(x, y, km.Gaussian(1.0), unbiased=True,
-                                                 block_size=None)))
+    grad = jax.jit(
+        jax.grad(lambda x, y: _mmd2(x, y, km.Gaussian(1.0), unbiased=True, block_size=None))
+    )
     mem = grad.lower(x, x).compile().memory_analysis()
     assert mem.temp_size_in_bytes < 3 * 2**30, mem.temp_size_in_bytes
 
@@ -181,7 +201,8 @@ def test_mmd2_large_run_peak_memory(tmp_path):
         "print(float(km.mmd2(x, y, km.Gaussian(3.0))))\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     peak_kib = int(out[-1])
     assert peak_kib < 3 * 2**20, peak_kib
