@@ -1,0 +1,239 @@
+"""Experiment configs: YAML files read into frozen dataclasses, with validation and overrides.
+
+A config file names the task and holds the task's parameters:
+
+    # kseq run configs/quickstart.yaml
+    name: quickstart
+    task: quickstart
+    seed: 0
+    params:
+      sample_sizes: [25, 50, 100]
+
+Each task module defines a frozen dataclass `Config` (every field with a default) for its
+`params`. Loading checks every key and type against the schema and fails with an error naming
+the dotted key (`params.sample_sizes`), before anything runs. `--set a.b=value` overrides are
+parsed as YAML values and applied before validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import pathlib
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "ConfigTypeError",
+    "RunConfig",
+    "apply_overrides",
+    "build_dataclass",
+    "config_to_dict",
+    "load_config",
+    "parse_config",
+]
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit its schema."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A config value of the wrong type (a `TypeError` and a `ConfigError`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A resolved experiment: which task, with which parameters.
+
+    Attributes:
+      name: run name; runs go to `<out>/<name>/<timestamp>/`.
+      task: the task module, one of `experiments.tasks.TASKS`.
+      seed: the root of every PRNG key of the run.
+      params: the task's own frozen `Config` dataclass.
+    """
+
+    name: str
+    task: str
+    seed: int = 0
+    params: Any = None
+
+
+def load_config(path, overrides: Sequence[str] = ()) -> RunConfig:
+    """Reads a YAML config, applies `key=value` overrides and validates it against the schema."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level.")
+    return parse_config(apply_overrides(raw, overrides))
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    """Returns a copy of `raw` with each `a.b.c=value` applied (value parsed as YAML)."""
+    out = _deep_copy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. seed=3).")
+        key, _, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r} has an empty key.")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        node = out
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: `{part}` is not a section.")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _deep_copy(raw):
+    if isinstance(raw, dict):
+        return {k: _deep_copy(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_deep_copy(v) for v in raw]
+    return raw
+
+
+def parse_config(raw: dict) -> RunConfig:
+    """Validates a raw mapping into a `RunConfig` with the task's typed `params`."""
+    from experiments.tasks import TASKS, get_task
+
+    raw = dict(raw)
+    task = raw.get("task")
+    if not isinstance(task, str):
+        raise ConfigError("`task` must be given, one of: " + ", ".join(sorted(TASKS)))
+    if task not in TASKS:
+        hint = difflib.get_close_matches(task, TASKS, n=1)
+        raise ConfigError(
+            f"unknown task {task!r}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + "; known tasks: "
+            + ", ".join(sorted(TASKS))
+        )
+    schema = get_task(task).Config
+    raw.setdefault("name", task)
+    params = raw.pop("params", None) or {}
+    top = build_dataclass(RunConfig, {k: v for k, v in raw.items()}, prefix="", skip=("params",))
+    return dataclasses.replace(top, params=build_dataclass(schema, params, prefix="params."))
+
+
+def build_dataclass(cls, raw, *, prefix: str = "", skip: Sequence[str] = ()):
+    """Builds the frozen dataclass `cls` from a mapping, checking every key and type."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"`{prefix.rstrip('.') or 'config'}` must be a mapping, got {raw!r}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        key = unknown[0]
+        hint = difflib.get_close_matches(str(key), list(fields), n=1)
+        raise ConfigError(
+            f"unknown config key `{prefix}{key}`"
+            + (f" (did you mean `{prefix}{hint[0]}`?)" if hint else "")
+            + "; allowed: "
+            + ", ".join(f"{prefix}{name}" for name in fields)
+        )
+    values = {}
+    for name, field in fields.items():
+        if name in raw:
+            values[name] = _convert(raw[name], hints[name], f"{prefix}{name}")
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"missing config key `{prefix}{name}`.")
+    return cls(**values)
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value, tp, key: str):
+    """Checks `value` against the annotation `tp`; converts lists to tuples and ints to floats."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigTypeError(f"`{key}` must be {_type_name(tp)}, got {value!r}.")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"`{key}` must be one of {list(args)}, got {value!r}.")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, prefix=key + ".")
+    if origin in (tuple, list, Sequence) or tp in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigTypeError(f"`{key}` must be a list, got {value!r}.")
+        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(args) != len(value):
+                raise ConfigTypeError(f"`{key}` must have {len(args)} entries, got {len(value)}.")
+            return tuple(
+                _convert(v, a, f"{key}[{i}]")
+                for i, (v, a) in enumerate(zip(value, args, strict=True))
+            )
+        inner = args[0] if args else Any
+        return tuple(_convert(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigTypeError(f"`{key}` must be true or false, got {value!r}.")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigTypeError(f"`{key}` must be an integer, got {value!r}.")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigTypeError(f"`{key}` must be a number, got {value!r}.")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigTypeError(f"`{key}` must be a string, got {value!r}.")
+        return value
+    raise ConfigTypeError(f"`{key}` has an unsupported annotation {tp!r}.")
+
+
+def config_to_dict(cfg) -> dict:
+    """A plain nested dict (tuples as lists), ready for YAML or JSON."""
+
+    def plain(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(cfg)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML, with its run command as the first line."""
+    body = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+    return f"# resolved config of a `kseq run` ({cfg.task})\n{body}"

@@ -1,0 +1,217 @@
+"""Running a task into a run folder: `<out>/<name>/<timestamp>/`.
+
+The folder holds `config.yaml` (the resolved config, written first), `metrics.jsonl` (one JSON
+line per record, flushed as it is written), `plots/*.png` and `results.json` (written last).
+Every file except the append-only metrics is written to a temporary name and renamed into
+place, so an interrupted run never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import pathlib
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from experiments.config import RunConfig, dump_config
+
+__all__ = ["RunContext", "atomic_write_text", "run_experiment", "show_run", "to_jsonable"]
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Converts JAX/NumPy arrays and scalars, tuples and dataclasses into plain JSON values."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (str, bool)) or obj is None:
+        return obj
+    if isinstance(obj, int):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if hasattr(obj, "__array__") or isinstance(obj, np.generic):
+        arr = np.asarray(obj)
+        if arr.ndim == 0:
+            return to_jsonable(arr.item())
+        return [to_jsonable(v) for v in arr.tolist()]
+    return str(obj)
+
+
+def atomic_write_text(path: pathlib.Path, text: str) -> None:
+    """Writes `text` to `path` via a temporary file in the same folder and a rename."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class RunContext:
+    """What a task gets besides its config: the run folder, keys, logging and progress.
+
+    Attributes:
+      out_dir: the run folder.
+      seed: the run's seed.
+      quiet: no progress bars.
+    """
+
+    def __init__(self, out_dir, *, seed: int = 0, quiet: bool = False):
+        self.out_dir = pathlib.Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.seed = int(seed)
+        self.quiet = bool(quiet)
+        self._metrics_path = self.out_dir / "metrics.jsonl"
+
+    def key(self):
+        """The run's root PRNG key, `jax.random.key(seed)`."""
+        import jax
+
+        return jax.random.key(self.seed)
+
+    def log_metrics(self, **record) -> None:
+        """Appends one JSON line to `metrics.jsonl` and flushes it to disk."""
+        line = json.dumps(to_jsonable(record), sort_keys=False)
+        with open(self._metrics_path, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def progress(self, iterable, *, desc: str | None = None, total: int | None = None):
+        """Wraps `iterable` in a tqdm bar on a terminal; a plain iterator when quiet."""
+        if self.quiet or not sys.stderr.isatty():
+            return iterable
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # pragma: no cover - tqdm is a dependency
+            return iterable
+        return tqdm(iterable, desc=desc, total=total, leave=False)
+
+    def save_figure(self, fig, name: str) -> pathlib.Path:
+        """Saves a matplotlib figure as `plots/<name>.png` (atomically) and closes it."""
+        import matplotlib.pyplot as plt
+
+        path = self.out_dir / "plots" / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.", suffix=".png")
+        os.close(fd)
+        try:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
+            os.replace(tmp, path)
+        finally:
+            plt.close(fig)
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    def write_json(self, name: str, obj) -> pathlib.Path:
+        """Writes `obj` as JSON to `<run>/<name>` atomically."""
+        path = self.out_dir / name
+        atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2) + "\n")
+        return path
+
+
+def _new_run_dir(out_root, name: str) -> pathlib.Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = pathlib.Path(out_root) / name
+    run_dir, i = base / stamp, 1
+    while run_dir.exists():
+        run_dir, i = base / f"{stamp}-{i}", i + 1
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def run_experiment(cfg: RunConfig, out_root="runs", *, quiet: bool = False) -> pathlib.Path:
+    """Runs `cfg`'s task into a fresh `<out_root>/<name>/<timestamp>/` and returns that folder."""
+    import jax
+
+    from experiments.tasks import get_task
+
+    task = get_task(cfg.task)
+    run_dir = _new_run_dir(out_root, cfg.name)
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    ctx = RunContext(run_dir, seed=cfg.seed, quiet=quiet)
+    start = time.time()
+    results = task.run(cfg.params, ctx)
+    end = time.time()
+    meta = {
+        "task": cfg.task,
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "started": _dt.datetime.fromtimestamp(start).isoformat(timespec="seconds"),
+        "finished": _dt.datetime.fromtimestamp(end).isoformat(timespec="seconds"),
+        "wall_seconds": round(end - start, 3),
+        "jax_version": jax.__version__,
+        "backend": jax.default_backend(),
+        "device_count": jax.device_count(),
+    }
+    ctx.write_json("results.json", {"meta": meta, "results": results})
+    return run_dir
+
+
+def _flatten(prefix: str, obj, rows: list) -> None:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, rows)
+    elif isinstance(obj, list) and obj and all(isinstance(v, dict) for v in obj):
+        rows.append((prefix, obj))
+    else:
+        rows.append((prefix, obj))
+
+
+def _format_value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_format_value(x) for x in v) + "]"
+    return str(v)
+
+
+def _table(records: list[dict]) -> str:
+    cols = list(dict.fromkeys(k for r in records for k in r))
+    cells = [[_format_value(r.get(c, "")) for c in cols] for r in records]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+def show_run(run_dir) -> str:
+    """A finished run's `results.json` as text: key = value lines, lists of records as tables."""
+    path = pathlib.Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no results.json in {run_dir} (has the run finished?)")
+    data = json.loads(path.read_text())
+    rows: list = []
+    _flatten("", data, rows)
+    scalars = [
+        (k, v)
+        for k, v in rows
+        if not (isinstance(v, list) and v and all(isinstance(x, dict) for x in v))
+    ]
+    tables = [(k, v) for k, v in rows if (k, v) not in scalars]
+    width = max((len(k) for k, _ in scalars), default=0)
+    out = [f"{k.ljust(width)}  {_format_value(v)}" for k, v in scalars]
+    for k, v in tables:
+        out += ["", f"{k}:", _table(v)]
+    return "\n".join(out)

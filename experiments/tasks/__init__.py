@@ -1,0 +1,18 @@
+"""The experiment tasks. Each module defines a frozen dataclass `Config` and
+`run(cfg: Config, ctx: RunContext) -> dict`; modules are imported only when used."""
+
+from __future__ import annotations
+
+import importlib
+import types
+
+TASKS: dict[str, str] = {
+    "quickstart": "experiments.tasks.quickstart",
+}
+
+
+def get_task(name: str) -> types.ModuleType:
+    """Imports and returns the task module registered under `name`."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+    return importlib.import_module(TASKS[name])

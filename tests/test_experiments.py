@@ -1,0 +1,127 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from experiments import load_config, run_experiment, show_run
+from experiments.cli import list_configs, main
+from experiments.config import ConfigError, apply_overrides, parse_config
+
+TINY = [
+    "params.sample_sizes=[8, 12]",
+    "params.num_replicates=4",
+    "params.num_permutations=9",
+]
+
+
+def test_load_config_and_overrides():
+    cfg = load_config(
+        "configs/quickstart.yaml", ["seed=3", "params.alpha=0.1", "params.sample_sizes=[10, 20]"]
+    )
+    assert cfg.seed == 3 and cfg.task == "quickstart" and cfg.name == "quickstart"
+    assert cfg.params.alpha == 0.1
+    assert cfg.params.sample_sizes == (10, 20)
+
+
+def test_int_accepted_for_float():
+    cfg = parse_config({"task": "quickstart", "params": {"mmd_shift": 1}})
+    assert cfg.params.mmd_shift == 1.0 and isinstance(cfg.params.mmd_shift, float)
+
+
+@pytest.mark.parametrize(
+    "raw,exc,match",
+    [
+        (
+            {"task": "quickstart", "params": {"num_replicate": 3}},
+            ConfigError,
+            r"params\.num_replicate.*did you mean `params\.num_replicates`",
+        ),
+        ({"task": "quickstart", "sede": 1}, ConfigError, "`sede`"),
+        (
+            {"task": "quickstart", "params": {"num_replicates": "many"}},
+            TypeError,
+            r"params\.num_replicates.*integer",
+        ),
+        (
+            {"task": "quickstart", "params": {"sample_sizes": 5}},
+            TypeError,
+            r"params\.sample_sizes.*list",
+        ),
+        (
+            {"task": "quickstart", "params": {"sample_sizes": [5, "a"]}},
+            TypeError,
+            r"params\.sample_sizes\[1\]",
+        ),
+        ({"task": "quickstart", "seed": 1.5}, TypeError, "`seed`"),
+        ({"task": "quickstart", "params": {"alpha": 2.0}}, ConfigError, r"params\.alpha"),
+        ({"task": "quikstart"}, ConfigError, "did you mean 'quickstart'"),
+        ({"name": "x"}, ConfigError, "`task`"),
+    ],
+)
+def test_config_errors_name_the_key(raw, exc, match):
+    with pytest.raises(exc, match=match):
+        parse_config(raw)
+
+
+def test_override_syntax_errors():
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["seed"])
+    with pytest.raises(ConfigError, match="not a section"):
+        apply_overrides({"seed": 1}, ["seed.x=2"])
+
+
+def test_list_configs():
+    text = list_configs("configs")
+    assert "quickstart.yaml" in text and "kseq run configs/quickstart.yaml" in text
+
+
+def test_quickstart_run_writes_the_run_folder(tmp_path, capsys):
+    code = main(
+        [
+            "run",
+            "configs/quickstart.yaml",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+            *[a for o in TINY for a in ("--set", o)],
+        ]
+    )
+    assert code == 0
+    run_dir = tmp_path / "quickstart"
+    (run_dir,) = list(run_dir.iterdir())
+    assert capsys.readouterr().out.strip() == str(run_dir)
+    for name in ("config.yaml", "results.json", "metrics.jsonl", "plots/rejection_rates.png"):
+        assert (run_dir / name).is_file(), name
+    # the written config is the resolved one and loads back
+    again = load_config(run_dir / "config.yaml")
+    assert again.params.sample_sizes == (8, 12) and again.params.num_replicates == 4
+    results = json.loads((run_dir / "results.json").read_text())
+    rates = results["results"]["rates"]
+    assert len(rates) == 3 * 2
+    assert all(0.0 <= r["size"] <= 1.0 and 0.0 <= r["power"] <= 1.0 for r in rates)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == rates
+    assert main(["show", str(run_dir)]) == 0
+    shown = capsys.readouterr().out
+    assert "results.rates" in shown and "power" in shown
+
+
+def test_run_experiment_is_callable_from_python(tmp_path):
+    cfg = load_config("configs/quickstart.yaml", [*TINY, "params.sample_sizes=[8]"])
+    run_dir = run_experiment(cfg, tmp_path, quiet=True)
+    assert "results.rates" in show_run(run_dir)
+
+
+def test_cli_bad_config_exits_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: quickstart\nparams:\n  num_replicates: lots\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.cli", "run", str(bad), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "params.num_replicates" in proc.stderr and "Traceback" not in proc.stderr
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["show", str(tmp_path)]) == 2
