@@ -8,6 +8,7 @@ import types
 
 TASKS: dict[str, str] = {
     "quickstart": "experiments.tasks.quickstart",
+    "bench_tests": "experiments.tasks.bench_tests",
 }
 
 

@@ -1,0 +1,57 @@
+import json
+import warnings
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import load_config, run_experiment
+from experiments.tasks.bench_tests import hyppo_hsic_in_kseq, hyppo_mmd_in_kseq
+
+hyppo = pytest.importorskip("hyppo")
+
+
+def _hyppo(stat_fn, *args):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(stat_fn(*args))
+
+
+@pytest.mark.parametrize("n,m", [(40, 40), (30, 45)])
+def test_hyppo_statistics_map_onto_kseq(x64, getkey, n, m):
+    """The mapping written in bench_tests' docstring reproduces hyppo's statistics exactly."""
+    from hyppo.independence import Hsic
+    from hyppo.ksample import MMD
+
+    x = np.asarray(jax.random.normal(getkey(), (n, 3)))
+    y = np.asarray(0.5 * x[:, :2] + jax.random.normal(getkey(), (n, 2)))
+    np.testing.assert_allclose(hyppo_hsic_in_kseq(x, y), _hyppo(Hsic().statistic, x, y), rtol=1e-9)
+    z = np.asarray(0.3 + jax.random.normal(getkey(), (m, 3)))
+    np.testing.assert_allclose(hyppo_mmd_in_kseq(x, z), _hyppo(MMD().statistic, x, z), rtol=1e-9)
+
+
+def test_bench_tests_tiny_run(tmp_path):
+    cfg = load_config(
+        "configs/bench_tests.yaml",
+        [
+            "params.sample_sizes=[30]",
+            "params.num_permutations=20",
+            "params.repeats=1",
+            "params.hyppo_reps_large=10",
+        ],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # hyppo/numba deprecation warnings
+        run_dir = run_experiment(cfg, tmp_path, quiet=True)
+    records = json.loads((run_dir / "results.json").read_text())["results"]["records"]
+    assert {(r["test"], r["null"]) for r in records} == {
+        ("hsic", "permutation"),
+        ("hsic", "gamma vs hyppo default"),
+        ("mmd", "permutation"),
+        ("mmd", "gamma vs hyppo default"),
+    }
+    for r in records:
+        assert r["kseq_warm_s"] > 0 and r["hyppo_s"] > 0 and 0 < r["kseq_p"] <= 1
+        if r["null"] == "permutation":
+            assert r["statistic_rel_diff"] < 1e-8
+    assert (run_dir / "plots" / "times.png").is_file()
