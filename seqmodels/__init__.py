@@ -1,8 +1,9 @@
-"""seqmodels: linear recurrences, the layers built on them, and DEER.
+"""seqmodels: linear recurrences solved by sequential, associative and chunked scans.
 
-Nothing is implemented yet: the recurrence engine and layers are tracked in their own issues
-(linear recurrences by parallel scan; DEER). The package exists so that the distribution's
-layout is final from the start.
+The layers built on them (GateLoop, LRU, S5, linear attention, CKConv) and DEER are tracked
+in their own issues and are not here yet.
 """
 
-__all__: list[str] = []
+from seqmodels.scan import linear_recurrence as linear_recurrence
+
+__all__ = ["linear_recurrence"]

@@ -1,0 +1,241 @@
+"""Linear recurrences h_t = a_t * h_{t-1} + b_t, solved sequentially, by associative scan, or in
+chunks, with an analytic gradient.
+
+Time is axis 0. `a` is either elementwise (broadcastable to `b`, any trailing shape, real or
+complex) or a matrix transition of shape (L, ..., D, D) acting on b of shape (L, ..., D)
+(h_t = a_t @ h_{t-1} + b_t, as DEER needs).
+
+Solvers:
+  "sequential": `lax.scan`, one step at a time. On a CPU it runs near the memory floor.
+  "associative": `lax.associative_scan` with the affine composition
+      (a_1, b_1) . (a_2, b_2) = (a_2 a_1, a_2 b_1 + b_2)
+    (Blelloch, 1990; Martin & Cundy, 2018), log-depth, the form used by S5 and GateLoop.
+  "chunked": the sequence is cut into chunks; every chunk runs its own sequential scan from
+    zero, all chunks at once (vectorised across chunks), which yields each chunk's summary
+    (product of its transitions, end state); a short scan over the chunk summaries gives every
+    chunk's incoming state; a second pass over the chunks, again all at once, writes the
+    output. The depth is chunk_size + L / chunk_size instead of L.
+  "auto": "sequential" on a CPU, "chunked" on accelerators.
+
+Gradient: a custom VJP. With cotangent g of the output, the adjoint state obeys the reverse
+recurrence lambda_t = g_t + a_{t+1}^T lambda_{t+1}, solved by the same solver; then
+grad b_t = lambda_t, grad a_t = lambda_t h_{t-1}^T (elementwise: lambda_t * h_{t-1}),
+grad h0 = a_0^T lambda_0. Nothing is differentiated through the scan itself, so the backward
+pass costs one more recurrence.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["linear_recurrence"]
+
+METHODS = ("auto", "sequential", "associative", "chunked")
+
+
+# --------------------------------------------------------------------------- the two algebras
+# Elementwise transitions act by multiplication, matrix transitions by matrix products.
+
+
+def _act(a, h, matrix):
+    return jnp.einsum("...ij,...j->...i", a, h) if matrix else a * h
+
+
+def _compose(a_later, a_earlier, matrix):
+    return jnp.einsum("...ij,...jk->...ik", a_later, a_earlier) if matrix else a_later * a_earlier
+
+
+def _transpose(a, matrix):
+    return jnp.swapaxes(a, -1, -2) if matrix else a
+
+
+def _identity_like(a, matrix):
+    if matrix:
+        eye = jnp.eye(a.shape[-1], dtype=a.dtype)
+        return jnp.broadcast_to(eye, a.shape)
+    return jnp.ones_like(a)
+
+
+# ---------------------------------------------------------------------------------- solvers
+
+
+def _sequential(a, b, h0, matrix):
+    def step(h, ab):
+        a_t, b_t = ab
+        h = _act(a_t, h, matrix) + b_t
+        return h, h
+
+    _, hs = jax.lax.scan(step, h0, (a, b))
+    return hs
+
+
+def _associative(a, b, h0, matrix):
+    # Fold h0 into the first input: h_0 = a_0 h0 + b_0.
+    b = b.at[0].add(_act(a[0], h0, matrix))
+
+    def combine(earlier, later):
+        a1, b1 = earlier
+        a2, b2 = later
+        return _compose(a2, a1, matrix), _act(a2, b1, matrix) + b2
+
+    _, hs = jax.lax.associative_scan(combine, (a, b))
+    return hs
+
+
+def _chunked(a, b, h0, matrix, chunk_size):
+    length = a.shape[0]
+    num_chunks = -(-length // chunk_size)
+    pad = num_chunks * chunk_size - length
+    if pad:
+        # Padding with a = identity, b = 0 leaves the state unchanged past the end.
+        a = jnp.concatenate([a, _identity_like(a[:pad], matrix)])
+        b = jnp.concatenate([b, jnp.zeros((pad, *b.shape[1:]), b.dtype)])
+    # (chunk_size, num_chunks, ...): scanning over axis 0 advances every chunk at once.
+    a_c = jnp.swapaxes(a.reshape(num_chunks, chunk_size, *a.shape[1:]), 0, 1)
+    b_c = jnp.swapaxes(b.reshape(num_chunks, chunk_size, *b.shape[1:]), 0, 1)
+
+    # Pass 1: each chunk's summary (product of its transitions, end state from zero).
+    def summarise(carry, ab):
+        prod, h = carry
+        a_t, b_t = ab
+        return (_compose(a_t, prod, matrix), _act(a_t, h, matrix) + b_t), None
+
+    init = (_identity_like(a_c[0], matrix), jnp.zeros_like(b_c[0]))
+    (prods, ends), _ = jax.lax.scan(summarise, init, (a_c, b_c))
+
+    # Pass over the chunk summaries: the state entering each chunk.
+    def carry_step(h, pe):
+        prod, end = pe
+        return _act(prod, h, matrix) + end, h
+
+    _, h_in = jax.lax.scan(carry_step, h0, (prods, ends))
+
+    # Pass 2: every chunk again, from its true incoming state, writing the output.
+    hs = _sequential(a_c, b_c, h_in, matrix)
+    hs = jnp.swapaxes(hs, 0, 1).reshape(num_chunks * chunk_size, *b.shape[1:])
+    return hs[:length]
+
+
+def _default_method():
+    return "sequential" if jax.default_backend() == "cpu" else "chunked"
+
+
+def _default_chunk(length):
+    # About sqrt(L) balances the in-chunk depth against the pass over chunks.
+    return int(max(1, min(length, 2 ** round(0.5 * max(length, 1).bit_length()))))
+
+
+def _solve(a, b, h0, method, chunk_size, matrix):
+    if method == "sequential":
+        return _sequential(a, b, h0, matrix)
+    if method == "associative":
+        return _associative(a, b, h0, matrix)
+    return _chunked(a, b, h0, matrix, chunk_size)
+
+
+# ------------------------------------------------------------------------- custom gradient
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _recurrence(a, b, h0, method, chunk_size, matrix):
+    return _solve(a, b, h0, method, chunk_size, matrix)
+
+
+def _recurrence_fwd(a, b, h0, method, chunk_size, matrix):
+    h = _solve(a, b, h0, method, chunk_size, matrix)
+    return h, (a, h, h0)
+
+
+def _recurrence_bwd(method, chunk_size, matrix, res, g):
+    a, h, h0 = res
+    # lambda_t = g_t + a_{t+1}^T lambda_{t+1}: a forward recurrence on the reversed sequence.
+    a_next = jnp.concatenate([a[1:], jnp.zeros_like(a[:1])])
+    a_rev = jnp.flip(_transpose(a_next, matrix), 0)
+    lam = jnp.flip(_solve(a_rev, jnp.flip(g, 0), jnp.zeros_like(h0), method, chunk_size, matrix), 0)
+    h_prev = jnp.concatenate([h0[None], h[:-1]])
+    if matrix:
+        grad_a = jnp.einsum("...i,...j->...ij", lam, h_prev)
+    else:
+        grad_a = lam * h_prev
+    grad_h0 = _act(_transpose(a[0], matrix), lam[0], matrix)
+    return grad_a, lam, grad_h0
+
+
+_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+# ------------------------------------------------------------------------------ public API
+
+
+def linear_recurrence(a, b, h0=None, *, method="auto", reverse=False, chunk_size=None):
+    """Solves h_t = a_t * h_{t-1} + b_t for t = 0 .. L-1 (h_{-1} = h0), along axis 0.
+
+    Args:
+      a: transitions. Elementwise: any shape that broadcasts to `b`'s shape under NumPy's
+        rules (aligned on the right: (L, 1, D) is a per-time, per-channel decay shared over
+        a batch axis of b with shape (L, B, D); (D,) is time-invariant). Matrix: shape
+        (L, ..., D, D) with b of shape (L, ..., D), recognised by `a.ndim == b.ndim + 1`.
+      b: inputs, shape (L, ...). Real or complex.
+      h0: initial state with b's trailing shape (b.shape[1:]); zeros when omitted.
+      method: "auto", "sequential", "associative" or "chunked" (see the module docstring).
+      reverse: run backwards in time, h_t = a_t * h_{t+1} + b_t with h_L = h0.
+      chunk_size: chunk length for "chunked" (default about sqrt(L)).
+
+    Returns:
+      h of shape b.shape, in the common dtype of a, b and h0.
+
+    The gradient with respect to a, b and h0 is one reverse recurrence (custom VJP), and the
+    function composes with jit, vmap and grad.
+    """
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
+    a = jnp.asarray(a)
+    b = jnp.asarray(b)
+    if b.ndim < 1 or b.shape[0] < 1:
+        raise ValueError(f"`b` must have a time axis of length >= 1, got shape {b.shape}.")
+    matrix = a.ndim == b.ndim + 1
+    if matrix:
+        d = b.shape[-1]
+        if a.shape[-2:] != (d, d) or a.shape[0] != b.shape[0]:
+            raise ValueError(
+                f"matrix transitions `a` must have shape (L, ..., {d}, {d}) for `b` of shape "
+                f"{b.shape}, got {a.shape}."
+            )
+        batch = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-1])
+        a = jnp.broadcast_to(a, (*batch, d, d))
+        b = jnp.broadcast_to(b, (*batch, d))
+    else:
+        try:
+            shape = jnp.broadcast_shapes(a.shape, b.shape)
+        except ValueError:
+            raise ValueError(
+                f"`a` (shape {a.shape}) must broadcast against `b` (shape {b.shape})."
+            ) from None
+        if shape != b.shape:
+            raise ValueError(
+                f"`a` (shape {a.shape}) must broadcast to `b`'s shape {b.shape}, not beyond."
+            )
+    dtype = jnp.result_type(a, b) if h0 is None else jnp.result_type(a, b, h0)
+    state_shape = b.shape[1:]
+    if h0 is None:
+        h0 = jnp.zeros(state_shape, dtype)
+    else:
+        h0 = jnp.asarray(h0)
+        if h0.shape != state_shape:
+            raise ValueError(f"`h0` must have shape {state_shape}, got {h0.shape}.")
+    a_full = a if matrix else jnp.broadcast_to(a, b.shape)
+    a_full, b, h0 = a_full.astype(dtype), b.astype(dtype), h0.astype(dtype)
+    if method == "auto":
+        method = _default_method()
+    length = b.shape[0]
+    if chunk_size is None:
+        chunk_size = _default_chunk(length)
+    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be a positive int, got {chunk_size!r}.")
+    if reverse:
+        a_full, b = jnp.flip(a_full, 0), jnp.flip(b, 0)
+    h = _recurrence(a_full, b, h0, method, int(chunk_size), matrix)
+    return jnp.flip(h, 0) if reverse else h
