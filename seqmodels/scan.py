@@ -149,17 +149,35 @@ def _recurrence_fwd(a, b, h0, method, chunk_size, matrix):
     return h, (a, h, h0)
 
 
+def _outer_or_mul(lam, h, matrix):
+    return jnp.einsum("...i,...j->...ij", lam, h) if matrix else lam * h
+
+
+def _sequential_adjoint(a, h, h0, g, matrix):
+    """The backward pass in one reverse `lax.scan`, fusing the adjoint and grad a."""
+
+    def step(carry, inputs):
+        lam_next, a_next = carry
+        a_t, g_t, h_t = inputs
+        lam_t = g_t + _act(_transpose(a_next, matrix), lam_next, matrix)
+        # emitted at t: the gradient of a_{t+1}, which multiplies h_t
+        return (lam_t, a_t), (lam_t, _outer_or_mul(lam_next, h_t, matrix))
+
+    init = (jnp.zeros_like(h0), jnp.zeros_like(a[0]))
+    (lam0, a0), (lam, grad_a_next) = jax.lax.scan(step, init, (a, g, h), reverse=True)
+    grad_a = jnp.concatenate([_outer_or_mul(lam0, h0, matrix)[None], grad_a_next[:-1]])
+    return grad_a, lam, _act(_transpose(a0, matrix), lam0, matrix)
+
+
 def _recurrence_bwd(method, chunk_size, matrix, res, g):
     a, h, h0 = res
+    if method == "sequential":
+        return _sequential_adjoint(a, h, h0, g, matrix)
     # lambda_t = g_t + a_{t+1}^T lambda_{t+1}: a forward recurrence on the reversed sequence.
     a_next = jnp.concatenate([a[1:], jnp.zeros_like(a[:1])])
     a_rev = jnp.flip(_transpose(a_next, matrix), 0)
     lam = jnp.flip(_solve(a_rev, jnp.flip(g, 0), jnp.zeros_like(h0), method, chunk_size, matrix), 0)
-    h_prev = jnp.concatenate([h0[None], h[:-1]])
-    if matrix:
-        grad_a = jnp.einsum("...i,...j->...ij", lam, h_prev)
-    else:
-        grad_a = lam * h_prev
+    grad_a = _outer_or_mul(lam, jnp.concatenate([h0[None], h[:-1]]), matrix)
     grad_h0 = _act(_transpose(a[0], matrix), lam[0], matrix)
     return grad_a, lam, grad_h0
 
