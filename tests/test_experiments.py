@@ -125,3 +125,18 @@ def test_cli_bad_config_exits_2(tmp_path):
     assert "params.num_replicates" in proc.stderr and "Traceback" not in proc.stderr
     assert main(["run", str(tmp_path / "missing.yaml")]) == 2
     assert main(["show", str(tmp_path)]) == 2
+
+
+def test_bench_scan_tiny_run(tmp_path):
+    cfg = load_config(
+        "configs/bench_scan.yaml",
+        ["params.lengths=[64]", "params.batch=1", "params.channels=4", "params.repeats=1"],
+    )
+    run_dir = run_experiment(cfg, tmp_path, quiet=True)
+    records = json.loads((run_dir / "results.json").read_text())["results"]["records"]
+    methods = {"sequential", "associative", "chunked", "lax.associative_scan"}
+    assert {(r["method"], r["direction"]) for r in records} == {
+        (m, d) for m in methods for d in ("forward", "forward+backward")
+    }
+    assert all(r["warm_s"] > 0 and r["ratio_to_floor"] > 0 for r in records)
+    assert (run_dir / "plots" / "ratio_to_floor.png").is_file()

@@ -9,6 +9,7 @@ import types
 TASKS: dict[str, str] = {
     "quickstart": "experiments.tasks.quickstart",
     "bench_tests": "experiments.tasks.bench_tests",
+    "bench_scan": "experiments.tasks.bench_scan",
 }
 
 
