@@ -36,6 +36,13 @@ __all__ = ["linear_recurrence"]
 METHODS = ("auto", "sequential", "associative", "chunked")
 
 
+def common_dtype(*arrays):
+    """The dtype the inputs promote to under NumPy's rules (real and complex mix on purpose
+    here, so this holds even under `jax_numpy_dtype_promotion="strict"`)."""
+    with jax.numpy_dtype_promotion("standard"):
+        return jnp.result_type(*arrays)
+
+
 # --------------------------------------------------------------------------- the two algebras
 # Elementwise transitions act by multiplication, matrix transitions by matrix products.
 
@@ -236,7 +243,7 @@ def linear_recurrence(a, b, h0=None, *, method="auto", reverse=False, chunk_size
             raise ValueError(
                 f"`a` (shape {a.shape}) must broadcast to `b`'s shape {b.shape}, not beyond."
             )
-    dtype = jnp.result_type(a, b) if h0 is None else jnp.result_type(a, b, h0)
+    dtype = common_dtype(a, b) if h0 is None else common_dtype(a, b, h0)
     state_shape = b.shape[1:]
     if h0 is None:
         h0 = jnp.zeros(state_shape, dtype)

@@ -1,0 +1,65 @@
+"""GateLoop: linear recurrence with fully data-controlled, complex state transitions."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from seqmodels.layers.retention import gated_linear_attention
+
+__all__ = ["GateLoop"]
+
+
+class GateLoop(eqx.Module):
+    """A GateLoop token-mixing layer (Katsch, 2023, "GateLoop: Fully Data-Controlled Linear
+    Recurrence for Sequence Modeling").
+
+    Per head, with x_t the input token:
+      q_t, k_t, v_t = W_q x_t, W_k x_t, W_v x_t;
+      a_t = sigmoid(W_m x_t) * exp(i W_phi x_t)   (magnitude in (0, 1), data-controlled phase);
+      H_t = diag(a_t) H_{t-1} + k_t^T v_t,  y_t = Re(q_t H_t);
+    the heads are concatenated, gated by SiLU(W_g x_t) and projected by W_o.
+
+    `mode` selects the recurrent (O(L)), parallel (associative scan) or surrogate attention
+    (O(L^2)) form of Section 3 of the paper (or "chunkwise"); all give the same output.
+
+    Attributes:
+      num_heads: heads. head_dim: key and value size per head.
+    """
+
+    q: eqx.nn.Linear
+    k: eqx.nn.Linear
+    v: eqx.nn.Linear
+    magnitude: eqx.nn.Linear
+    phase: eqx.nn.Linear
+    gate: eqx.nn.Linear
+    out: eqx.nn.Linear
+    num_heads: int = eqx.field(static=True)
+    head_dim: int = eqx.field(static=True)
+
+    def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None, *, key):
+        head_dim = head_dim or max(1, d_model // num_heads)
+        inner = num_heads * head_dim
+        keys = jax.random.split(key, 7)
+        self.q = eqx.nn.Linear(d_model, inner, use_bias=False, key=keys[0])
+        self.k = eqx.nn.Linear(d_model, inner, use_bias=False, key=keys[1])
+        self.v = eqx.nn.Linear(d_model, inner, use_bias=False, key=keys[2])
+        self.magnitude = eqx.nn.Linear(d_model, inner, key=keys[3])
+        self.phase = eqx.nn.Linear(d_model, inner, key=keys[4])
+        self.gate = eqx.nn.Linear(d_model, inner, key=keys[5])
+        self.out = eqx.nn.Linear(inner, d_model, use_bias=False, key=keys[6])
+        self.num_heads, self.head_dim = num_heads, head_dim
+
+    def __call__(self, x, *, mode: str = "parallel", chunk_size: int = 64):
+        """Mixes a sequence x of shape (L, d_model); returns (L, d_model)."""
+        heads = lambda z: z.reshape(z.shape[0], self.num_heads, self.head_dim).swapaxes(0, 1)
+        proj = lambda layer: heads(jax.vmap(layer)(x))
+        log_a = jax.lax.complex(jax.nn.log_sigmoid(proj(self.magnitude)), proj(self.phase))
+        y = jax.vmap(
+            lambda q, k, v, la: gated_linear_attention(
+                q, k, v, la, mode=mode, chunk_size=chunk_size
+            )
+        )(proj(self.q), proj(self.k), proj(self.v), log_a)
+        y = jnp.real(y).swapaxes(0, 1).reshape(x.shape[0], -1)
+        return jax.vmap(self.out)(y * jax.nn.silu(jax.vmap(self.gate)(x)))

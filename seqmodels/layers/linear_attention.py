@@ -1,0 +1,69 @@
+"""Linear attention and RetNet-style retention."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqmodels.layers.retention import gated_linear_attention
+
+__all__ = ["LinearAttention"]
+
+
+class LinearAttention(eqx.Module):
+    """Causal linear attention with a fixed per-head decay: RetNet's retention (Sun et al.,
+    2023, "Retentive Network", eq. 1-5), or plain linear attention (Katharopoulos et al., 2020)
+    with `decay=False`.
+
+    Per head h with decay gamma_h = 1 - 2^(-5 - h) (RetNet's choice):
+      S_t = gamma_h S_{t-1} + k_t^T v_t,  y_t = q_t S_t,
+    computed in the recurrent, parallel ((Q K^T . D) V with D_ts = gamma^(t-s), the
+    "attention" mode) or chunkwise form; all agree. Heads are concatenated, gated by
+    SiLU(W_g x) as in RetNet, and projected.
+    """
+
+    q: eqx.nn.Linear
+    k: eqx.nn.Linear
+    v: eqx.nn.Linear
+    gate: eqx.nn.Linear
+    out: eqx.nn.Linear
+    log_decay: tuple[float, ...] = eqx.field(static=True)
+    num_heads: int = eqx.field(static=True)
+    head_dim: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int = 4,
+        head_dim: int | None = None,
+        *,
+        decay: bool = True,
+        key,
+    ):
+        head_dim = head_dim or max(1, d_model // num_heads)
+        inner = num_heads * head_dim
+        keys = jax.random.split(key, 5)
+        self.q = eqx.nn.Linear(d_model, inner, use_bias=False, key=keys[0])
+        self.k = eqx.nn.Linear(d_model, inner, use_bias=False, key=keys[1])
+        self.v = eqx.nn.Linear(d_model, inner, use_bias=False, key=keys[2])
+        self.gate = eqx.nn.Linear(d_model, inner, key=keys[3])
+        self.out = eqx.nn.Linear(inner, d_model, use_bias=False, key=keys[4])
+        gammas = 1.0 - 2.0 ** (-5.0 - np.arange(num_heads)) if decay else np.ones(num_heads)
+        self.log_decay = tuple(float(g) for g in np.log(gammas))
+        self.num_heads, self.head_dim = num_heads, head_dim
+
+    def __call__(self, x, *, mode: str = "chunkwise", chunk_size: int = 64):
+        """Mixes a sequence x of shape (L, d_model); returns (L, d_model)."""
+        length = x.shape[0]
+        heads = lambda z: z.reshape(length, self.num_heads, self.head_dim).swapaxes(0, 1)
+        q, k, v = (heads(jax.vmap(layer)(x)) for layer in (self.q, self.k, self.v))
+        log_a = jnp.broadcast_to(jnp.asarray(self.log_decay, q.dtype)[:, None, None], q.shape)
+        y = jax.vmap(
+            lambda q, k, v, la: gated_linear_attention(
+                q, k, v, la, mode=mode, chunk_size=chunk_size
+            )
+        )(q / np.sqrt(self.head_dim), k, v, log_a)
+        y = y.swapaxes(0, 1).reshape(length, -1)
+        return jax.vmap(self.out)(y * jax.nn.silu(jax.vmap(self.gate)(x)))
