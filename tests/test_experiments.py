@@ -140,3 +140,37 @@ def test_bench_scan_tiny_run(tmp_path):
     }
     assert all(r["warm_s"] > 0 and r["ratio_to_floor"] > 0 for r in records)
     assert (run_dir / "plots" / "ratio_to_floor.png").is_file()
+
+
+def test_mqar_batches_are_well_formed(getkey):
+    from experiments.tasks.train_recall import Config, mqar_batch
+
+    cfg = Config(num_keys=6, num_values=5, num_pairs=4, num_queries=3)
+    tokens, targets, mask = mqar_batch(getkey(), cfg, 7)
+    assert tokens.shape == targets.shape == mask.shape == (7, 11)
+    for tok, tgt, m in zip(tokens.tolist(), targets.tolist(), mask.tolist(), strict=True):
+        pairs = dict(zip(tok[0:8:2], tok[1:8:2], strict=True))
+        assert len(pairs) == 4 and all(k < 6 <= v < 11 for k, v in pairs.items())
+        assert m == [False] * 8 + [True] * 3
+        assert [pairs[q] for q in tok[8:]] == tgt[8:]
+
+
+def test_train_recall_tiny_run(tmp_path):
+    cfg = load_config(
+        "configs/train_recall.yaml",
+        [
+            "params.mixers=[gateloop, lru]",
+            "params.num_steps=3",
+            "params.eval_every=2",
+            "params.d_model=8",
+            "params.batch_size=4",
+            "params.eval_batch=8",
+            "params.num_layers=1",
+        ],
+    )
+    run_dir = run_experiment(cfg, tmp_path, quiet=True)
+    results = json.loads((run_dir / "results.json").read_text())["results"]
+    assert [s["mixer"] for s in results["summary"]] == ["gateloop", "lru"]
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4  # steps 2 and 3 for each mixer
+    assert (run_dir / "plots" / "accuracy.png").is_file()

@@ -10,6 +10,7 @@ TASKS: dict[str, str] = {
     "quickstart": "experiments.tasks.quickstart",
     "bench_tests": "experiments.tasks.bench_tests",
     "bench_scan": "experiments.tasks.bench_scan",
+    "train_recall": "experiments.tasks.train_recall",
 }
 
 
