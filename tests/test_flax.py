@@ -10,10 +10,8 @@ from seqmodels import layers
 
 CASES = [
     ("GateLoop", (8,), {"num_heads": 2}, {"mode": "chunkwise", "chunk_size": 4}),
-    ("LinearAttention", (8,), {"num_heads": 2}, {}),
     ("LRU", (8, 6), {}, {}),
     ("S5", (8, 6), {}, {}),
-    ("CKConv", (8, 8), {}, {}),
 ]
 
 
