@@ -36,6 +36,7 @@ __all__ = [
     "config_to_dict",
     "load_config",
     "parse_config",
+    "require_at_least",
 ]
 
 
@@ -218,6 +219,13 @@ def _convert(value, tp, key: str):
             raise ConfigTypeError(f"`{key}` must be a string, got {value!r}.")
         return value
     raise ConfigTypeError(f"`{key}` has an unsupported annotation {tp!r}.")
+
+
+def require_at_least(params, names: Sequence[str], minimum: int = 1) -> None:
+    """For a task's `__post_init__`: each named field of `params` must be >= `minimum`."""
+    for name in names:
+        if getattr(params, name) < minimum:
+            raise ConfigError(f"`params.{name}` must be >= {minimum}, got {getattr(params, name)}.")
 
 
 def config_to_dict(cfg) -> dict:

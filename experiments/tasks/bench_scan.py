@@ -24,7 +24,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from experiments.config import ConfigError
+from experiments.config import ConfigError, require_at_least
 from seqmodels import linear_recurrence
 
 
@@ -54,9 +54,7 @@ class Config:
     def __post_init__(self):
         if not self.lengths or min(self.lengths) < 2:
             raise ConfigError("`params.lengths` must be a non-empty list of L >= 2.")
-        for name in ("batch", "channels", "repeats"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"`params.{name}` must be >= 1.")
+        require_at_least(self, ("batch", "channels", "repeats"))
 
 
 def _time(fn, args, repeats):

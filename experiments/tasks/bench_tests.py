@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import kmethods as km
-from experiments.config import ConfigError
+from experiments.config import ConfigError, require_at_least
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,9 +73,7 @@ class Config:
     def __post_init__(self):
         if not self.sample_sizes or min(self.sample_sizes) < 10:
             raise ConfigError("`params.sample_sizes` must be a non-empty list of n >= 10.")
-        for name in ("dim", "num_permutations", "repeats", "hyppo_reps_large"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"`params.{name}` must be >= 1.")
+        require_at_least(self, ("dim", "num_permutations", "repeats", "hyppo_reps_large"))
 
 
 def _timed(fn):

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 import kmethods as km
-from experiments.config import ConfigError
+from experiments.config import ConfigError, require_at_least
 from experiments.plots import rejection_plot
 
 
@@ -51,9 +51,7 @@ class Config:
     def __post_init__(self):
         if not self.sample_sizes or min(self.sample_sizes) < 6:
             raise ConfigError("`params.sample_sizes` must be a non-empty list of n >= 6.")
-        for name in ("num_replicates", "num_permutations", "dim"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"`params.{name}` must be >= 1.")
+        require_at_least(self, ("num_replicates", "num_permutations", "dim"))
         if not 0.0 < self.alpha < 1.0:
             raise ConfigError("`params.alpha` must lie in (0, 1).")
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from experiments.config import ConfigError
+from experiments.config import ConfigError, require_at_least
 from seqmodels.layers import LRU, S5, CKConv, GateLoop, LinearAttention, SequenceModel
 
 MIXERS = {
@@ -66,20 +66,21 @@ class Config:
     eval_batch: int = 256
 
     def __post_init__(self):
-        for name in (
-            "num_keys",
-            "num_values",
-            "num_pairs",
-            "num_queries",
-            "d_model",
-            "num_layers",
-            "batch_size",
-            "num_steps",
-            "eval_every",
-            "eval_batch",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"`params.{name}` must be >= 1.")
+        require_at_least(
+            self,
+            (
+                "num_keys",
+                "num_values",
+                "num_pairs",
+                "num_queries",
+                "d_model",
+                "num_layers",
+                "batch_size",
+                "num_steps",
+                "eval_every",
+                "eval_batch",
+            ),
+        )
         if self.num_pairs > self.num_keys:
             raise ConfigError("`params.num_pairs` must be <= `params.num_keys` (distinct keys).")
 
