@@ -30,7 +30,7 @@ IDS = [f"{name}-{i}" for i, (name, _, _) in enumerate(KERNELS)]
 
 
 @pytest.mark.parametrize("name,make,params", KERNELS, ids=IDS)
-@pytest.mark.parametrize("d", [1, 3, 20])
+@pytest.mark.parametrize("d", [2, 20])
 def test_gram_matches_dense_numpy(x64, getkey, name, make, params, d):
     x = jax.random.normal(getkey(), (13, d))
     y = jax.random.normal(getkey(), (7, d))
