@@ -242,6 +242,6 @@ def config_to_dict(cfg) -> dict:
 
 
 def dump_config(cfg: RunConfig) -> str:
-    """The resolved config as YAML, with its run command as the first line."""
+    """The resolved config as YAML (after overrides), headed by a comment naming its task."""
     body = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
     return f"# resolved config of a `kseq run` ({cfg.task})\n{body}"

@@ -172,10 +172,12 @@ def _flatten(prefix: str, obj, rows: list) -> None:
     if isinstance(obj, dict):
         for k, v in obj.items():
             _flatten(f"{prefix}.{k}" if prefix else str(k), v, rows)
-    elif isinstance(obj, list) and obj and all(isinstance(v, dict) for v in obj):
-        rows.append((prefix, obj))
     else:
         rows.append((prefix, obj))
+
+
+def _is_records(v) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
 
 
 def _format_value(v) -> str:
@@ -204,12 +206,8 @@ def show_run(run_dir) -> str:
     data = json.loads(path.read_text())
     rows: list = []
     _flatten("", data, rows)
-    scalars = [
-        (k, v)
-        for k, v in rows
-        if not (isinstance(v, list) and v and all(isinstance(x, dict) for x in v))
-    ]
-    tables = [(k, v) for k, v in rows if (k, v) not in scalars]
+    scalars = [(k, v) for k, v in rows if not _is_records(v)]
+    tables = [(k, v) for k, v in rows if _is_records(v)]
     width = max((len(k) for k, _ in scalars), default=0)
     out = [f"{k.ljust(width)}  {_format_value(v)}" for k, v in scalars]
     for k, v in tables:

@@ -44,6 +44,12 @@ def as_points(x, name: str, *, min_points: int = 2) -> jax.Array:
     return x
 
 
+def promote(*arrays):
+    """Casts arrays to their common dtype (samples of mixed precision compare as one)."""
+    dtype = jnp.result_type(*arrays)
+    return tuple(a.astype(dtype) for a in arrays)
+
+
 def check_finite(x, name: str) -> None:
     if is_concrete(x) and not bool(np.all(np.isfinite(np.asarray(x)))):
         raise ValueError(f"`{name}` contains NaN or inf values.")

@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from kmethods import _checks
-from kmethods.mmd import _promote
 from kmethods.pairwise import map_row_blocks, mask_diagonal
 from kmethods.testing import TestResult, gamma_p_value, resample_p_value
 
@@ -31,7 +30,7 @@ def _paired_inputs(x, y, kernel_x, kernel_y):
     _checks.same_length(x, y, "x", "y")
     _checks.check_kernel(kernel_x, "kernel_x")
     _checks.check_kernel(kernel_y, "kernel_y")
-    return _promote(x, y)
+    return _checks.promote(x, y)
 
 
 def hsic(x, y, kernel_x, kernel_y, *, unbiased=False, block_size=None):

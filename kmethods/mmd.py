@@ -40,13 +40,8 @@ def mmd2(x, y, kernel, *, unbiased=True, block_size=None):
     y = _checks.as_points(y, "y")
     _checks.same_dimension(x, y, "x", "y")
     _checks.check_kernel(kernel)
-    x, y = _promote(x, y)
+    x, y = _checks.promote(x, y)
     return _mmd2(x, y, kernel, unbiased=bool(unbiased), block_size=block_size)
-
-
-def _promote(*arrays):
-    dtype = jnp.result_type(*arrays)
-    return tuple(a.astype(dtype) for a in arrays)
 
 
 @partial(jax.jit, static_argnames=("unbiased", "block_size"))
@@ -104,7 +99,7 @@ def mmd_test(
     _checks.check_kernel(kernel)
     _checks.choice(null, "null", ("permutation", "gamma"))
     alpha = _checks.probability(alpha, "alpha")
-    x, y = _promote(x, y)
+    x, y = _checks.promote(x, y)
     if null == "gamma":
         _checks.same_length(x, y, "x", "y")
         return _mmd_gamma_test(x, y, kernel, alpha, block_size=block_size)

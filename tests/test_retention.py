@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqmodels.layers import gated_linear_attention
+from seqmodels.layers import gated_linear_attention, multihead_gated_linear_attention
 from seqmodels.layers.retention import MODES
 
 
@@ -49,6 +49,16 @@ def test_gradients_agree_across_modes(x64, getkey):
         got = jax.grad(loss(mode), argnums=(0, 1, 2, 3))(q, k, v, log_a)
         for g, r in zip(got, ref, strict=True):
             np.testing.assert_allclose(g, r, rtol=1e-8, atol=1e-10)
+
+
+def test_multihead_is_heads_side_by_side(x64, getkey):
+    heads = [_inputs(getkey(), 11, True) for _ in range(2)]
+    q, k, v, log_a = (jnp.concatenate(parts, axis=1) for parts in zip(*heads, strict=True))
+    got = multihead_gated_linear_attention(q, k, v, log_a, 2, mode="chunkwise", chunk_size=4)
+    want = np.concatenate([loop_reference(*head) for head in heads], axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="`v`"):
+        multihead_gated_linear_attention(q, k, v[:, :5], log_a, 2)
 
 
 def test_bad_mode():

@@ -6,7 +6,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from seqmodels.layers.retention import gated_linear_attention
+from seqmodels.layers.retention import multihead_gated_linear_attention
 
 __all__ = ["GateLoop"]
 
@@ -53,13 +53,16 @@ class GateLoop(eqx.Module):
 
     def __call__(self, x, *, mode: str = "parallel", chunk_size: int = 64):
         """Mixes a sequence x of shape (L, d_model); returns (L, d_model)."""
-        heads = lambda z: z.reshape(z.shape[0], self.num_heads, self.head_dim).swapaxes(0, 1)
-        proj = lambda layer: heads(jax.vmap(layer)(x))
+        proj = lambda layer: jax.vmap(layer)(x)
         log_a = jax.lax.complex(jax.nn.log_sigmoid(proj(self.magnitude)), proj(self.phase))
-        y = jax.vmap(
-            lambda q, k, v, la: gated_linear_attention(
-                q, k, v, la, mode=mode, chunk_size=chunk_size
-            )
-        )(proj(self.q), proj(self.k), proj(self.v), log_a)
-        y = jnp.real(y).swapaxes(0, 1).reshape(x.shape[0], -1)
+        y = multihead_gated_linear_attention(
+            proj(self.q),
+            proj(self.k),
+            proj(self.v),
+            log_a,
+            self.num_heads,
+            mode=mode,
+            chunk_size=chunk_size,
+        )
+        y = jnp.real(y)
         return jax.vmap(self.out)(y * jax.nn.silu(jax.vmap(self.gate)(x)))

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqmodels.layers.retention import gated_linear_attention
+from seqmodels.layers.retention import multihead_gated_linear_attention
 
 __all__ = ["LinearAttention"]
 
@@ -56,14 +56,15 @@ class LinearAttention(eqx.Module):
 
     def __call__(self, x, *, mode: str = "chunkwise", chunk_size: int = 64):
         """Mixes a sequence x of shape (L, d_model); returns (L, d_model)."""
-        length = x.shape[0]
-        heads = lambda z: z.reshape(length, self.num_heads, self.head_dim).swapaxes(0, 1)
-        q, k, v = (heads(jax.vmap(layer)(x)) for layer in (self.q, self.k, self.v))
-        log_a = jnp.broadcast_to(jnp.asarray(self.log_decay, q.dtype)[:, None, None], q.shape)
-        y = jax.vmap(
-            lambda q, k, v, la: gated_linear_attention(
-                q, k, v, la, mode=mode, chunk_size=chunk_size
-            )
-        )(q / np.sqrt(self.head_dim), k, v, log_a)
-        y = y.swapaxes(0, 1).reshape(length, -1)
+        q, k, v = (jax.vmap(layer)(x) for layer in (self.q, self.k, self.v))
+        per_column = jnp.repeat(jnp.asarray(self.log_decay, q.dtype), self.head_dim)
+        y = multihead_gated_linear_attention(
+            q / np.sqrt(self.head_dim),
+            k,
+            v,
+            jnp.broadcast_to(per_column, q.shape),
+            self.num_heads,
+            mode=mode,
+            chunk_size=chunk_size,
+        )
         return jax.vmap(self.out)(y * jax.nn.silu(jax.vmap(self.gate)(x)))

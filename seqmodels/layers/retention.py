@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from seqmodels.scan import common_dtype, linear_recurrence
 
-__all__ = ["MODES", "gated_linear_attention"]
+__all__ = ["MODES", "gated_linear_attention", "multihead_gated_linear_attention"]
 
 MODES = ("recurrent", "parallel", "attention", "chunkwise")
 
@@ -126,3 +126,29 @@ def gated_linear_attention(q, k, v, log_a, *, mode="parallel", chunk_size=64):
     if mode == "attention":
         return _attention(q, k, v, log_a)
     return _chunkwise(q, k, v, log_a, chunk_size)
+
+
+def multihead_gated_linear_attention(q, k, v, log_a, num_heads, *, mode="parallel", chunk_size=64):
+    """`gated_linear_attention` on `num_heads` independent heads, concatenated.
+
+    Args:
+      q, k, log_a: (L, H * K); v: (L, H * V). Head h owns columns [h K, (h + 1) K) of q, k and
+        log_a and [h V, (h + 1) V) of v.
+      num_heads: H, which must divide the feature sizes.
+      mode, chunk_size: as in `gated_linear_attention`.
+
+    Returns:
+      (L, H * V), the heads' outputs side by side.
+    """
+    length = q.shape[0]
+    for name, x in (("q", q), ("k", k), ("v", v), ("log_a", log_a)):
+        if x.ndim != 2 or x.shape[1] % num_heads:
+            raise ValueError(
+                f"`{name}` must have shape (L, num_heads * size) with num_heads={num_heads}; "
+                f"got {x.shape}."
+            )
+    split = lambda x: x.reshape(length, num_heads, -1).swapaxes(0, 1)
+    y = jax.vmap(lambda *a: gated_linear_attention(*a, mode=mode, chunk_size=chunk_size))(
+        split(q), split(k), split(v), split(log_a)
+    )
+    return y.swapaxes(0, 1).reshape(length, -1)
