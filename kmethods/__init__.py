@@ -1,4 +1,4 @@
-"""kmethods: kernel discrepancies, kernel tests and (later) kernel thinning, in JAX.
+"""kmethods: kernel discrepancies, kernel tests and kernel thinning, in JAX.
 
 Everything is a pure function of arrays that composes with `jit`, `vmap` and `grad`; pairwise
 sums go through `kmethods.pairwise` in blocks, so memory grows as O(n), not O(n^2).
@@ -24,6 +24,14 @@ from kmethods.ksd import ksd_test as ksd_test
 from kmethods.mmd import mmd2 as mmd2
 from kmethods.mmd import mmd_test as mmd_test
 from kmethods.testing import TestResult as TestResult
+from kmethods.thinning import compresspp as compresspp
+from kmethods.thinning import iid_thin as iid_thin
+from kmethods.thinning import kernel_thin as kernel_thin
+from kmethods.thinning import kt_plus_kernel as kt_plus_kernel
+from kmethods.thinning import mmd_to_sample as mmd_to_sample
+from kmethods.thinning import power_kernel as power_kernel
+from kmethods.thinning import root_kernel as root_kernel
+from kmethods.thinning import standard_thin as standard_thin
 
 __all__ = [
     "IMQ",
@@ -38,12 +46,20 @@ __all__ = [
     "Sinc",
     "SumKernel",
     "TestResult",
+    "compresspp",
     "hsic",
     "hsic_test",
+    "iid_thin",
+    "kernel_thin",
     "ksd2",
     "ksd_test",
+    "kt_plus_kernel",
     "median_bandwidth",
     "mmd2",
     "mmd_test",
+    "mmd_to_sample",
     "pairwise",
+    "power_kernel",
+    "root_kernel",
+    "standard_thin",
 ]

@@ -92,3 +92,64 @@ def stein_gram(name, x, s, **p):
         tr = deg * a * d * t ** (deg - 1) + deg * (deg - 1) * a**2 * t ** (deg - 2) * (x @ x.T)
         return k * ss + gx + gy + tr
     raise ValueError(name)
+
+
+def kt_split(K, m, uniforms, delta):
+    """KT-SPLIT as written in Dwivedi & Mackey (2021), Algorithm 1a: the streaming loop.
+
+    Pairs arrive one at a time; after pair i, every level j whose parents have received two new
+    points since their last halving step sends one of the two to each child. uniforms[j - 1,
+    c * (n / 2^j) + k] is the draw for the k-th pair of parent (j - 1, c).
+    """
+    n = K.shape[0]
+    coresets = {(j, c): [] for j in range(m + 1) for c in range(2**j)}
+    sig2 = {key: 0.0 for key in coresets}
+    count = {key: 0 for key in coresets}
+    for i in range(n // 2):
+        coresets[(0, 0)] += [2 * i, 2 * i + 1]
+        for j in range(1, m + 1):
+            if (i + 1) % 2 ** (j - 1):
+                break
+            log_mult = 2 * np.log(2 * n * m / (delta * 2 ** (j - 1)))
+            for c in range(2 ** (j - 1)):
+                parent = (j - 1, c)
+                x1, x2 = coresets[parent][-2:]
+                b2 = K[x1, x1] + K[x2, x2] - 2 * K[x1, x2]
+                s2 = sig2[parent]
+                a = max(np.sqrt(s2 * b2 * log_mult), b2)
+                if a > 0:
+                    sig2[parent] = s2 + b2 * max(0.0, 1 + (b2 - 2 * a) * s2 / a**2)
+                else:
+                    a = 1.0
+                left, right = coresets[(j, 2 * c)], coresets[(j, 2 * c + 1)]
+                alpha = sum(K[x1, r] - K[x2, r] for r in right) - sum(
+                    K[x1, z] - K[x2, z] for z in left
+                )
+                u = uniforms[j - 1, c * (n // 2**j) + count[parent]]
+                count[parent] += 1
+                if u <= 0.5 * (1 - alpha / a):
+                    left.append(x2)
+                    right.append(x1)
+                else:
+                    left.append(x1)
+                    right.append(x2)
+    return np.array([coresets[(m, c)] for c in range(2**m)])
+
+
+def kt_swap(K, candidates):
+    """KT-SWAP (Algorithm 1b) on a dense kernel matrix: best candidate, then greedy swaps."""
+    mean_k = K.mean(axis=1)
+    scores = [K[np.ix_(c, c)].mean() - 2 * mean_k[c].mean() for c in candidates]
+    best = np.array(candidates[int(np.argmin(scores))])
+    s = len(best)
+    stat = np.diag(K) / s - 2 * mean_k + 2 / s * K[:, best].sum(axis=1)
+    for i in range(s):
+        stat -= 2 / s * K[best[i]]
+        best[i] = int(np.argmin(stat))
+        stat += 2 / s * K[best[i]]
+    return best
+
+
+def mmd_to_indices(K, idx):
+    """MMD between all points and the points idx (repeats counted), from a dense K."""
+    return np.sqrt(max(K.mean() - 2 * K[:, idx].mean() + K[np.ix_(idx, idx)].mean(), 0.0))

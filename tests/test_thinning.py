@@ -1,0 +1,186 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import kmethods as km
+from kmethods import thinning
+from tests import reference as ref
+
+
+def _sample(seed, n, d=2):
+    return np.random.default_rng(seed).normal(size=(n, d))
+
+
+@pytest.mark.parametrize(
+    ("n", "m", "block"),
+    [
+        (16, 2, 16),  # one pass per round
+        (24, 3, 16),  # out_size 3: rows of width 6
+        (40, 2, 3),  # several passes per coreset, the last one partial
+        (128, 4, 2),
+    ],
+)
+def test_split_matches_the_papers_streaming_pseudocode(x64, monkeypatch, n, m, block):
+    """KT-SPLIT, done round by round on all coresets at once, makes every decision of the
+    paper's streaming loop (Algorithm 1a) given the same coin flips."""
+    monkeypatch.setattr(thinning, "_BLOCK", block)
+    x = _sample(n, n)
+    uniforms = np.random.default_rng(1).uniform(size=(m, n // 2))
+    log_mult = thinning._split_log_multipliers(n, m, 0.5, jnp.float64)
+    got = thinning._kt_split(jnp.asarray(x), km.Gaussian(1.3), jnp.asarray(uniforms), log_mult)
+    want = ref.kt_split(ref.gram("gaussian", x, x, bandwidth=1.3), m, uniforms, 0.5)
+    np.testing.assert_array_equal(got, want)
+    # every point lands in exactly one coreset
+    np.testing.assert_array_equal(np.sort(np.asarray(got).ravel()), np.arange(n))
+
+
+def test_swap_matches_reference_and_never_loses(x64):
+    x = _sample(3, 64)
+    kernel = km.Gaussian(1.5)
+    K = ref.gram("gaussian", x, x, bandwidth=1.5)
+    rng = np.random.default_rng(4)
+    candidates = np.stack([rng.choice(64, 8, replace=False) for _ in range(5)])
+    got = np.asarray(thinning._kt_swap(jnp.asarray(x), kernel, jnp.asarray(candidates)))
+    np.testing.assert_array_equal(got, ref.kt_swap(K, list(candidates)))
+    best = min(ref.mmd_to_indices(K, c) for c in candidates)
+    assert ref.mmd_to_indices(K, got) <= best + 1e-12
+
+
+def test_kernel_thin_beats_iid_and_standard_thinning(getkey):
+    """n = 1024 -> 32 points, 4 keys: KT's MMD well below the baselines' (Dwivedi & Mackey,
+    2021, Fig. 3: ~n^-1/2 against ~n^-1/4)."""
+    x = jnp.asarray(_sample(5, 1024), jnp.float32)
+    kernel = km.Gaussian(2.0)
+    with jax.enable_x64(True):
+        x64 = jnp.asarray(np.asarray(x, np.float64))
+        mmd = lambda idx: float(km.mmd_to_sample(x64, jnp.asarray(idx), kernel))
+        kt, iid = [], []
+        for _ in range(4):
+            key = getkey()
+            with jax.enable_x64(False):
+                idx = km.kernel_thin(key, x, kernel)
+                iid_idx = km.iid_thin(key, x)
+            assert idx.shape == (32,) and idx.dtype == jnp.int32
+            assert int(idx.min()) >= 0 and int(idx.max()) < 1024
+            kt.append(mmd(idx))
+            iid.append(mmd(iid_idx))
+        standard = mmd(km.standard_thin(None, x))
+    assert np.median(kt) < 0.5 * np.median(iid), (kt, iid)
+    assert np.median(kt) < 0.5 * standard, (kt, standard)
+
+
+def test_kernel_thin_compiles_once_per_shape(getkey):
+    x = jnp.asarray(_sample(6, 96), jnp.float32)
+    thinning._kernel_thin.clear_cache()
+    for bandwidth in (1.0, 2.0):
+        km.kernel_thin(getkey(), x, km.Gaussian(bandwidth), out_size=12, delta=0.3)
+    km.kernel_thin(getkey(), x, km.Gaussian(1.0), out_size=12, delta=0.7)
+    assert thinning._kernel_thin._cache_size() == 1
+
+
+def test_kernel_thin_options(getkey):
+    """A remainder (n = 100, s = 12: 96 points split) and swap=False (a split coreset)."""
+    x = jnp.asarray(_sample(7, 100), jnp.float32)
+    kernel = km.Gaussian(1.5)
+    idx = km.kernel_thin(getkey(), x, kernel, out_size=12)
+    assert idx.shape == (12,) and int(idx.max()) < 100
+    split_only = km.kernel_thin(getkey(), x, kernel, out_size=12, swap=False)
+    assert len(set(np.asarray(split_only).tolist())) == 12  # a KT-SPLIT coreset: no repeats
+    plus = km.kernel_thin(getkey(), x, kernel, out_size=12, split_kernel=km.kt_plus_kernel(kernel))
+    assert plus.shape == (12,)
+
+
+def test_root_kernel_is_a_convolution_root(x64):
+    """k_rt * k_rt is proportional to k (Dwivedi & Mackey, 2021, Def. 2), checked in 1-d."""
+    kernel = km.Gaussian(0.7)
+    root = km.root_kernel(kernel)
+    z = np.linspace(-12, 12, 4001)[:, None]
+    conv = lambda a, b: np.trapezoid(
+        np.asarray(root.gram(jnp.asarray([[a]]), jnp.asarray(z)))[0]
+        * np.asarray(root.gram(jnp.asarray(z), jnp.asarray([[b]])))[:, 0],
+        z[:, 0],
+    )
+    pairs = [(0.0, 0.0), (0.0, 0.5), (0.3, -1.1), (1.0, 2.4)]
+    ratios = [conv(a, b) / float(kernel(jnp.asarray([a]), jnp.asarray([b]))) for a, b in pairs]
+    np.testing.assert_allclose(ratios, ratios[0], rtol=1e-8)
+    plus = km.kt_plus_kernel(kernel)
+    x = jnp.asarray(_sample(8, 5))
+    np.testing.assert_allclose(plus.gram(x, x), kernel.gram(x, x) + root.gram(x, x))
+    with pytest.raises(TypeError, match="Gaussian"):
+        km.power_kernel(km.IMQ(), 0.5)
+    with pytest.raises(ValueError, match="`alpha`"):
+        km.power_kernel(kernel, 1.5)
+
+
+def test_compresspp_quality_and_partition(getkey):
+    x = jnp.asarray(_sample(9, 1024), jnp.float32)
+    kernel = km.Gaussian(2.0)
+    idx = km.compresspp(getkey(), x, kernel, g=1)
+    assert idx.shape == (32,) and int(idx.min()) >= 0 and int(idx.max()) < 1024
+    with jax.enable_x64(True):
+        x64 = jnp.asarray(np.asarray(x, np.float64))
+        cpp = float(km.mmd_to_sample(x64, jnp.asarray(idx), kernel))
+        iid = [float(km.mmd_to_sample(x64, km.iid_thin(getkey(), x), kernel)) for _ in range(4)]
+    assert cpp < 0.5 * np.median(iid), (cpp, iid)
+    # the swapped halving keeps a partition of each node, and its coreset is no worse than
+    # either KT-SPLIT half
+    halves = jnp.arange(64).reshape(2, 2, 16)
+    swapped = np.asarray(thinning._swap_halves(x, kernel, halves))
+    for node, out in zip(np.asarray(halves), swapped, strict=True):
+        np.testing.assert_array_equal(np.sort(out.ravel()), np.sort(node.ravel()))
+        pts = np.asarray(x, np.float64)[node.ravel()]
+        K = ref.gram("gaussian", pts, pts, bandwidth=2.0)
+        position = {v: i for i, v in enumerate(node.ravel())}
+        mmds = [
+            ref.mmd_to_indices(K, np.array([position[v] for v in ids]))
+            for ids in (out[0], node[0], node[1])
+        ]
+        assert mmds[0] <= min(mmds[1:]) + 1e-6
+
+
+def test_compress_plan():
+    assert thinning._compress_plan(4**8, 2**8, 4) == (4, 4, 4**4)  # the paper's case
+    g, levels, leaf = thinning._compress_plan(10_000, 100, 4)
+    assert leaf * 2**levels == 100 * 2**g and 4**levels * leaf <= 10_000
+    assert thinning._compress_plan(100, 10, 4) == (3, 0, 80)  # too small for g = 4
+
+
+def test_mmd_to_sample_matches_dense(x64):
+    x = _sample(10, 40)
+    idx = np.array([3, 3, 17, 25, 39])
+    K = ref.gram("gaussian", x, x, bandwidth=0.8)
+    got = km.mmd_to_sample(jnp.asarray(x), jnp.asarray(idx), km.Gaussian(0.8))
+    np.testing.assert_allclose(got, ref.mmd_to_indices(K, idx), rtol=1e-10)
+
+
+def test_memory_stays_linear():
+    """The compiled plan of KT at n = 8192 holds no n x n buffer (that would be 256 MiB)."""
+    n = 8192
+    x = jnp.zeros((n, 2), jnp.float32)
+    k = km.Gaussian(1.0)
+    lowered = thinning._kernel_thin.lower(
+        jax.random.key(0), x, k, k, 0.5, out_size=90, m=6, swap=True
+    )
+    assert lowered.compile().memory_analysis().temp_size_in_bytes < 64 * 2**20
+
+
+def test_bad_input(getkey):
+    x = jnp.asarray(_sample(11, 20), jnp.float32)
+    k = km.Gaussian(1.0)
+    with pytest.raises(ValueError, match="`out_size`"):
+        km.kernel_thin(getkey(), x, k, out_size=11)
+    with pytest.raises(ValueError, match=r"`x`.*NaN"):
+        km.kernel_thin(getkey(), x.at[3, 0].set(jnp.nan), k)
+    with pytest.raises(ValueError, match="`x`"):
+        km.kernel_thin(getkey(), jnp.zeros((4, 5, 2)), k)
+    with pytest.raises(TypeError, match="`key`"):
+        km.kernel_thin(0, x, k)
+    with pytest.raises(ValueError, match="`delta`"):
+        km.compresspp(getkey(), x, k, delta=1.5)
+    with pytest.raises(TypeError, match="`split_kernel`"):
+        km.kernel_thin(getkey(), x, k, split_kernel="gaussian")
+    with pytest.raises(TypeError, match="`kernel`"):
+        km.compresspp(getkey(), x, None)
+    with pytest.raises(ValueError, match="`indices`"):
+        km.mmd_to_sample(x, jnp.array([0, 20]), k)
