@@ -114,10 +114,10 @@ def test_root_kernel_is_a_convolution_root(x64):
 
 
 def test_compresspp_quality_and_partition(getkey):
-    x = jnp.asarray(_sample(9, 1024), jnp.float32)
+    x = jnp.asarray(_sample(9, 256), jnp.float32)
     kernel = km.Gaussian(2.0)
-    idx = km.compresspp(getkey(), x, kernel, g=1)
-    assert idx.shape == (32,) and int(idx.min()) >= 0 and int(idx.max()) < 1024
+    idx = km.compresspp(getkey(), x, kernel, g=2)  # two Compress levels, then KT by 4
+    assert idx.shape == (16,) and int(idx.min()) >= 0 and int(idx.max()) < 256
     with jax.enable_x64(True):
         x64 = jnp.asarray(np.asarray(x, np.float64))
         cpp = float(km.mmd_to_sample(x64, jnp.asarray(idx), kernel))
@@ -152,6 +152,8 @@ def test_mmd_to_sample_matches_dense(x64):
     K = ref.gram("gaussian", x, x, bandwidth=0.8)
     got = km.mmd_to_sample(jnp.asarray(x), jnp.asarray(idx), km.Gaussian(0.8))
     np.testing.assert_allclose(got, ref.mmd_to_indices(K, idx), rtol=1e-10)
+    given = km.mmd_to_sample(jnp.asarray(x), jnp.asarray(idx), km.Gaussian(0.8), mean_kxx=K.mean())
+    np.testing.assert_allclose(given, ref.mmd_to_indices(K, idx), rtol=1e-10)
 
 
 def test_memory_stays_linear():

@@ -10,7 +10,9 @@ TASKS: dict[str, str] = {
     "quickstart": "experiments.tasks.quickstart",
     "bench_tests": "experiments.tasks.bench_tests",
     "bench_scan": "experiments.tasks.bench_scan",
+    "bench_thinning": "experiments.tasks.bench_thinning",
     "train_recall": "experiments.tasks.train_recall",
+    "kt_mmd_rate": "experiments.tasks.kt_mmd_rate",
 }
 
 

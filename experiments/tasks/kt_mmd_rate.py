@@ -1,0 +1,168 @@
+"""Experiment: how fast the MMD of each thinning method falls with n (the papers' figures).
+
+For n = 4^k, each method keeps sqrt(n) of n points drawn from a target and we measure the MMD
+between the coreset and the input (Dwivedi & Mackey, 2021, Fig. 3; 2022, Fig. 2; Shetty et al.,
+2022, Fig. 3). i.i.d. thinning decays like n^-1/4; kernel thinning like n^-1/2 (up to logs).
+Methods: `iid`, `standard` (every n/sqrt(n)-th point), `kt` (target KT), `root_kt` (split with
+the square-root kernel), `kt_plus` (split with k + k_rt) and `compresspp`.
+
+Datasets: `gaussian` (N(0, I_d), each d in `dims`) and `mog` (an equal mixture of 8 unit
+Gaussians with means on a circle of radius 3, in d = 2). Kernel: Gaussian with
+bandwidth^2 = 2 d. The MMD is evaluated in float64 with the n^2 term computed once per sample;
+the slope is a least-squares fit of log MMD on log n over `slope_range`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import kmethods as km
+from experiments.config import ConfigError, require_at_least
+
+Method = Literal["iid", "standard", "kt", "root_kt", "kt_plus", "compresspp"]
+Dataset = Literal["gaussian", "mog"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Parameters of the experiment.
+
+    Attributes:
+      sample_sizes: n; powers of 4 give out_size = sqrt(n) exactly.
+      datasets: `gaussian` (in each of `dims`) and/or `mog` (d = 2).
+      dims: dimensions of the Gaussian datasets.
+      methods: thinning methods compared.
+      repeats: independent samples (and thinning keys) per n; medians are reported.
+      g: Compress++ oversampling parameter.
+      slope_range: [n_min, n_max] of the fitted slopes.
+    """
+
+    sample_sizes: tuple[int, ...] = (256, 1024, 4096, 16384, 65536)
+    datasets: tuple[Dataset, ...] = ("gaussian", "mog")
+    dims: tuple[int, ...] = (2, 10)
+    methods: tuple[Method, ...] = ("iid", "standard", "kt", "root_kt", "kt_plus", "compresspp")
+    repeats: int = 3
+    g: int = 4
+    slope_range: tuple[int, int] = (256, 16384)
+
+    def __post_init__(self):
+        if not self.sample_sizes or min(self.sample_sizes) < 16:
+            raise ConfigError("`params.sample_sizes` must be a non-empty list of n >= 16.")
+        if self.slope_range[0] >= self.slope_range[1]:
+            raise ConfigError("`params.slope_range` must be [n_min, n_max] with n_min < n_max.")
+        require_at_least(self, ("repeats",))
+        require_at_least(self, ("g",), minimum=0)
+
+
+def _sample(rng: np.random.Generator, dataset: str, n: int, d: int) -> np.ndarray:
+    if dataset == "gaussian":
+        return rng.normal(size=(n, d))
+    angles = 2 * np.pi * np.arange(8) / 8
+    means = 3.0 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    return means[rng.integers(0, 8, size=n)] + rng.normal(size=(n, 2))
+
+
+def _thin(method: str, key, x, kernel, g: int):
+    if method == "iid":
+        return km.iid_thin(key, x)
+    if method == "standard":
+        return km.standard_thin(key, x)
+    if method == "kt":
+        return km.kernel_thin(key, x, kernel)
+    if method == "root_kt":
+        return km.kernel_thin(key, x, kernel, split_kernel=km.root_kernel(kernel))
+    if method == "kt_plus":
+        return km.kernel_thin(key, x, kernel, split_kernel=km.kt_plus_kernel(kernel))
+    return km.compresspp(key, x, kernel, g=g)
+
+
+def fitted_slope(ns, values) -> float:
+    """Least-squares slope of log(value) against log(n)."""
+    return float(np.polyfit(np.log(ns), np.log(values), 1)[0])
+
+
+def run(cfg: Config, ctx) -> dict:
+    """MMD to the input for every (dataset, d, n, method, repeat), medians and slopes."""
+    settings = [("gaussian", d) for d in cfg.dims if "gaussian" in cfg.datasets]
+    if "mog" in cfg.datasets:
+        settings.append(("mog", 2))
+    units = [(ds, d, n) for ds, d in settings for n in cfg.sample_sizes]
+    root = ctx.key()
+    rows = []
+    for i, (dataset, d, n) in enumerate(ctx.progress(units, desc="kt_mmd_rate", total=len(units))):
+        kernel = km.Gaussian(float(np.sqrt(2.0 * d)))
+        values = {m: [] for m in cfg.methods}
+        for r in range(cfg.repeats):
+            key = jax.random.fold_in(jax.random.fold_in(root, i), r)
+            data = _sample(np.random.default_rng([i, r]), dataset, n, d)
+            x = jnp.asarray(data, jnp.float32)
+            with jax.enable_x64(True):
+                x64 = jnp.asarray(data)
+                self_term = float(km.pairwise.kernel_sum(kernel, x64, x64)) / n**2
+            for j, method in enumerate(cfg.methods):
+                idx = _thin(method, jax.random.fold_in(key, j), x, kernel, cfg.g)
+                with jax.enable_x64(True):
+                    values[method].append(
+                        float(km.mmd_to_sample(x64, idx, kernel, mean_kxx=self_term))
+                    )
+        for method, vals in values.items():
+            row = {
+                "dataset": dataset,
+                "d": d,
+                "n": n,
+                "method": method,
+                "mmd_median": statistics.median(vals),
+                "mmd": vals,
+            }
+            ctx.log_metrics(**row)
+            rows.append(row)
+        ctx.write_json("partial_rows.json", rows)  # nothing lost if interrupted
+
+    lo, hi = cfg.slope_range
+    slopes = []
+    for dataset, d in settings:
+        for method in cfg.methods:
+            pts = [
+                (r["n"], r["mmd_median"])
+                for r in rows
+                if (r["dataset"], r["d"], r["method"]) == (dataset, d, method)
+                and lo <= r["n"] <= hi
+            ]
+            if len(pts) >= 2:
+                slope = fitted_slope(*zip(*pts, strict=True))
+                slopes.append({"dataset": dataset, "d": d, "method": method, "slope": slope})
+    _plot(rows, slopes, settings, ctx)
+    table = [{k: v for k, v in r.items() if k != "mmd"} for r in rows]
+    return {"slope_range": [lo, hi], "slopes": slopes, "mmd": table}
+
+
+def _plot(rows, slopes, settings, ctx):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.6 * len(settings), 3.8), squeeze=False)
+    for ax, (dataset, d) in zip(axes[0], settings, strict=True):
+        for method in dict.fromkeys(r["method"] for r in rows):
+            pts = [r for r in rows if (r["dataset"], r["d"], r["method"]) == (dataset, d, method)]
+            slope = next(
+                (
+                    s["slope"]
+                    for s in slopes
+                    if (s["dataset"], s["d"], s["method"]) == (dataset, d, method)
+                ),
+                None,
+            )
+            label = method if slope is None else f"{method} ({slope:.2f})"
+            ax.plot([r["n"] for r in pts], [r["mmd_median"] for r in pts], "o-", label=label)
+        ax.set_xscale("log", base=4)
+        ax.set_yscale("log")
+        ax.set_xlabel("n (coreset sqrt(n))")
+        ax.set_ylabel("MMD to the input")
+        ax.set_title(f"{dataset}, d = {d}")
+        ax.legend(fontsize=7, title="fitted slope")
+    ctx.save_figure(fig, "mmd_rate")

@@ -1,0 +1,56 @@
+import json
+
+import numpy as np
+import pytest
+
+from experiments import load_config, run_experiment
+from experiments.tasks.kt_mmd_rate import fitted_slope
+
+
+def test_fitted_slope():
+    ns = np.array([16, 64, 256, 1024])
+    assert fitted_slope(ns, 3.0 * ns**-0.5) == pytest.approx(-0.5)
+
+
+def test_kt_mmd_rate_tiny_run(tmp_path):
+    cfg = load_config(
+        "configs/kt_mmd_rate.yaml",
+        [
+            "params.sample_sizes=[64,256]",
+            "params.dims=[2]",
+            "params.datasets=[gaussian]",
+            "params.methods=[iid,kt]",
+            "params.repeats=1",
+            "params.slope_range=[64,256]",
+        ],
+    )
+    run_dir = run_experiment(cfg, tmp_path, quiet=True)
+    results = json.loads((run_dir / "results.json").read_text())["results"]
+    mmd = {(r["n"], r["method"]): r["mmd_median"] for r in results["mmd"]}
+    assert set(mmd) == {(n, m) for n in (64, 256) for m in ("iid", "kt")}
+    assert mmd[(256, "kt")] < mmd[(256, "iid")]
+    assert {s["method"] for s in results["slopes"]} == {"iid", "kt"}
+    assert (run_dir / "plots" / "mmd_rate.png").is_file()
+
+
+def test_bench_thinning_tiny_run(tmp_path):
+    pytest.importorskip("goodpoints")
+    cfg = load_config(
+        "configs/bench_thinning.yaml",
+        [
+            "params.sample_sizes=[64]",
+            "params.dims=[2]",
+            "params.repeats=1",
+            "params.g=1",
+            "params.compresspp_only_sizes=[]",
+            "params.methods=[kt]",
+        ],
+    )
+    run_dir = run_experiment(cfg, tmp_path, quiet=True)
+    (record,) = json.loads((run_dir / "results.json").read_text())["results"]["records"]
+    assert record["n"] == 64 and record["out_size"] == 8
+    for path in ("gp_matrix", "gp_thin"):
+        assert record[f"{path}_s"] > 0 and record[f"{path}_mmd"] > 0
+    # the fresh-process measurement ran and saw the libraries' baseline below the peak
+    assert record["kseq_peak_mb"] >= record["kseq_peak_over_base_mb"] > 0
+    assert (run_dir / "plots" / "thinning.png").is_file()
