@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 
 from kmethods import _checks
-from kmethods.kernels import Gaussian, SumKernel
+from kmethods.kernels import Gaussian, Laplace, Matern, SumKernel
 from kmethods.mmd import mmd2
 from kmethods.pairwise import kernel_row_sums, kernel_sum
 
@@ -494,34 +494,63 @@ def mmd_to_sample(x, indices, kernel, *, mean_kxx=None, block_size=None):
 # ----------------------------------------------------------------------------- split kernels
 
 
-def power_kernel(kernel, alpha):
+def power_kernel(kernel, alpha, dim=None):
     """The alpha-power kernel k_alpha, whose Fourier transform is that of k to the power alpha.
 
-    Generalized KT (Dwivedi & Mackey, 2022, Section 3) splits with k_alpha, alpha in [1/2, 1]
-    (alpha = 1/2 is root KT). Kernels are normalised to k_alpha(x, x) = 1; KT-SPLIT does not
-    depend on the kernel's scale.
+    Generalized KT (Dwivedi & Mackey, 2022, Section 3 and Table 2) splits with k_alpha,
+    alpha in (0, 1] (alpha = 1/2 is root KT). Results are normalised to k_alpha(x, x) = 1;
+    KT-SPLIT's decisions do not depend on the kernel's scale.
 
-      Gaussian(h): Gaussian(sqrt(alpha) h).
+      Gaussian(h)       -> Gaussian(sqrt(alpha) h)
+      Matern(nu, h)     -> Matern(nu', h sqrt(nu' / nu)), nu' = alpha (nu + d / 2) - d / 2
+      Laplace(h)        -> Matern(nu=1/2, h) as above
+
+    (The Matern spectral density is proportional to (2 nu / h^2 + |w|^2)^-(nu + d/2);
+    Rasmussen & Williams, 2006, eq. 4.15.) The Matern power exists only when nu' > 0, i.e.
+    alpha > d / (2 nu + d).
+
+    Args:
+      kernel: a Gaussian, Matern or Laplace kernel.
+      alpha: the power, in (0, 1].
+      dim: the dimension d of the points; needed for Matern and Laplace.
     """
     alpha = float(alpha)
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"`alpha` must lie in (0, 1], got {alpha}.")
     if isinstance(kernel, Gaussian):
         return Gaussian(jnp.sqrt(alpha) * jnp.asarray(kernel.bandwidth))
-    raise TypeError(f"power_kernel supports Gaussian kernels so far, got {type(kernel).__name__}.")
+    if isinstance(kernel, (Matern, Laplace)):
+        nu = kernel.nu if isinstance(kernel, Matern) else 0.5
+        if dim is None:
+            raise ValueError(
+                f"`dim` (the dimension of the points) is needed for the power of "
+                f"{type(kernel).__name__}."
+            )
+        d = _checks.positive_int(dim, "dim")
+        new_nu = alpha * (nu + d / 2.0) - d / 2.0
+        if new_nu <= 0:
+            raise ValueError(
+                f"The alpha-power of Matern(nu={nu}) in d = {d} needs alpha > "
+                f"{d / (2 * nu + d):.4g}; got `alpha` = {alpha}."
+            )
+        bandwidth = jnp.asarray(kernel.bandwidth) * math.sqrt(new_nu / nu)
+        return Matern(nu=new_nu, bandwidth=bandwidth)
+    raise TypeError(
+        f"power_kernel supports Gaussian, Matern and Laplace kernels, got {type(kernel).__name__}."
+    )
 
 
-def root_kernel(kernel):
+def root_kernel(kernel, dim=None):
     """The square-root kernel of root KT (Dwivedi & Mackey, 2021): `power_kernel(k, 1/2)`."""
-    return power_kernel(kernel, 0.5)
+    return power_kernel(kernel, 0.5, dim)
 
 
-def kt_plus_kernel(kernel, alpha=0.5):
+def kt_plus_kernel(kernel, alpha=0.5, dim=None):
     """The KT+ split kernel k / ||k||_inf + k_alpha / ||k_alpha||_inf (Dwivedi & Mackey, 2022).
 
     Both terms are normalised to 1 on the diagonal, so this is k + k_alpha.
     """
-    return SumKernel((kernel, power_kernel(kernel, alpha)))
+    return SumKernel((kernel, power_kernel(kernel, alpha, dim)))
 
 
 # ----------------------------------------------------------------------------- Compress++
@@ -543,8 +572,8 @@ def _compress_plan(n: int, out_size: int, g: int):
     return g, levels, leaf
 
 
-@partial(jax.jit, static_argnames=("out_size", "g", "levels", "leaf"))
-def _compresspp(key, x, kernel, delta, *, out_size, g, levels, leaf):
+@partial(jax.jit, static_argnames=("out_size", "g", "levels", "leaf", "skip"))
+def _compresspp(key, x, kernel, delta, *, out_size, g, levels, leaf, skip):
     n = x.shape[0]
     n_used = 4**levels * leaf
     k_drop, k_halve, k_pick, k_thin = jax.random.split(key, 4)
@@ -552,18 +581,20 @@ def _compresspp(key, x, kernel, delta, *, out_size, g, levels, leaf):
         used = jnp.sort(jax.random.choice(k_drop, n, (n_used,), replace=False))
     else:
         used = jnp.arange(n)
-    # The failure probability is shared between Compress's halvings and the final KT.
-    thin_frac = g / (g + 2**g * levels) if levels else 1.0
+    # The top `skip` levels are not halved: their four-way concatenations go to KT, which thins
+    # by 2^(g + skip). The failure probability is shared between the halvings and that KT.
+    run_levels, m = levels - skip, g + skip
+    thin_frac = m / (m + 2**m * run_levels) if run_levels else 1.0
     delta_compress = delta * (1.0 - thin_frac)
     idx = used.reshape(4**levels, leaf)
     halve_keys = jax.random.split(k_halve, max(levels, 1))
     pick_keys = jax.random.split(k_pick, max(levels, 1))
-    for t in range(levels):
+    for t in range(run_levels):
         nodes = idx.shape[0] // 4
         idx = idx.reshape(nodes, -1)  # the outputs of four children side by side
         length = idx.shape[1]
         # Halve on l points gets delta l^2 / (4 leaf n levels), i.e. delta_i = that / l.
-        delta_halve = delta_compress * length**2 / (4 * leaf * n_used * levels)
+        delta_halve = delta_compress * length**2 / (4 * leaf * n_used * run_levels)
         log_mult = 2.0 * jnp.log(2.0 * length / jnp.asarray(delta_halve, x.dtype))
         uniforms = jax.random.uniform(halve_keys[t], (nodes * length // 2,), x.dtype)
         halved = _halve(
@@ -581,23 +612,28 @@ def _compresspp(key, x, kernel, delta, *, out_size, g, levels, leaf):
         side = jax.random.bernoulli(pick_keys[t], 0.5, (nodes,)).astype(jnp.int32)
         idx = jnp.take_along_axis(halved, side[:, None, None], axis=1)[:, 0]  # symmetrized
     compressed = idx.reshape(-1)
-    if g == 0:
+    if m == 0:
         return compressed
     chosen = _kernel_thin(
-        k_thin, x[compressed], kernel, kernel, delta * thin_frac, out_size=out_size, m=g, swap=True
+        k_thin, x[compressed], kernel, kernel, delta * thin_frac, out_size=out_size, m=m, swap=True
     )
     return compressed[chosen]
 
 
-def compresspp(key, x, kernel, *, g=4, out_size=None, delta=0.5):
+def compresspp(key, x, kernel, *, g=4, out_size=None, delta=0.5, num_bins=4):
     """Compress++ (Shetty, Dwivedi & Mackey, 2022) with kernel halving and KT, near-linear time.
 
     Compress recursively splits its input in four, compresses each quarter, concatenates the
-    results and halves them with symmetrized kernel halving (one KT-SPLIT round, then one of
-    the two halves at random); it returns 2^g sqrt(n) points in O(n 4^g log n) kernel
-    evaluations. KT (`kernel_thin`, target kernel) then thins those by 2^g to sqrt(n).
-    Failure probabilities follow the paper: the final KT gets delta g / (g + 2^g beta) and each
-    halving of l points the rest times l^2 / (4^{g+1} n beta), beta = log4(n) - g levels.
+    results and halves them with symmetrized KT halving (one KT-SPLIT round, a swap pass that
+    keeps the two halves a partition, then one of the two at random); it returns 2^g sqrt(n)
+    points in O(n 4^g log n) kernel evaluations. KT (`kernel_thin`, target kernel) then thins
+    those by 2^g to sqrt(n). With `num_bins` = 4^b (goodpoints' `compresspp_kt` uses 4), the
+    input is first cut into that many bins, Compress runs on each, and KT thins the bins'
+    concatenation by 2^(g + b): the top b halvings are left to KT, which is better and, on
+    that many points, still cheap. `num_bins=1` is the paper's Algorithm 2 as written.
+    Failure probabilities follow the paper: the final KT (m = g + b rounds) gets
+    delta m / (m + 2^m beta) and each halving of l points the rest times
+    l^2 / (4^{g+1} n beta), beta the number of halving levels.
 
     Args:
       key: JAX PRNG key.
@@ -608,6 +644,7 @@ def compresspp(key, x, kernel, *, g=4, out_size=None, delta=0.5):
         2^(levels + g) s <= n points with s 2^g / 2^levels a whole number; any other points
         are left out at random. If n < s 2^g, g is lowered (Compress++ is then KT).
       delta: overall failure probability.
+      num_bins: a power of 4: the top log4(num_bins) levels of Compress are left to KT.
 
     Returns:
       int indices into x of shape (s,).
@@ -615,5 +652,19 @@ def compresspp(key, x, kernel, *, g=4, out_size=None, delta=0.5):
     _check_key(key)
     x, out_size, delta = _thinning_inputs(x, kernel, out_size, delta)
     g = _checks.positive_int(g, "g", minimum=0)
+    num_bins = _checks.positive_int(num_bins, "num_bins")
+    skip = round(math.log(num_bins, 4))
+    if 4**skip != num_bins:
+        raise ValueError(f"`num_bins` must be a power of 4 (1, 4, 16, ...), got {num_bins}.")
     g, levels, leaf = _compress_plan(x.shape[0], out_size, g)
-    return _compresspp(key, x, kernel, delta, out_size=out_size, g=g, levels=levels, leaf=leaf)
+    return _compresspp(
+        key,
+        x,
+        kernel,
+        delta,
+        out_size=out_size,
+        g=g,
+        levels=levels,
+        leaf=leaf,
+        skip=min(skip, levels),
+    )

@@ -109,8 +109,35 @@ def test_root_kernel_is_a_convolution_root(x64):
     np.testing.assert_allclose(plus.gram(x, x), kernel.gram(x, x) + root.gram(x, x))
     with pytest.raises(TypeError, match="Gaussian"):
         km.power_kernel(km.IMQ(), 0.5)
+    with pytest.raises(ValueError, match="`dim`"):
+        km.root_kernel(km.Matern(nu=2.5))
+    with pytest.raises(ValueError, match=r"alpha > 0\.6667"):
+        km.power_kernel(km.Laplace(), 0.5, dim=2)
     with pytest.raises(ValueError, match="`alpha`"):
         km.power_kernel(kernel, 1.5)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "alpha", "dim"),
+    [(km.Matern(nu=1.5, bandwidth=0.6), 0.5, 1), (km.Matern(nu=2.5, bandwidth=0.5), 0.3, 1)],
+)
+def test_matern_power_kernels_convolve_back(x64, kernel, alpha, dim):
+    """k_alpha * k_(1 - alpha) is proportional to k (their Fourier transforms multiply), 1-d."""
+    first, second = km.power_kernel(kernel, alpha, dim), km.power_kernel(kernel, 1 - alpha, dim)
+    z = jnp.asarray(np.linspace(-40, 40, 160_001)[:, None])
+
+    def conv(a, b):
+        left = first.gram(jnp.asarray([[a]]), z)[0]
+        right = second.gram(z, jnp.asarray([[b]]))[:, 0]
+        return float(jnp.trapezoid(left * right, z[:, 0]))
+
+    pairs = [(0.0, 0.0), (0.0, 0.4), (0.3, -0.9), (1.0, 2.1)]
+    ratios = [conv(a, b) / float(kernel(jnp.asarray([a]), jnp.asarray([b]))) for a, b in pairs]
+    np.testing.assert_allclose(ratios, ratios[0], rtol=1e-4)
+    laplace = km.power_kernel(km.Laplace(0.7), 0.9, dim=3)
+    matern = km.power_kernel(km.Matern(nu=0.5, bandwidth=0.7), 0.9, dim=3)
+    assert laplace.nu == matern.nu == pytest.approx(0.9 * 2.0 - 1.5)
+    np.testing.assert_allclose(laplace.bandwidth, matern.bandwidth)
 
 
 def test_compresspp_quality_and_partition(getkey):
