@@ -203,9 +203,9 @@ def matern_normalised(x, nu: float):
     small = x < _MATERN_SMALL
     xs = jnp.where(small, 1.0, x)
     upper = jnp.arccosh(1.0 + 40.0 / xs)
-    j = jnp.arange(_MATERN_NODES + 1, dtype=xs.dtype)
+    j = jnp.arange(_MATERN_NODES + 1, dtype=xs.dtype).reshape((1,) * xs.ndim + (-1,))
     t = upper[..., None] * j / _MATERN_NODES
-    weights = jnp.where((j == 0) | (j == _MATERN_NODES), 0.5, 1.0)
+    weights = jnp.where((j == 0) | (j == _MATERN_NODES), 0.5, 1.0).astype(xs.dtype)
     log_norm = (nu - 1.0) * math.log(2.0) + math.lgamma(nu)
     log_terms = nu * jnp.log(xs)[..., None] - xs[..., None] * jnp.cosh(t) + _log_cosh(nu * t)
     step = upper / _MATERN_NODES
