@@ -594,7 +594,8 @@ def _compresspp(key, x, kernel, delta, *, out_size, g, levels, leaf, skip):
         idx = idx.reshape(nodes, -1)  # the outputs of four children side by side
         length = idx.shape[1]
         # Halve on l points gets delta l^2 / (4 leaf n levels), i.e. delta_i = that / l.
-        delta_halve = delta_compress * length**2 / (4 * leaf * n_used * run_levels)
+        # (Python floats: 4 leaf n levels passes 2^31 at n = 2^20.)
+        delta_halve = delta_compress * (float(length) ** 2 / (4.0 * leaf * n_used * run_levels))
         log_mult = 2.0 * jnp.log(2.0 * length / jnp.asarray(delta_halve, x.dtype))
         uniforms = jax.random.uniform(halve_keys[t], (nodes * length // 2,), x.dtype)
         halved = _halve(

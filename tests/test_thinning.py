@@ -173,6 +173,16 @@ def test_compress_plan():
     assert thinning._compress_plan(100, 10, 4) == (3, 0, 80)  # too small for g = 4
 
 
+def test_compresspp_traces_at_a_million_points():
+    """Constants such as 4 leaf n levels exceed int32 at n = 2^20: tracing must not overflow."""
+    x = jax.ShapeDtypeStruct((2**20, 2), jnp.float32)
+    k = km.Gaussian(1.0)
+    g, levels, leaf = thinning._compress_plan(2**20, 2**10, 4)
+    thinning._compresspp.trace(
+        jax.random.key(0), x, k, 0.5, out_size=2**10, g=g, levels=levels, leaf=leaf, skip=1
+    )
+
+
 def test_mmd_to_sample_matches_dense(x64):
     x = _sample(10, 40)
     idx = np.array([3, 3, 17, 25, 39])
