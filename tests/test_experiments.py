@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from experiments import load_config, run_experiment, show_run
+from experiments import load_config, run_experiment
 from experiments.cli import list_configs, main
 from experiments.config import ConfigError, apply_overrides, parse_config
 
@@ -105,12 +105,6 @@ def test_quickstart_run_writes_the_run_folder(tmp_path, capsys):
     assert main(["show", str(run_dir)]) == 0
     shown = capsys.readouterr().out
     assert "results.rates" in shown and "power" in shown
-
-
-def test_run_experiment_is_callable_from_python(tmp_path):
-    cfg = load_config("configs/quickstart.yaml", [*TINY, "params.sample_sizes=[8]"])
-    run_dir = run_experiment(cfg, tmp_path, quiet=True)
-    assert "results.rates" in show_run(run_dir)
 
 
 def test_cli_bad_config_exits_2(tmp_path):
