@@ -79,6 +79,16 @@ def test_kernel_thin_compiles_once_per_shape(getkey):
     assert thinning._kernel_thin._cache_size() == 1
 
 
+def test_kernel_thin_vmaps_over_keys(getkey):
+    """Replicates run as one batched computation and equal the one-key calls."""
+    x = jnp.asarray(_sample(12, 64), jnp.float32)
+    kernel = km.Gaussian(1.5)
+    keys = jax.random.split(getkey(), 3)
+    batched = jax.vmap(lambda key: km.kernel_thin(key, x, kernel))(keys)
+    assert batched.shape == (3, 8)
+    np.testing.assert_array_equal(batched[1], km.kernel_thin(keys[1], x, kernel))
+
+
 def test_kernel_thin_options(getkey):
     """A remainder (n = 100, s = 12: 96 points split); KT+ with swap=False (a split coreset)."""
     x = jnp.asarray(_sample(7, 100), jnp.float32)
