@@ -421,13 +421,7 @@ def kernel_thin(key, x, kernel, *, out_size=None, split_kernel=None, delta=0.5, 
 # ----------------------------------------------------------------------------- baselines
 
 
-def standard_thin(key, x, kernel=None, *, out_size=None, **unused):
-    """Standard thinning: every (n // s)-th point, counted back from the last one.
-
-    `key` and `kernel` are accepted (and unused) so that every thinning routine has the
-    signature of `kernel_thin`.
-    """
-    del key, kernel, unused
+def _baseline_inputs(x, out_size):
     x = _checks.as_points(x, "x")
     n = x.shape[0]
     out_size = _checks.positive_int(
@@ -435,20 +429,28 @@ def standard_thin(key, x, kernel=None, *, out_size=None, **unused):
     )
     if out_size > n:
         raise ValueError(f"`out_size` must be at most n = {n}, got {out_size}.")
+    return n, out_size
+
+
+def standard_thin(key, x, kernel=None, *, out_size=None, split_kernel=None, delta=0.5, swap=True):
+    """Standard thinning: every (n // s)-th point, counted back from the last one.
+
+    Takes (and ignores) `key`, `kernel` and KT's options, so that every thinning routine can
+    be called like `kernel_thin`.
+    """
+    del key, kernel, split_kernel, delta, swap
+    n, out_size = _baseline_inputs(x, out_size)
     return _standard_indices(n, out_size)
 
 
-def iid_thin(key, x, kernel=None, *, out_size=None, **unused):
-    """An i.i.d. baseline: `out_size` indices drawn uniformly without replacement."""
-    del kernel, unused
+def iid_thin(key, x, kernel=None, *, out_size=None, split_kernel=None, delta=0.5, swap=True):
+    """An i.i.d. baseline: `out_size` indices drawn uniformly without replacement.
+
+    Takes (and ignores) `kernel` and KT's options, like `standard_thin`.
+    """
+    del kernel, split_kernel, delta, swap
     _check_key(key)
-    x = _checks.as_points(x, "x")
-    n = x.shape[0]
-    out_size = _checks.positive_int(
-        _default_out_size(n) if out_size is None else out_size, "out_size"
-    )
-    if out_size > n:
-        raise ValueError(f"`out_size` must be at most n = {n}, got {out_size}.")
+    n, out_size = _baseline_inputs(x, out_size)
     return jax.random.choice(key, n, (out_size,), replace=False)
 
 

@@ -228,5 +228,9 @@ def test_bad_input(getkey):
         km.kernel_thin(getkey(), x, k, split_kernel="gaussian")
     with pytest.raises(TypeError, match="`kernel`"):
         km.compresspp(getkey(), x, None)
+    with pytest.raises(ValueError, match="`out_size`"):
+        km.standard_thin(None, x, out_size=21)
+    with pytest.raises(TypeError):  # a misspelt option is not swallowed
+        km.iid_thin(getkey(), x, outsize=4)
     with pytest.raises(ValueError, match="`indices`"):
         km.mmd_to_sample(x, jnp.array([0, 20]), k)
