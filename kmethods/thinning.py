@@ -20,14 +20,17 @@ KT-SPLIT halves its input m times. Round j (0-based) holds 2^j coresets of n / 2
 in arrival order; every coreset is halved by walking its consecutive pairs (x, x') in order and
 sending one point to each child. Doing the rounds one after another is the same algorithm as the
 paper's interleaved (streaming) loop: a pair's fate depends only on earlier pairs of its own
-parent coreset. All 2^j coresets of a round advance together (`vmap`).
+parent coreset. All 2^j coresets of a round advance together, on arrays whose shapes do not
+depend on the round (`_halve`), so the m rounds are one `fori_loop` body: one compilation per
+input shape, whatever the seed, bandwidth, delta or round.
 
 For one coreset the walk keeps psi, the difference of the kernel sums of the two children so far,
 as its values g_q = psi(x_q) at every point of the coreset. A pair needs
 alpha = <k(x, .) - k(x', .), psi> = g(x) - g(x'), and after the decision g moves by
-+-(k(x, .) - k(x', .)). Pairs are taken `block` at a time: one (2 block, L) slab of kernel rows
-per block gives the within-block inner products for the sequential decisions and then updates g
-with one matrix-vector product. Memory is O(block * n), never n x n; the kernel is evaluated
++-(k(x, .) - k(x', .)). Each pass takes the next `block` pairs of every coreset: their small
+Gram block gives the inner products for the sequential decisions, then one blocked evaluation
+of those 2 block points against the coreset's points (positions viewed as rows that never
+straddle two coresets) moves g. Memory is O(block * n), never n x n; the kernel is evaluated
 about 2 n^2 times in all (the 2 n^2 floor of KT).
 
 KT-SWAP scores the 2^m candidates and the standard-thinning coreset by MMD to the whole input
