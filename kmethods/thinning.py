@@ -351,6 +351,14 @@ def _swap_halves(x, kernel, halves):
     return jax.lax.map(one, halves, batch_size=batch)
 
 
+def _kept_points(key, n: int, n_used: int):
+    """The n_used of n points that enter the split, in their original order: all of them when
+    n_used = n, else a uniformly random subset (the documented drop of a remainder)."""
+    if n_used == n:
+        return jnp.arange(n)
+    return jnp.sort(jax.random.choice(key, n, (n_used,), replace=False))
+
+
 def _standard_indices(n: int, s: int):
     """Every (n // s)-th index, counted back from the last point (goodpoints' baseline)."""
     stride = n // s
@@ -365,10 +373,7 @@ def _kernel_thin(key, x, kernel, split_kernel, delta, *, out_size, m, swap):
     n = x.shape[0]
     n_used = out_size * 2**m
     k_drop, k_split, k_pick = jax.random.split(key, 3)
-    if n_used < n:
-        used = jnp.sort(jax.random.choice(k_drop, n, (n_used,), replace=False))
-    else:
-        used = jnp.arange(n)
+    used = _kept_points(k_drop, n, n_used)
     uniforms = jax.random.uniform(k_split, (m, n_used // 2), x.dtype)
     log_mult = _split_log_multipliers(n_used, m, jnp.asarray(delta, x.dtype), x.dtype)
     coresets = used[_kt_split(x[used], split_kernel, uniforms, log_mult)]
@@ -582,10 +587,7 @@ def _compresspp(key, x, kernel, delta, *, out_size, g, levels, leaf, skip):
     n = x.shape[0]
     n_used = 4**levels * leaf
     k_drop, k_halve, k_pick, k_thin = jax.random.split(key, 4)
-    if n_used < n:
-        used = jnp.sort(jax.random.choice(k_drop, n, (n_used,), replace=False))
-    else:
-        used = jnp.arange(n)
+    used = _kept_points(k_drop, n, n_used)
     # The top `skip` levels are not halved: their four-way concatenations go to KT, which thins
     # by 2^(g + skip). The failure probability is shared between the halvings and that KT.
     run_levels, m = levels - skip, g + skip
