@@ -1,0 +1,266 @@
+"""Recurrent cells as step functions `cell(h, x) -> h_next`, for `lax.scan` and `deer_solve`.
+
+Every cell is an equinox module that works on one time step; `RNN` runs a cell over a sequence
+with the solver chosen by option (the sequential scan, DEER or quasi-DEER). The cells with a
+closed-form Jacobian diagonal (`ElmanCell`, `GRUCell`, `LSTMCell`) expose it as
+`diag_jacobian(h, x)`, which quasi-DEER uses instead of forming any Jacobian.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from seqmodels.deer import DeerSolution, deer_solve, sequential_solve
+
+__all__ = ["RNN", "ElmanCell", "GRUCell", "LSTMCell", "NeuralODECell"]
+
+SOLVERS = ("sequential", "newton", "quasi")
+
+
+def _uniform(key, shape, fan, dtype):
+    bound = 1.0 / math.sqrt(fan)
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def _dtype(dtype):
+    return jnp.zeros((), dtype if dtype is not None else jnp.float32).dtype
+
+
+def _check_sizes(input_size, hidden_size):
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+
+
+def _sigmoid_grad(s):
+    return s * (1.0 - s)
+
+
+class ElmanCell(eqx.Module):
+    """Elman (tanh) RNN: h' = tanh(W_hh h + W_ih x + b) (Elman, 1990)."""
+
+    weight_ih: jax.Array  # (H, D)
+    weight_hh: jax.Array  # (H, H)
+    bias: jax.Array  # (H,)
+
+    def __init__(self, input_size, hidden_size, *, key, dtype=None):
+        _check_sizes(input_size, hidden_size)
+        dtype = _dtype(dtype)
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.weight_ih = _uniform(k1, (hidden_size, input_size), hidden_size, dtype)
+        self.weight_hh = _uniform(k2, (hidden_size, hidden_size), hidden_size, dtype)
+        self.bias = _uniform(k3, (hidden_size,), hidden_size, dtype)
+
+    @property
+    def hidden_size(self):
+        return self.bias.shape[0]
+
+    def init_state(self):
+        return jnp.zeros(self.hidden_size, self.bias.dtype)
+
+    def __call__(self, h, x):
+        return jnp.tanh(self.weight_hh @ h + self.weight_ih @ x + self.bias)
+
+    def diag_jacobian(self, h, x):
+        out = self(h, x)
+        return (1.0 - out * out) * jnp.diagonal(self.weight_hh)
+
+
+class GRUCell(eqx.Module):
+    """Gated recurrent unit (Cho et al., 2014), in the cuDNN / PyTorch form:
+
+    r = sigma(W_ir x + W_hr h + b_r), z = sigma(W_iz x + W_hz h + b_z),
+    n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), h' = (1 - z) * n + z * h.
+    """
+
+    weight_ih: jax.Array  # (3H, D): rows r, z, n
+    weight_hh: jax.Array  # (3H, H)
+    bias: jax.Array  # (3H,): b_r, b_z, b_in
+    bias_hn: jax.Array  # (H,)
+
+    def __init__(self, input_size, hidden_size, *, key, dtype=None):
+        _check_sizes(input_size, hidden_size)
+        dtype = _dtype(dtype)
+        k1, k2, k3, k4 = jax.random.split(key, 4)
+        self.weight_ih = _uniform(k1, (3 * hidden_size, input_size), hidden_size, dtype)
+        self.weight_hh = _uniform(k2, (3 * hidden_size, hidden_size), hidden_size, dtype)
+        self.bias = _uniform(k3, (3 * hidden_size,), hidden_size, dtype)
+        self.bias_hn = _uniform(k4, (hidden_size,), hidden_size, dtype)
+
+    @property
+    def hidden_size(self):
+        return self.bias_hn.shape[0]
+
+    def init_state(self):
+        return jnp.zeros(self.hidden_size, self.bias.dtype)
+
+    def _gates(self, h, x):
+        size = self.hidden_size
+        gi = self.weight_ih @ x + self.bias
+        gh = self.weight_hh[: 2 * size] @ h
+        r = jax.nn.sigmoid(gi[:size] + gh[:size])
+        z = jax.nn.sigmoid(gi[size : 2 * size] + gh[size:])
+        hn = self.weight_hh[2 * size :] @ h + self.bias_hn
+        n = jnp.tanh(gi[2 * size :] + r * hn)
+        return r, z, hn, n
+
+    def __call__(self, h, x):
+        _, z, _, n = self._gates(h, x)
+        return (1.0 - z) * n + z * h
+
+    def diag_jacobian(self, h, x):
+        size = self.hidden_size
+        r, z, hn, n = self._gates(h, x)
+        diag_r = jnp.diagonal(self.weight_hh[:size])
+        diag_z = jnp.diagonal(self.weight_hh[size : 2 * size])
+        diag_n = jnp.diagonal(self.weight_hh[2 * size :])
+        dr = _sigmoid_grad(r) * diag_r
+        dz = _sigmoid_grad(z) * diag_z
+        dn = (1.0 - n * n) * (r * diag_n + hn * dr)
+        return (1.0 - z) * dn + z + (h - n) * dz
+
+
+class LSTMCell(eqx.Module):
+    """Long short-term memory (Hochreiter & Schmidhuber, 1997) with forget gate; state (h, c):
+
+    i, f, g, o = sigma, sigma, tanh, sigma of (W_i x + W_h h + b) in four blocks,
+    c' = f * c + i * g, h' = o * tanh(c').
+    """
+
+    weight_ih: jax.Array  # (4H, D): rows i, f, g, o
+    weight_hh: jax.Array  # (4H, H)
+    bias: jax.Array  # (4H,)
+
+    def __init__(self, input_size, hidden_size, *, key, dtype=None):
+        _check_sizes(input_size, hidden_size)
+        dtype = _dtype(dtype)
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.weight_ih = _uniform(k1, (4 * hidden_size, input_size), hidden_size, dtype)
+        self.weight_hh = _uniform(k2, (4 * hidden_size, hidden_size), hidden_size, dtype)
+        self.bias = _uniform(k3, (4 * hidden_size,), hidden_size, dtype)
+
+    @property
+    def hidden_size(self):
+        return self.bias.shape[0] // 4
+
+    def init_state(self):
+        zeros = jnp.zeros(self.hidden_size, self.bias.dtype)
+        return zeros, zeros
+
+    def _gates(self, h, c, x):
+        pre = self.weight_ih @ x + self.weight_hh @ h + self.bias
+        i, f, g, o = jnp.split(pre, 4)
+        i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+        c_new = f * c + i * g
+        return i, f, g, o, c_new
+
+    def __call__(self, state, x):
+        h, c = state
+        _, _, _, o, c_new = self._gates(h, c, x)
+        return o * jnp.tanh(c_new), c_new
+
+    def diag_jacobian(self, state, x):
+        h, c = state
+        i, f, g, o, c_new = self._gates(h, c, x)
+        blocks = self.weight_hh.reshape(4, self.hidden_size, self.hidden_size)
+        diag_i, diag_f, diag_g, diag_o = jnp.diagonal(blocks, 0, 1, 2)
+        dc_dh = (
+            c * _sigmoid_grad(f) * diag_f
+            + g * _sigmoid_grad(i) * diag_i
+            + i * (1.0 - g * g) * diag_g
+        )
+        tanh_c = jnp.tanh(c_new)
+        dh_dh = _sigmoid_grad(o) * diag_o * tanh_c + o * (1.0 - tanh_c * tanh_c) * dc_dh
+        # the diagonal of the (h, c) -> (h', c') Jacobian: dh'_j/dh_j and dc'_j/dc_j = f_j
+        return dh_dh, f
+
+
+class NeuralODECell(eqx.Module):
+    """One fixed step of the classical Runge-Kutta method (RK4) on dh/dt = v(h, x), with the
+    vector field v(h, x) = tanh(W_h h + W_x x + b) held constant in x over the step (Chen et
+    al., 2018, "Neural Ordinary Differential Equations"). Its Jacobian diagonal has no short
+    closed form, so quasi-DEER takes it by forward-mode products."""
+
+    weight_hh: jax.Array
+    weight_ih: jax.Array
+    bias: jax.Array
+    dt: float = eqx.field(static=True)
+
+    def __init__(self, input_size, hidden_size, *, key, dt=0.1, dtype=None):
+        _check_sizes(input_size, hidden_size)
+        if not float(dt) > 0:
+            raise ValueError(f"`dt` must be > 0, got {dt!r}.")
+        dtype = _dtype(dtype)
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.weight_hh = _uniform(k1, (hidden_size, hidden_size), hidden_size, dtype)
+        self.weight_ih = _uniform(k2, (hidden_size, input_size), hidden_size, dtype)
+        self.bias = _uniform(k3, (hidden_size,), hidden_size, dtype)
+        self.dt = float(dt)
+
+    @property
+    def hidden_size(self):
+        return self.bias.shape[0]
+
+    def init_state(self):
+        return jnp.zeros(self.hidden_size, self.bias.dtype)
+
+    def vector_field(self, h, x):
+        return jnp.tanh(self.weight_hh @ h + self.weight_ih @ x + self.bias)
+
+    def __call__(self, h, x):
+        dt = self.dt
+        k1 = self.vector_field(h, x)
+        k2 = self.vector_field(h + 0.5 * dt * k1, x)
+        k3 = self.vector_field(h + 0.5 * dt * k2, x)
+        k4 = self.vector_field(h + dt * k3, x)
+        return h + (dt / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+
+
+class RNN(eqx.Module):
+    """A cell run over a sequence, by the solver chosen with `solver`:
+
+    "sequential" (`lax.scan`), "newton" (DEER) or "quasi" (quasi-DEER); `damping`, `max_iter`
+    and `tol` go to `deer_solve`. All three give the same states (up to the DEER tolerance)
+    and the same gradients.
+    """
+
+    cell: eqx.Module
+    solver: str = eqx.field(static=True)
+    damping: float | None = eqx.field(static=True)
+    max_iter: int | None = eqx.field(static=True)
+    tol: float | None = eqx.field(static=True)
+
+    def __init__(self, cell, *, solver="sequential", damping=None, max_iter=None, tol=None):
+        if solver not in SOLVERS:
+            raise ValueError(f"`solver` must be one of {SOLVERS}, got {solver!r}.")
+        self.cell = cell
+        self.solver = solver
+        self.damping = damping
+        self.max_iter = max_iter
+        self.tol = tol
+
+    def solve(self, xs, h0=None, *, init=None) -> DeerSolution:
+        """All states as a `DeerSolution` (for "sequential": one pass, converged)."""
+        if h0 is None:
+            h0 = self.cell.init_state()
+        if self.solver == "sequential":
+            states = sequential_solve(self.cell, h0, xs)
+            return DeerSolution(states, jnp.int32(1), jnp.bool_(True))
+        return deer_solve(
+            self.cell,
+            h0,
+            xs,
+            method=self.solver,
+            damping=self.damping,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            init=init,
+        )
+
+    def __call__(self, xs, h0=None, *, init=None):
+        """The states h_0 ... h_{L-1}, with a leading time axis."""
+        return self.solve(xs, h0, init=init).states

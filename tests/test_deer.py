@@ -1,0 +1,241 @@
+"""DEER, quasi-DEER and ELK against the sequential solution; gradients against backprop
+through `lax.scan` and finite differences; the cells' closed-form Jacobian diagonals."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+from jax.test_util import check_grads
+
+import seqmodels as sm
+from seqmodels.deer import _damped_step
+
+CELLS = [sm.ElmanCell, sm.GRUCell, sm.LSTMCell, sm.NeuralODECell]
+
+
+def _max_dev(a, b, relative=False):
+    if relative:
+        return max(
+            float(jnp.max(jnp.abs(u - v) / (1.0 + jnp.abs(v))))
+            for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+        )
+    return max(
+        float(jnp.max(jnp.abs(u - v)))
+        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+
+def _problem(cell_type, hidden, length, dtype, seed=0, inputs=3):
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    cell = cell_type(inputs, hidden, key=k1, dtype=dtype)
+    xs = jax.random.normal(k2, (length, inputs), dtype)
+    return cell, xs
+
+
+@pytest.mark.parametrize("cell_type", [sm.ElmanCell, sm.GRUCell, sm.LSTMCell])
+def test_diag_jacobian_is_the_jacobian_diagonal(cell_type, x64):
+    cell, xs = _problem(cell_type, 8, 1, jnp.float64)
+    state = jax.tree.map(
+        lambda v: jax.random.normal(jax.random.key(5), v.shape, v.dtype), cell.init_state()
+    )
+    flat, unravel = ravel_pytree(state)
+    jac = jax.jacfwd(lambda v: ravel_pytree(cell(unravel(v), xs[0]))[0])(flat)
+    diag = ravel_pytree(cell.diag_jacobian(state, xs[0]))[0]
+    np.testing.assert_allclose(diag, jnp.diagonal(jac), atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    ("cell_type", "hidden", "length"), [(sm.GRUCell, 32, 2000), (sm.ElmanCell, 16, 10000)]
+)
+def test_newton_matches_sequential_float64(cell_type, hidden, length, x64):
+    cell, xs = _problem(cell_type, hidden, length, jnp.float64)
+    ref = sm.sequential_solve(cell, cell.init_state(), xs)
+    sol = jax.jit(lambda c, x: sm.deer_solve(c, c.init_state(), x))(cell, xs)
+    assert bool(sol.converged)
+    assert int(sol.num_iters) <= 8
+    assert _max_dev(sol.states, ref) < 1e-8
+
+
+@pytest.mark.parametrize("cell_type", CELLS)
+def test_quasi_matches_sequential_float64(cell_type, x64):
+    cell, xs = _problem(cell_type, 16, 2000, jnp.float64)
+    ref = sm.sequential_solve(cell, cell.init_state(), xs)
+    sol = jax.jit(lambda c, x: sm.deer_solve(c, c.init_state(), x, method="quasi"))(cell, xs)
+    assert bool(sol.converged)
+    assert _max_dev(sol.states, ref) < 1e-6
+
+
+@pytest.mark.parametrize("method", ["newton", "quasi"])
+@pytest.mark.parametrize("cell_type", CELLS)
+def test_float32_matches_sequential(cell_type, method):
+    cell, xs = _problem(cell_type, 16, 2000, jnp.float32)
+    ref = sm.sequential_solve(cell, cell.init_state(), xs)
+    sol = jax.jit(lambda c, x: sm.deer_solve(c, c.init_state(), x, method=method))(cell, xs)
+    assert bool(sol.converged)
+    # the neural ODE's states grow to ~200, where a float32 ulp is 1.5e-5: compare relatively
+    assert _max_dev(sol.states, ref, relative=True) < 1e-4
+
+
+@pytest.mark.parametrize("method", ["newton", "quasi"])
+@pytest.mark.parametrize("cell_type", [sm.GRUCell, sm.LSTMCell])
+def test_gradients_match_backprop_through_the_scan(cell_type, method, x64):
+    cell, xs = _problem(cell_type, 12, 500, jnp.float64)
+    h0 = jax.tree.map(lambda v: v + 0.1, cell.init_state())
+    weights = jax.random.normal(jax.random.key(7), (500, 12), jnp.float64)
+
+    def loss(solve, cell, h0, xs):
+        states = solve(cell, h0, xs)
+        first = jax.tree.leaves(states)[0]
+        return jnp.sum(weights * jnp.sin(first)) + sum(
+            jnp.sum(s[-1] ** 2) for s in jax.tree.leaves(states)
+        )
+
+    def deer(c, h, x):
+        return sm.deer_solve(c, h, x, method=method).states
+
+    grads = jax.jit(jax.grad(lambda *a: loss(deer, *a), argnums=(0, 1, 2)))(cell, h0, xs)
+    ref = jax.grad(lambda *a: loss(sm.sequential_solve, *a), argnums=(0, 1, 2))(cell, h0, xs)
+    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_allclose(g, r, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["newton", "quasi"])
+def test_gradient_against_finite_differences(method, x64):
+    cell, xs = _problem(sm.ElmanCell, 4, 30, jnp.float64)
+
+    def f(w_hh, h0, xs):
+        c = eqx.tree_at(lambda m: m.weight_hh, cell, w_hh)
+        return jnp.sum(jnp.cos(sm.deer_solve(c, h0, xs, method=method).states))
+
+    check_grads(f, (cell.weight_hh, jnp.full(4, 0.2), xs), order=1, modes=("rev",), eps=1e-6)
+
+
+def test_damped_step_is_the_regularised_least_squares_solution(x64):
+    """The ELK step against the dense normal equations of
+    sum_t ||s_t - a_t s_{t-1} - b_t||^2 + lam ||s_t - y_t||^2."""
+    length, size, lam = 7, 3, 0.7
+    rng = np.random.default_rng(0)
+    b = rng.normal(size=(length, size))
+    h0 = rng.normal(size=size)
+    guess = rng.normal(size=(length, size))
+    for quasi in (False, True):
+        a = rng.normal(size=(length, size) if quasi else (length, size, size)) * 0.5
+        mats = np.stack([np.diag(v) for v in a]) if quasi else a
+        n = length * size
+        rows = np.zeros((2 * n, n))
+        rhs = np.zeros(2 * n)
+        for t in range(length):
+            sl = slice(t * size, (t + 1) * size)
+            rows[sl, sl] = np.eye(size)
+            if t:
+                rows[sl, (t - 1) * size : t * size] = -mats[t]
+            rhs[sl] = b[t] + (mats[0] @ h0 if t == 0 else 0.0)
+            rows[n + t * size : n + (t + 1) * size, sl] = np.sqrt(lam) * np.eye(size)
+            rhs[n + t * size : n + (t + 1) * size] = np.sqrt(lam) * guess[t]
+        dense = np.linalg.lstsq(rows, rhs, rcond=None)[0].reshape(length, size)
+        got = _damped_step(
+            jnp.asarray(a),
+            jnp.asarray(b),
+            jnp.asarray(h0),
+            jnp.asarray(guess),
+            lam,
+            quasi,
+            "sequential",
+        )
+        np.testing.assert_allclose(got, dense, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["newton", "quasi"])
+def test_damped_solve_converges_to_the_sequential_solution(method, x64):
+    cell, xs = _problem(sm.GRUCell, 8, 200, jnp.float64)
+    ref = sm.sequential_solve(cell, cell.init_state(), xs)
+    sol = jax.jit(lambda c, x: sm.deer_solve(c, c.init_state(), x, method=method, damping=0.1))(
+        cell, xs
+    )
+    assert bool(sol.converged)
+    assert _max_dev(sol.states, ref) < 1e-8
+
+
+def test_warm_start_from_the_solution_stops_at_once(x64):
+    cell, xs = _problem(sm.GRUCell, 8, 300, jnp.float64)
+    ref = sm.sequential_solve(cell, cell.init_state(), xs)
+    cold = sm.deer_solve(cell, cell.init_state(), xs)
+    warm = sm.deer_solve(cell, cell.init_state(), xs, init=ref)
+    assert int(warm.num_iters) == 1 < int(cold.num_iters)
+    assert _max_dev(warm.states, ref) < 1e-12
+
+
+def test_non_convergence_is_reported():
+    cell, xs = _problem(sm.GRUCell, 8, 300, jnp.float32)
+    sol = sm.deer_solve(cell, cell.init_state(), xs, method="quasi", max_iter=2)
+    assert int(sol.num_iters) == 2
+    assert not bool(sol.converged)
+
+
+def test_overflow_is_clipped_and_nans_reset():
+    """An exploding recurrence (h' = 3 h + 1 overflows float32 after ~80 steps) gives finite
+    iterates and converged=False instead of NaNs."""
+
+    def step(h, x):
+        return 3.0 * h + x
+
+    xs = jnp.ones((200, 2), jnp.float32)
+    sol = sm.deer_solve(step, jnp.zeros(2, jnp.float32), xs, max_iter=5)
+    assert bool(jnp.all(jnp.isfinite(sol.states)))
+    assert not bool(sol.converged)
+
+
+def test_vmap_over_a_batch_equals_single_calls():
+    cell, _ = _problem(sm.GRUCell, 8, 1, jnp.float32)
+    xs = jax.random.normal(jax.random.key(3), (4, 400, 3))
+    batched = jax.jit(jax.vmap(lambda x: sm.deer_solve(cell, cell.init_state(), x).states))(xs)
+    for i in range(4):
+        single = sm.deer_solve(cell, cell.init_state(), xs[i]).states
+        np.testing.assert_allclose(batched[i], single, atol=1e-5)
+
+
+def test_plain_function_step_with_closed_over_parameters(x64):
+    """A closure (not a module) differentiates through what it captures."""
+    rng = np.random.default_rng(1)
+    w = jnp.asarray(rng.normal(size=(5, 5)) * 0.3)
+    xs = jnp.asarray(rng.normal(size=(100, 5)))
+
+    def loss(w, solve):
+        return jnp.sum(solve(lambda h, x: jnp.tanh(w @ h + x), jnp.zeros(5), xs) ** 2)
+
+    g = jax.grad(loss)(w, lambda *a: sm.deer_solve(*a).states)
+    ref = jax.grad(loss)(w, sm.sequential_solve)
+    np.testing.assert_allclose(g, ref, atol=1e-9)
+
+
+@pytest.mark.parametrize("solver", ["sequential", "newton", "quasi"])
+def test_rnn_layer_solvers_agree(solver):
+    cell, xs = _problem(sm.LSTMCell, 8, 300, jnp.float32)
+    ref = sm.sequential_solve(cell, cell.init_state(), xs)
+    out = sm.RNN(cell, solver=solver)(xs)
+    assert _max_dev(out, ref) < 1e-4
+
+
+def test_bad_input():
+    cell, xs = _problem(sm.GRUCell, 4, 10, jnp.float32)
+    h0 = cell.init_state()
+    with pytest.raises(ValueError, match="method"):
+        sm.deer_solve(cell, h0, xs, method="jacobi")
+    with pytest.raises(ValueError, match="damping"):
+        sm.deer_solve(cell, h0, xs, damping=0.0)
+    with pytest.raises(ValueError, match="max_iter"):
+        sm.deer_solve(cell, h0, xs, max_iter=0)
+    with pytest.raises(ValueError, match="xs"):
+        sm.deer_solve(lambda h, x: h + x[0] + x[1][0], h0, (xs, xs[:5]))
+    with pytest.raises(TypeError, match="same structure"):
+        sm.deer_solve(lambda h, x: h[:2], h0, xs)
+    with pytest.raises(TypeError, match="floating"):
+        sm.deer_solve(lambda h, x: h, jnp.zeros(4, jnp.int32), xs)
+    with pytest.raises(ValueError, match="init"):
+        sm.deer_solve(cell, h0, xs, init=jnp.zeros((3, 4)))
+    with pytest.raises(ValueError, match="solver"):
+        sm.RNN(cell, solver="fast")
+    with pytest.raises(ValueError, match="hidden_size"):
+        sm.GRUCell(3, 0, key=jax.random.key(0))
