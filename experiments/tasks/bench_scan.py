@@ -17,14 +17,13 @@ Run with `kseq run configs/bench_scan.yaml`.
 from __future__ import annotations
 
 import dataclasses
-import statistics
-import time
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
 from experiments.config import ConfigError, require_at_least
+from experiments.timing import first_and_warm
 from seqmodels import linear_recurrence
 
 
@@ -55,18 +54,6 @@ class Config:
         if not self.lengths or min(self.lengths) < 2:
             raise ConfigError("`params.lengths` must be a non-empty list of L >= 2.")
         require_at_least(self, ("batch", "channels", "repeats"))
-
-
-def _time(fn, args, repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - start
-    warm = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        warm.append(time.perf_counter() - start)
-    return first, statistics.median(warm)
 
 
 def _lax_associative(a, b):
@@ -102,8 +89,11 @@ def run(cfg: Config, ctx) -> dict:
         candidates["lax.associative_scan"] = _lax_associative
         for direction in ("forward", "forward+backward"):
             wrap = jax.jit if direction == "forward" else _forward_backward
-            _, floor_s = _time(wrap(floor), (a, b), cfg.repeats)
-            times = {name: _time(wrap(fn), (a, b), cfg.repeats) for name, fn in candidates.items()}
+            _, floor_s = first_and_warm(wrap(floor), (a, b), cfg.repeats)
+            times = {
+                name: first_and_warm(wrap(fn), (a, b), cfg.repeats)
+                for name, fn in candidates.items()
+            }
             lax_s = times["lax.associative_scan"][1]
             for name, (first, warm) in times.items():
                 record = {

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import time
 from typing import Literal
 
 import jax
@@ -41,6 +40,7 @@ import numpy as np
 
 import kmethods as km
 from experiments.config import ConfigError, require_at_least
+from experiments.timing import timed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,12 +74,6 @@ class Config:
         if not self.sample_sizes or min(self.sample_sizes) < 10:
             raise ConfigError("`params.sample_sizes` must be a non-empty list of n >= 10.")
         require_at_least(self, ("dim", "num_permutations", "repeats", "hyppo_reps_large"))
-
-
-def _timed(fn):
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    return time.perf_counter() - start, out
 
 
 def _median_distance(x) -> float:
@@ -141,8 +135,8 @@ def _hyppo_test(test):
 
 def _bench_kseq(key, test, x, y, null, cfg):
     call = _kseq_call(test, x, y, null, cfg)
-    first, res = _timed(lambda: call(key))
-    warm = [_timed(lambda i=i: call(jax.random.fold_in(key, i + 1)))[0] for i in range(cfg.repeats)]
+    first, res = timed(lambda: call(key))
+    warm = [timed(lambda i=i: call(jax.random.fold_in(key, i + 1)))[0] for i in range(cfg.repeats)]
     return first, statistics.median(warm), res
 
 
@@ -159,7 +153,7 @@ def _bench_unit(key, test, n, cfg) -> list[dict]:
     first, warm, res = _bench_kseq(key, test, x, y, "permutation", cfg)
     extrapolated = n > cfg.hyppo_permutation_max_n
     reps = cfg.hyppo_reps_large if extrapolated else cfg.num_permutations
-    seconds, out = _timed(lambda: _hyppo_test(test).test(xn, yn, reps=reps, auto=False))
+    seconds, out = timed(lambda: _hyppo_test(test).test(xn, yn, reps=reps, auto=False))
     hyppo_time = seconds * cfg.num_permutations / reps
     perm = {
         "test": test,
@@ -181,7 +175,7 @@ def _bench_unit(key, test, n, cfg) -> list[dict]:
 
     # Fast nulls: kseq's gamma approximation against hyppo's default (chi-square) path.
     first, warm, res = _bench_kseq(key, test, x, y, "gamma", cfg)
-    runs = [_timed(lambda: _hyppo_test(test).test(xn, yn)) for _ in range(cfg.repeats)]
+    runs = [timed(lambda: _hyppo_test(test).test(xn, yn)) for _ in range(cfg.repeats)]
     hyppo_time = statistics.median(t for t, _ in runs)
     fast = {
         "test": test,

@@ -28,7 +28,6 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from typing import Literal
 
 import jax
@@ -37,6 +36,7 @@ import numpy as np
 
 import kmethods as km
 from experiments.config import ConfigError, require_at_least
+from experiments.timing import timed
 
 Method = Literal["kt", "compresspp"]
 
@@ -126,12 +126,6 @@ def _goodpoints_calls(method: str, X: np.ndarray, d: int, g: int, cfg: Config) -
     return calls
 
 
-def _timed(fn):
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    return time.perf_counter() - start, out
-
-
 def _mean_kxx(X64: np.ndarray, d: int) -> float:
     """mean k(x_i, x_j) over all pairs, float64: the O(n^2) term of every MMD of this sample."""
     with jax.enable_x64(True):
@@ -202,11 +196,11 @@ def _bench_unit(method: str, n: int, d: int, cfg: Config, seed0: int, compare: b
     x = jnp.asarray(X, jnp.float32)
     call = _kseq_call(method, x, d, cfg.g)
     seeds = [seed0 + i for i in range(cfg.repeats)]
-    first, idx0 = _timed(lambda: call(jax.random.key(seeds[0] + 10**6)))
+    first, idx0 = timed(lambda: call(jax.random.key(seeds[0] + 10**6)))
     mean_kxx = _mean_kxx(X, d) if n <= cfg.mmd_max_n else None
     warm, kseq_mmd = [], []
     for seed in seeds:
-        seconds, idx = _timed(lambda seed=seed: call(jax.random.key(seed)))
+        seconds, idx = timed(lambda seed=seed: call(jax.random.key(seed)))
         warm.append(seconds)
         if n <= cfg.mmd_max_n:
             kseq_mmd.append(_mmd(X, idx, d, mean_kxx))
@@ -233,7 +227,7 @@ def _bench_unit(method: str, n: int, d: int, cfg: Config, seed0: int, compare: b
     for path, fn in _goodpoints_calls(method, X, d, cfg.g, cfg).items():
         times, mmds = [], []
         for seed in seeds:
-            seconds, idx = _timed(lambda fn=fn, seed=seed: fn(seed))
+            seconds, idx = timed(lambda fn=fn, seed=seed: fn(seed))
             times.append(seconds)
             if n <= cfg.mmd_max_n:
                 mmds.append(_mmd(X, idx, d, mean_kxx))
