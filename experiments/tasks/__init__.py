@@ -13,6 +13,8 @@ TASKS: dict[str, str] = {
     "bench_thinning": "experiments.tasks.bench_thinning",
     "train_recall": "experiments.tasks.train_recall",
     "kt_mmd_rate": "experiments.tasks.kt_mmd_rate",
+    "bench_deer": "experiments.tasks.bench_deer",
+    "train_deer": "experiments.tasks.train_deer",
 }
 
 

@@ -1,0 +1,48 @@
+import json
+
+import pytest
+
+from experiments import load_config, run_experiment
+
+
+def test_bench_deer_tiny_run(tmp_path):
+    cfg = load_config(
+        "configs/bench_deer.yaml",
+        [
+            "params.lengths=[200]",
+            "params.hidden_sizes=[2, 4]",
+            "params.repeats=1",
+            # a cap that skips Newton at H = 4 (200 * 16 float32 = 0.0122 MB) but not at H = 2
+            "params.newton_max_jacobian_mb=0.01",
+        ],
+    )
+    run_dir = run_experiment(cfg, tmp_path, quiet=True)
+    records = json.loads((run_dir / "results.json").read_text())["results"]["records"]
+    by = {(r["H"], r["method"]): r for r in records}
+    assert set(by) == {(h, m) for h in (2, 4) for m in ("sequential", "newton", "quasi")}
+    assert "skipped" in by[(4, "newton")]
+    for key in [(2, "newton"), (2, "quasi"), (4, "quasi")]:
+        assert by[key]["converged"] and by[key]["max_deviation"] < 1e-4
+        assert by[key]["iterations"] >= 1 and by[key]["warm_s"] > 0
+    assert by[(2, "sequential")]["ratio_to_sequential"] == 1.0
+    assert (run_dir / "plots" / "time_vs_hidden.png").is_file()
+
+
+def test_train_deer_tiny_run_curves_coincide(tmp_path):
+    cfg = load_config(
+        "configs/train_deer.yaml",
+        ["params.length=300", "params.num_steps=4", "params.num_train=4", "params.num_test=4"],
+    )
+    run_dir = run_experiment(cfg, tmp_path, quiet=True)
+    results = json.loads((run_dir / "results.json").read_text())["results"]
+    seq, deer = results["runs"]["sequential"]["losses"], results["runs"]["newton"]["losses"]
+    assert len(seq) == len(deer) == 4
+    assert seq[0] != seq[-1]  # the parameters moved
+    assert deer == pytest.approx(seq, abs=1e-5)
+    assert results["summary"]["max_loss_gap"] < 1e-5
+    assert (run_dir / "plots" / "loss_curves.png").is_file()
+
+
+def test_bench_deer_config_errors():
+    with pytest.raises(ValueError, match="sequential"):
+        load_config("configs/bench_deer.yaml", ["params.methods=[newton]"])
