@@ -417,6 +417,9 @@ def deer_solve(
         solver,
     )
     h, it, converged = _deer(fns, consts, h0_flat, xs, init_flat, options)
+    # the diagnostics carry no gradient; without this, their (float0) tangents would reach
+    # integer and boolean ops downstream under `grad`
+    it, converged = jax.lax.stop_gradient((it, converged))
     return DeerSolution(jax.vmap(unravel)(h), it, converged)
 
 
