@@ -217,6 +217,24 @@ def linear_recurrence(a, b, h0=None, *, method="auto", reverse=False, chunk_size
     """
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
+    a_full, b, h0, matrix = prepare_recurrence(a, b, h0)
+    if method == "auto":
+        method = _default_method()
+    length = b.shape[0]
+    if chunk_size is None:
+        chunk_size = _default_chunk(length)
+    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be a positive int, got {chunk_size!r}.")
+    if reverse:
+        a_full, b = jnp.flip(a_full, 0), jnp.flip(b, 0)
+    h = _recurrence(a_full, b, h0, method, int(chunk_size), matrix)
+    return jnp.flip(h, 0) if reverse else h
+
+
+def prepare_recurrence(a, b, h0):
+    """Checks and normalises the inputs of a linear recurrence: `a` broadcast to b's shape
+    (elementwise) or to (L, ..., D, D) (matrix), all three in their common dtype, h0 zeros when
+    None. Returns (a, b, h0, matrix)."""
     a = jnp.asarray(a)
     b = jnp.asarray(b)
     if b.ndim < 1 or b.shape[0] < 1:
@@ -246,21 +264,10 @@ def linear_recurrence(a, b, h0=None, *, method="auto", reverse=False, chunk_size
     dtype = common_dtype(a, b) if h0 is None else common_dtype(a, b, h0)
     state_shape = b.shape[1:]
     if h0 is None:
-        h0 = jnp.zeros(state_shape, dtype)
+        h0 = jnp.zeros_like(b[0], dtype)  # (zeros_like keeps b's device-varying type in shard_map)
     else:
         h0 = jnp.asarray(h0)
         if h0.shape != state_shape:
             raise ValueError(f"`h0` must have shape {state_shape}, got {h0.shape}.")
     a_full = a if matrix else jnp.broadcast_to(a, b.shape)
-    a_full, b, h0 = a_full.astype(dtype), b.astype(dtype), h0.astype(dtype)
-    if method == "auto":
-        method = _default_method()
-    length = b.shape[0]
-    if chunk_size is None:
-        chunk_size = _default_chunk(length)
-    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"`chunk_size` must be a positive int, got {chunk_size!r}.")
-    if reverse:
-        a_full, b = jnp.flip(a_full, 0), jnp.flip(b, 0)
-    h = _recurrence(a_full, b, h0, method, int(chunk_size), matrix)
-    return jnp.flip(h, 0) if reverse else h
+    return a_full.astype(dtype), b.astype(dtype), h0.astype(dtype), matrix

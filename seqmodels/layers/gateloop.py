@@ -51,8 +51,11 @@ class GateLoop(eqx.Module):
         self.out = eqx.nn.Linear(inner, d_model, use_bias=False, key=keys[6])
         self.num_heads, self.head_dim = num_heads, head_dim
 
-    def __call__(self, x, *, mode: str = "parallel", chunk_size: int = 64):
-        """Mixes a sequence x of shape (L, d_model); returns (L, d_model)."""
+    def __call__(
+        self, x, *, mode: str = "parallel", chunk_size: int = 64, mesh=None, axis_name="seq"
+    ):
+        """Mixes a sequence x of shape (L, d_model); returns (L, d_model). With a `mesh`, the
+        time axis is split across `mesh[axis_name]` (sequence parallelism, LASP-2)."""
         proj = lambda layer: jax.vmap(layer)(x)
         log_a = jax.lax.complex(jax.nn.log_sigmoid(proj(self.magnitude)), proj(self.phase))
         y = multihead_gated_linear_attention(
@@ -63,6 +66,8 @@ class GateLoop(eqx.Module):
             self.num_heads,
             mode=mode,
             chunk_size=chunk_size,
+            mesh=mesh,
+            axis_name=axis_name,
         )
         y = jnp.real(y)
         return jax.vmap(self.out)(y * jax.nn.silu(jax.vmap(self.gate)(x)))

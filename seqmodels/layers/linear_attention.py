@@ -54,8 +54,11 @@ class LinearAttention(eqx.Module):
         self.log_decay = tuple(float(g) for g in np.log(gammas))
         self.num_heads, self.head_dim = num_heads, head_dim
 
-    def __call__(self, x, *, mode: str = "chunkwise", chunk_size: int = 64):
-        """Mixes a sequence x of shape (L, d_model); returns (L, d_model)."""
+    def __call__(
+        self, x, *, mode: str = "chunkwise", chunk_size: int = 64, mesh=None, axis_name="seq"
+    ):
+        """Mixes a sequence x of shape (L, d_model); returns (L, d_model). With a `mesh`, the
+        time axis is split across `mesh[axis_name]` (sequence parallelism, LASP-2)."""
         q, k, v = (jax.vmap(layer)(x) for layer in (self.q, self.k, self.v))
         per_column = jnp.repeat(jnp.asarray(self.log_decay, q.dtype), self.head_dim)
         y = multihead_gated_linear_attention(
@@ -66,5 +69,7 @@ class LinearAttention(eqx.Module):
             self.num_heads,
             mode=mode,
             chunk_size=chunk_size,
+            mesh=mesh,
+            axis_name=axis_name,
         )
         return jax.vmap(self.out)(y * jax.nn.silu(jax.vmap(self.gate)(x)))

@@ -128,7 +128,9 @@ def gated_linear_attention(q, k, v, log_a, *, mode="parallel", chunk_size=64):
     return _chunkwise(q, k, v, log_a, chunk_size)
 
 
-def multihead_gated_linear_attention(q, k, v, log_a, num_heads, *, mode="parallel", chunk_size=64):
+def multihead_gated_linear_attention(
+    q, k, v, log_a, num_heads, *, mode="parallel", chunk_size=64, mesh=None, axis_name="seq"
+):
     """`gated_linear_attention` on `num_heads` independent heads, concatenated.
 
     Args:
@@ -136,6 +138,9 @@ def multihead_gated_linear_attention(q, k, v, log_a, num_heads, *, mode="paralle
         log_a and [h V, (h + 1) V) of v.
       num_heads: H, which must divide the feature sizes.
       mode, chunk_size: as in `gated_linear_attention`.
+      mesh, axis_name: with a `jax.sharding.Mesh`, the time axis is split across the devices
+        of `mesh[axis_name]` (`seqmodels.parallel.gated_linear_attention_sharded`, LASP-2;
+        `mode` is then not used).
 
     Returns:
       (L, H * V), the heads' outputs side by side.
@@ -148,7 +153,13 @@ def multihead_gated_linear_attention(q, k, v, log_a, num_heads, *, mode="paralle
                 f"got {x.shape}."
             )
     split = lambda x: x.reshape(length, num_heads, -1).swapaxes(0, 1)
-    y = jax.vmap(lambda *a: gated_linear_attention(*a, mode=mode, chunk_size=chunk_size))(
-        split(q), split(k), split(v), split(log_a)
-    )
+    if mesh is None:
+        head = lambda *a: gated_linear_attention(*a, mode=mode, chunk_size=chunk_size)
+    else:
+        from seqmodels.parallel import gated_linear_attention_sharded
+
+        head = lambda *a: gated_linear_attention_sharded(
+            *a, mesh=mesh, axis_name=axis_name, chunk_size=chunk_size
+        )
+    y = jax.vmap(head)(split(q), split(k), split(v), split(log_a))
     return y.swapaxes(0, 1).reshape(length, -1)

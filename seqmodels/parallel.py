@@ -1,0 +1,157 @@
+"""Sequence parallelism: linear recurrences and gated linear attention with the time axis split
+across devices.
+
+The scheme is LASP-2's (Sun et al., 2024, "Linear Attention Sequence Parallelism", and its
+all-gather variant LASP-2, 2025), written with `jax.shard_map`:
+
+1. every device holds one contiguous chunk of the sequence and solves it from a zero state,
+   which yields the chunk's summary: the product of its transitions and its end state;
+2. one `all_gather` of the summaries (per device: one transition product and one state, so the
+   traffic does not depend on L);
+3. every device folds the gathered summaries of the devices before it into its incoming state
+   (a scan over the device axis, a few steps) and re-solves its chunk from that state.
+
+Gradients flow through `shard_map` (the all-gather transposes to a reduce-scatter) and through
+the local solves' own custom VJP.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+from seqmodels.layers.retention import _chunkwise
+from seqmodels.scan import (
+    METHODS,
+    _act,
+    _compose,
+    common_dtype,
+    linear_recurrence,
+    prepare_recurrence,
+)
+
+__all__ = ["gated_linear_attention_sharded", "linear_recurrence_sharded"]
+
+
+def _axis_size(mesh, axis_name):
+    if axis_name not in mesh.axis_names:
+        raise ValueError(
+            f"`axis_name` {axis_name!r} is not an axis of the mesh (axes {mesh.axis_names})."
+        )
+    return mesh.shape[axis_name]
+
+
+def _sharded(fn, mesh, specs, out_spec, *args):
+    """`jax.shard_map(fn)` on `args`. On a mesh with explicit axis types, JAX wants the inputs
+    already laid out as `specs` say, so they are resharded first; on an automatic mesh the
+    in_specs do it."""
+    explicit = jax.sharding.AxisType.Explicit
+    if any(t == explicit for t in getattr(mesh, "axis_types", ())):
+        args = [
+            jax.reshard(x, jax.sharding.NamedSharding(mesh, s))
+            for x, s in zip(args, specs, strict=True)
+        ]
+    return jax.shard_map(fn, mesh=mesh, in_specs=tuple(specs), out_specs=out_spec)(*args)
+
+
+def _check_length(length, num_devices, axis_name):
+    if length % num_devices:
+        raise ValueError(
+            f"the sequence length {length} must be a multiple of the {num_devices} devices on "
+            f"mesh axis {axis_name!r} (pad it, e.g. with a = 1, b = 0, which keeps the state)."
+        )
+
+
+def linear_recurrence_sharded(a, b, h0=None, *, mesh, axis_name="seq", method="auto"):
+    """`linear_recurrence` with the time axis split across the devices of `mesh[axis_name]`.
+
+    Args:
+      a, b, h0: as in `seqmodels.linear_recurrence` (elementwise or matrix transitions).
+      mesh: a `jax.sharding.Mesh`; the time axis is split over its axis `axis_name` (other mesh
+        axes see replicated data).
+      axis_name: the mesh axis that carries the sequence.
+      method: the solver used on each device's chunk (see `linear_recurrence`).
+
+    Returns:
+      h of shape b.shape, equal to `linear_recurrence(a, b, h0)`, sharded over time.
+
+    L must be a multiple of the device count (each device gets an equal chunk; padding with
+    identity transitions and zero inputs leaves the state unchanged).
+    """
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
+    num_devices = _axis_size(mesh, axis_name)
+    a, b, h0, matrix = prepare_recurrence(a, b, h0)
+    _check_length(b.shape[0], num_devices, axis_name)
+
+    def local(a, b, h0):
+        # 1. this chunk's summary, from a zero state
+        # h0 arrives replicated; the states computed from it differ per device ("varying")
+        h0 = jax.lax.pcast(h0, (axis_name,), to="varying")
+        end = linear_recurrence(a, b, jnp.zeros_like(h0), method=method)[-1]
+        prod = jax.lax.fori_loop(1, a.shape[0], lambda t, p: _compose(a[t], p, matrix), a[0])
+        # 2. everyone's summaries (O(state) per device, independent of L)
+        prods = jax.lax.all_gather(prod, axis_name)
+        ends = jax.lax.all_gather(end, axis_name)
+
+        # 3. the state entering each device, then this chunk again from its true start
+        def step(carry, summary):
+            p, e = summary
+            return _act(p, carry, matrix) + e, carry
+
+        _, starts = jax.lax.scan(step, h0, (prods, ends))
+        start = starts[jax.lax.axis_index(axis_name)]
+        return linear_recurrence(a, b, start, method=method)
+
+    spec = PartitionSpec(axis_name)
+    return _sharded(local, mesh, (spec, spec, PartitionSpec()), spec, a, b, h0)
+
+
+def gated_linear_attention_sharded(q, k, v, log_a, *, mesh, axis_name="seq", chunk_size=64):
+    """`gated_linear_attention` (y_t = q_t H_t, H_t = diag(a_t) H_{t-1} + k_t^T v_t) with the
+    time axis split across `mesh[axis_name]`, as in LASP-2.
+
+    Each device computes its chunk's own part (from a zero state, by the chunkwise form) and its
+    chunk state
+    S = sum_s (prod_{r > s} a_r) k_s^T v_s with its total decay; one all-gather of the (K x V)
+    chunk states and K decays gives each device its incoming state H_in, and the inter-chunk
+    part is (q_t * prod_{r <= t} a_r) H_in. Communication per device is O(K V), independent of L.
+
+    Args:
+      q, k, log_a: (L, K); v: (L, V); as in `seqmodels.layers.gated_linear_attention`.
+      mesh, axis_name: the device mesh and the axis that carries the sequence. L must be a
+        multiple of the axis size.
+      chunk_size: chunk length of the chunkwise form inside each device.
+
+    Returns:
+      y of shape (L, V).
+    """
+    num_devices = _axis_size(mesh, axis_name)
+    if q.shape != k.shape or log_a.shape != k.shape or v.shape[0] != k.shape[0]:
+        raise ValueError(
+            f"expected q, k, log_a of one shape (L, K) and v of shape (L, V); got "
+            f"{q.shape}, {k.shape}, {log_a.shape}, {v.shape}."
+        )
+    _check_length(q.shape[0], num_devices, axis_name)
+    dtype = common_dtype(q, k, v, log_a)
+    q, k, v, log_a = (x.astype(dtype) for x in (q, k, v, log_a))
+
+    def local(q, k, v, log_a):
+        intra = _chunkwise(q, k, v, log_a, chunk_size)
+        cum = jnp.cumsum(log_a, axis=0)
+        total = cum[-1]
+        state = jnp.einsum("tk,tv->kv", k * jnp.exp(total[None] - cum), v)
+        decays = jax.lax.all_gather(jnp.exp(total), axis_name)  # (n, K)
+        states = jax.lax.all_gather(state, axis_name)  # (n, K, V)
+
+        def step(carry, summary):
+            decay, s = summary
+            return decay[:, None] * carry + s, carry
+
+        _, starts = jax.lax.scan(step, jnp.zeros_like(state), (decays, states))
+        start = starts[jax.lax.axis_index(axis_name)]
+        return intra + jnp.einsum("tk,kv->tv", q * jnp.exp(cum), start)
+
+    spec = PartitionSpec(axis_name)
+    return _sharded(local, mesh, (spec,) * 4, spec, q, k, v, log_a)
