@@ -358,8 +358,10 @@ def deer_solve(
       xs: the inputs, a pytree of arrays with a common leading time axis of length L.
       method: "newton" (DEER; full Jacobians, O(L H^2) memory) or "quasi" (quasi-DEER;
         Jacobian diagonals, O(L H) memory).
-      max_iter: iteration cap (default 100 for undamped Newton, else 1000; never more than L + 1,
-        since L undamped iterations already give the exact answer).
+      max_iter: iteration cap (default 1000, never more than L + 1, since L undamped iterations
+        already give the exact answer). Contractive cells need a handful of Newton iterations;
+        cells whose Jacobians expand (spectral radius > 1 over long stretches, as trained
+        RNNs can have) may need hundreds.
       tol: convergence when no state entry h moves by more than `tol * (1 + |h|)` in an
         iteration (default 1e-5 in float32, 1e-10 in float64).
       damping: None, or the ELK / Levenberg-Marquardt weight lambda > 0 of the trust region
@@ -388,7 +390,7 @@ def deer_solve(
         raise TypeError(f"`step` must be callable, got {type(step).__name__}.")
     length = _check_xs(xs)
     if max_iter is None:
-        max_iter = 100 if method == "newton" and damping is None else 1000
+        max_iter = 1000
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"`max_iter` must be a positive int, got {max_iter!r}.")
     if damping is not None and not float(damping) > 0:

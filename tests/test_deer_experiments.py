@@ -40,7 +40,15 @@ def test_train_deer_tiny_run_curves_coincide(tmp_path):
     assert seq[0] != seq[-1]  # the parameters moved
     assert deer == pytest.approx(seq, abs=1e-5)
     assert results["summary"]["max_loss_gap"] < 1e-5
+    assert results["summary"]["agreement_steps"] == {"newton": 4, "control": 4}
     assert (run_dir / "plots" / "loss_curves.png").is_file()
+
+
+def test_agreement_steps():
+    from experiments.tasks.train_deer import agreement_steps
+
+    assert agreement_steps([1.0, 2.0, 3.0], [1.0, 2.05, 3.0], 0.1) == 3
+    assert agreement_steps([1.0, 2.0, 3.0], [1.0, 2.5, 3.0], 0.1) == 1
 
 
 def test_bench_deer_config_errors():
