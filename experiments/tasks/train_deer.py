@@ -100,7 +100,7 @@ def make_data(key, n, cfg):
     k1, k2 = jax.random.split(key)
     labels = jnp.arange(n) % 2
     phi = jnp.asarray(cfg.ar_coefficients, jnp.float32)[labels]
-    innovations = jax.random.normal(k1, (cfg.length, n)) * jnp.sqrt(1.0 - phi * phi)
+    innovations = jax.random.normal(k1, (cfg.length, n)) * jnp.sqrt(1.0 - phi * phi)[None]
 
     def ar_step(x, e):
         x = phi * x + e
