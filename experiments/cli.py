@@ -1,4 +1,5 @@
-"""The `kseq` command: `kseq run CONFIG`, `kseq list`, `kseq show RUN_DIR`.
+"""The `kseq` command: `kseq run CONFIG`, `kseq run --resume RUN_DIR`, `kseq list`,
+`kseq show RUN_DIR`.
 
 It only parses arguments and calls `experiments.load_config`, `run_experiment` and `show_run`.
 """
@@ -16,7 +17,14 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kseq", description="Run kseq experiments from YAML configs.")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an experiment config")
-    run.add_argument("config", help="path to a YAML config, e.g. configs/quickstart.yaml")
+    run.add_argument(
+        "config", nargs="?", help="path to a YAML config, e.g. configs/quickstart.yaml"
+    )
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="finish an interrupted run in its folder, reusing its finished units",
+    )
     run.add_argument("--out", default="runs", help="root folder for run folders (default: runs)")
     run.add_argument(
         "--set",
@@ -58,10 +66,17 @@ def main(argv=None) -> int:
 
     try:
         if args.command == "run":
-            from experiments.runner import run_experiment
+            from experiments.runner import resume_experiment, run_experiment
 
-            cfg = load_config(args.config, args.overrides)
-            run_dir = run_experiment(cfg, args.out, quiet=args.quiet)
+            if (args.config is None) == (args.resume is None):
+                raise ConfigError("give either a CONFIG or --resume RUN_DIR.")
+            if args.resume is not None:
+                if args.overrides:
+                    raise ConfigError("--set cannot change a run being resumed.")
+                run_dir = resume_experiment(args.resume, quiet=args.quiet)
+            else:
+                cfg = load_config(args.config, args.overrides)
+                run_dir = run_experiment(cfg, args.out, quiet=args.quiet)
             print(run_dir)
         elif args.command == "list":
             print(list_configs(args.dir))

@@ -1,7 +1,9 @@
 """Running a task into a run folder: `<out>/<name>/<timestamp>/`.
 
 The folder holds `config.yaml` (the resolved config, written first), `metrics.jsonl` (one JSON
-line per record, flushed as it is written), `plots/*.png` and `results.json` (written last).
+line per record, flushed as it is written), `units/*.json` (the finished units of work of tasks
+that declare them, which `resume_experiment` reuses), `plots/*.png` and `results.json`
+(written last).
 Every file except the append-only metrics is written to a temporary name and renamed into
 place, so an interrupted run never leaves a half-written file behind.
 """
@@ -22,7 +24,14 @@ import numpy as np
 
 from experiments.config import RunConfig, dump_config
 
-__all__ = ["RunContext", "atomic_write_text", "run_experiment", "show_run", "to_jsonable"]
+__all__ = [
+    "RunContext",
+    "atomic_write_text",
+    "resume_experiment",
+    "run_experiment",
+    "show_run",
+    "to_jsonable",
+]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -81,6 +90,28 @@ class RunContext:
         self.seed = int(seed)
         self.quiet = bool(quiet)
         self._metrics_path = self.out_dir / "metrics.jsonl"
+        self.computed_units: list[str] = []
+        self.reused_units: list[str] = []
+
+    def unit(self, name: str, compute):
+        """A resumable unit of work: `compute()` (returning JSON-able data) runs once per run
+        folder. Its result is written atomically to `units/<name>.json` and logged as a metrics
+        line; if that file already exists (a resumed run), it is read back instead, so a run
+        killed at any moment recomputes only the unit it was in. Units must be deterministic
+        functions of the config (derive their keys from `key()` and the unit's index)."""
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"unit names must be plain file names, got {name!r}.")
+        path = self.out_dir / "units" / f"{name}.json"
+        if path.is_file():
+            self.reused_units.append(name)
+            return json.loads(path.read_text())
+        result = json.loads(json.dumps(to_jsonable(compute())))
+        path.parent.mkdir(exist_ok=True)
+        atomic_write_text(path, json.dumps(result) + "\n")
+        if isinstance(result, dict):
+            self.log_metrics(unit=name, **result)
+        self.computed_units.append(name)
+        return result
 
     def key(self):
         """The run's root PRNG key, `jax.random.key(seed)`."""
@@ -142,13 +173,30 @@ def _new_run_dir(out_root, name: str) -> pathlib.Path:
 
 def run_experiment(cfg: RunConfig, out_root="runs", *, quiet: bool = False) -> pathlib.Path:
     """Runs `cfg`'s task into a fresh `<out_root>/<name>/<timestamp>/` and returns that folder."""
+    run_dir = _new_run_dir(out_root, cfg.name)
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    _run_in(cfg, run_dir, quiet)
+    return run_dir
+
+
+def resume_experiment(run_dir, *, quiet: bool = False) -> pathlib.Path:
+    """Finishes an interrupted run in its own folder, from the `config.yaml` it wrote first:
+    finished units (`units/*.json`) are read back, the rest computed, then `results.json`
+    written as an uninterrupted run would have written it."""
+    from experiments.config import load_config
+
+    run_dir = pathlib.Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    _run_in(cfg, run_dir, quiet)
+    return run_dir
+
+
+def _run_in(cfg: RunConfig, run_dir: pathlib.Path, quiet: bool) -> RunContext:
     import jax
 
     from experiments.tasks import get_task
 
     task = get_task(cfg.task)
-    run_dir = _new_run_dir(out_root, cfg.name)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     ctx = RunContext(run_dir, seed=cfg.seed, quiet=quiet)
     start = time.time()
     results = task.run(cfg.params, ctx)
@@ -164,8 +212,10 @@ def run_experiment(cfg: RunConfig, out_root="runs", *, quiet: bool = False) -> p
         "backend": jax.default_backend(),
         "device_count": jax.device_count(),
     }
+    if ctx.reused_units:
+        meta["resumed_units"] = len(ctx.reused_units)
     ctx.write_json("results.json", {"meta": meta, "results": results})
-    return run_dir
+    return ctx
 
 
 def _flatten(prefix: str, obj, rows: list) -> None:

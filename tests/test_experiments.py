@@ -101,7 +101,10 @@ def test_quickstart_run_writes_the_run_folder(tmp_path, capsys):
     assert len(rates) == 3 * 2
     assert all(0.0 <= r["size"] <= 1.0 and 0.0 <= r["power"] <= 1.0 for r in rates)
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line) for line in lines] == rates
+    logged = [json.loads(line) for line in lines]
+    # one metrics line per resumable unit, named after it
+    assert [m.pop("unit") for m in logged] == [f"{r['test']}-n{r['n']}" for r in rates]
+    assert logged == rates
     assert main(["show", str(run_dir)]) == 0
     shown = capsys.readouterr().out
     assert "results.rates" in shown and "power" in shown

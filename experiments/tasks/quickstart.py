@@ -104,11 +104,14 @@ def run(cfg: Config, ctx) -> dict:
             jax.vmap(lambda k, p, fn=fn, n=n: fn(k, n, cfg.dim, p, cfg), in_axes=(0, None))
         )
         keys = jax.random.split(jax.random.fold_in(root, i), 2 * cfg.num_replicates)
-        size = float(jnp.mean(rates(keys[: cfg.num_replicates], 0.0)))
-        power = float(jnp.mean(rates(keys[cfg.num_replicates :], getattr(cfg, param))))
-        record = {"test": name, "n": n, "size": size, "power": power}
-        ctx.log_metrics(**record)
-        records.append(record)
+
+        def compute(rates=rates, keys=keys, param=param, name=name, n=n):
+            size = float(jnp.mean(rates(keys[: cfg.num_replicates], 0.0)))
+            power = float(jnp.mean(rates(keys[cfg.num_replicates :], getattr(cfg, param))))
+            return {"test": name, "n": n, "size": size, "power": power}
+
+        # one resumable unit per (test, n): `kseq run --resume` reuses the finished ones
+        records.append(ctx.unit(f"{name}-n{n}", compute))
 
     import matplotlib.pyplot as plt
 
