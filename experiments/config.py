@@ -30,6 +30,7 @@ import yaml
 __all__ = [
     "ConfigError",
     "ConfigTypeError",
+    "DevicesConfig",
     "RunConfig",
     "apply_overrides",
     "build_dataclass",
@@ -49,6 +50,24 @@ class ConfigTypeError(ConfigError, TypeError):
 
 
 @dataclasses.dataclass(frozen=True)
+class DevicesConfig:
+    """Where a run computes (the config's optional `devices` section).
+
+    Attributes:
+      count: how many devices to use (None: every visible device). Tasks split their replicate,
+        seed and batch axes over them with `jax.jit` + `NamedSharding`.
+      axis: the name of the (one-dimensional) device mesh axis.
+      distributed: call `jax.distributed.initialize()` first, for runs over several processes
+        (the coordinator comes from the environment, e.g. a cluster scheduler); every process
+        computes its shard and only process 0 writes files.
+    """
+
+    count: int | None = None
+    axis: str = "batch"
+    distributed: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     """A resolved experiment: which task, with which parameters.
 
@@ -57,12 +76,14 @@ class RunConfig:
       task: the task module, one of `experiments.tasks.TASKS`.
       seed: the root of every PRNG key of the run.
       params: the task's own frozen `Config` dataclass.
+      devices: the devices section (`DevicesConfig`).
     """
 
     name: str
     task: str
     seed: int = 0
     params: Any = None
+    devices: DevicesConfig = DevicesConfig()
 
 
 def load_config(path, overrides: Sequence[str] = ()) -> RunConfig:

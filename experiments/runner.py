@@ -84,11 +84,12 @@ class RunContext:
       quiet: no progress bars.
     """
 
-    def __init__(self, out_dir, *, seed: int = 0, quiet: bool = False):
+    def __init__(self, out_dir, *, seed: int = 0, quiet: bool = False, mesh=None):
         self.out_dir = pathlib.Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.seed = int(seed)
         self.quiet = bool(quiet)
+        self.mesh = mesh
         self._metrics_path = self.out_dir / "metrics.jsonl"
         self.computed_units: list[str] = []
         self.reused_units: list[str] = []
@@ -112,6 +113,21 @@ class RunContext:
             self.log_metrics(unit=name, **result)
         self.computed_units.append(name)
         return result
+
+    def shard(self, x):
+        """`x` with its leading axis (replicates, seeds, a batch) split over the run's device
+        mesh, so that `jax.jit` of a `vmap` over that axis runs each device's share. Arrays
+        whose leading axis does not divide evenly, and runs on one device, stay as they are
+        (the results do not depend on the layout)."""
+        import jax
+
+        if self.mesh is None or self.mesh.size == 1:
+            return x
+        axis = self.mesh.axis_names[0]
+        if x.shape[0] % self.mesh.size:
+            return x
+        spec = jax.sharding.PartitionSpec(axis)
+        return jax.device_put(x, jax.sharding.NamedSharding(self.mesh, spec))
 
     def key(self):
         """The run's root PRNG key, `jax.random.key(seed)`."""
@@ -191,13 +207,38 @@ def resume_experiment(run_dir, *, quiet: bool = False) -> pathlib.Path:
     return run_dir
 
 
+def build_mesh(devices):
+    """The run's one-axis device mesh from a `DevicesConfig` (None for a single device)."""
+    import jax
+
+    from experiments.config import ConfigError
+
+    if devices.distributed:
+        jax.distributed.initialize()
+    available = jax.devices()
+    count = len(available) if devices.count is None else devices.count
+    if not 1 <= count <= len(available):
+        raise ConfigError(
+            f"`devices.count` must be between 1 and the {len(available)} visible devices, "
+            f"got {count}."
+        )
+    if count == 1:
+        return None
+    return jax.make_mesh(
+        (count,),
+        (devices.axis,),
+        axis_types=(jax.sharding.AxisType.Auto,),
+        devices=available[:count],
+    )
+
+
 def _run_in(cfg: RunConfig, run_dir: pathlib.Path, quiet: bool) -> RunContext:
     import jax
 
     from experiments.tasks import get_task
 
     task = get_task(cfg.task)
-    ctx = RunContext(run_dir, seed=cfg.seed, quiet=quiet)
+    ctx = RunContext(run_dir, seed=cfg.seed, quiet=quiet, mesh=build_mesh(cfg.devices))
     start = time.time()
     results = task.run(cfg.params, ctx)
     end = time.time()
@@ -211,6 +252,7 @@ def _run_in(cfg: RunConfig, run_dir: pathlib.Path, quiet: bool) -> RunContext:
         "jax_version": jax.__version__,
         "backend": jax.default_backend(),
         "device_count": jax.device_count(),
+        "devices_used": ctx.mesh.size if ctx.mesh is not None else 1,
     }
     if ctx.reused_units:
         meta["resumed_units"] = len(ctx.reused_units)

@@ -171,3 +171,45 @@ def test_train_recall_tiny_run(tmp_path):
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # steps 2 and 3
     assert (run_dir / "plots" / "accuracy.png").is_file()
+
+
+def test_devices_section_shards_replicates_with_identical_results(tmp_path):
+    """The quickstart's replicates split over 8 (simulated) devices give exactly the results of
+    one device."""
+    import jax
+
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 devices")
+    tiny = ["params.sample_sizes=[16]", "params.num_replicates=8", "params.num_permutations=20"]
+    results = {}
+    for count in (1, 8):
+        cfg = load_config("configs/quickstart.yaml", [*tiny, f"devices.count={count}"])
+        assert cfg.devices.count == count
+        data = json.loads((run_experiment(cfg, tmp_path, quiet=True) / "results.json").read_text())
+        assert data["meta"]["devices_used"] == count
+        results[count] = data["results"]
+    assert results[1] == results[8]
+
+
+def test_devices_section_is_checked():
+    with pytest.raises(ValueError, match=r"devices\.count"):
+        load_config("configs/quickstart.yaml", ["devices.count=two"])
+    with pytest.raises(ValueError, match=r"devices\.cores"):
+        load_config("configs/quickstart.yaml", ["devices.cores=2"])
+
+
+def test_shard_splits_the_leading_axis(tmp_path):
+    import jax
+
+    from experiments import RunContext
+    from experiments.config import DevicesConfig
+    from experiments.runner import build_mesh
+
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 devices")
+    ctx = RunContext(tmp_path, mesh=build_mesh(DevicesConfig(count=4)))
+    x = ctx.shard(jax.numpy.arange(16.0))
+    assert len(x.sharding.device_set) == 4
+    assert ctx.shard(jax.numpy.arange(6.0)).shape == (6,)  # 6 does not split 4 ways: as is
+    with pytest.raises(ValueError, match=r"devices\.count"):
+        build_mesh(DevicesConfig(count=jax.device_count() + 1))

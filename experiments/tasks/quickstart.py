@@ -106,8 +106,11 @@ def run(cfg: Config, ctx) -> dict:
         keys = jax.random.split(jax.random.fold_in(root, i), 2 * cfg.num_replicates)
 
         def compute(rates=rates, keys=keys, param=param, name=name, n=n):
-            size = float(jnp.mean(rates(keys[: cfg.num_replicates], 0.0)))
-            power = float(jnp.mean(rates(keys[cfg.num_replicates :], getattr(cfg, param))))
+            # the replicates are split over the run's devices (`devices` in the config)
+            size = float(jnp.mean(rates(ctx.shard(keys[: cfg.num_replicates]), 0.0)))
+            power = float(
+                jnp.mean(rates(ctx.shard(keys[cfg.num_replicates :]), getattr(cfg, param)))
+            )
             return {"test": name, "n": n, "size": size, "power": power}
 
         # one resumable unit per (test, n): `kseq run --resume` reuses the finished ones
