@@ -63,3 +63,41 @@ def rejection_plot(
         ax.set_title(title)
     ax.legend(fontsize=8)
     return fig
+
+
+_BET_LABELS = {"ons": "ONS", "agrapa": "aGRAPA"}
+
+
+def sequential_rate_plot(rows, x_key, *, bets, alpha, x_label, title, reference=()):
+    """Rejection rate (95% binomial bars) and mean normalised stopping time against `x_key`.
+
+    One line per betting strategy; `reference` holds (x, rate) points drawn as stars. Shared by
+    the sequential-test experiments (skit_power, seq_two_sample).
+    """
+    plt = _pyplot()
+    fig, (ax_rate, ax_time) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for bet in bets:
+        pts = [r for r in rows if r["bet"] == bet]
+        xs = [r[x_key] for r in pts]
+        ax_rate.errorbar(
+            xs,
+            [r["rejection_rate"] for r in pts],
+            yerr=[r["rate_halfwidth95"] for r in pts],
+            marker="o",
+            capsize=3,
+            label=_BET_LABELS[bet],
+        )
+        ax_time.plot(xs, [r["stopping_time_mean"] for r in pts], "o-", label=_BET_LABELS[bet])
+    if reference:
+        ax_rate.plot(*zip(*reference, strict=True), "k*", ms=9, label="authors' code")
+    ax_rate.axhline(alpha, color="grey", linestyle="--", linewidth=1, label=f"alpha = {alpha}")
+    ax_rate.set_ylim(-0.02, 1.02)
+    ax_rate.set_ylabel("rejection rate")
+    ax_rate.set_title(title)
+    ax_time.set_ylim(0, 1.05)
+    ax_time.set_ylabel("mean stopping time / T")
+    ax_time.set_title("normalised stopping time (T if never rejected)")
+    for ax in (ax_rate, ax_time):
+        ax.set_xlabel(x_label)
+        ax.legend(fontsize=8)
+    return fig

@@ -23,6 +23,14 @@ from kmethods.ksd import ksd2 as ksd2
 from kmethods.ksd import ksd_test as ksd_test
 from kmethods.mmd import mmd2 as mmd2
 from kmethods.mmd import mmd_test as mmd_test
+from kmethods.sequential import BettingState as BettingState
+from kmethods.sequential import SequentialResult as SequentialResult
+from kmethods.sequential import mmd_betting_init as mmd_betting_init
+from kmethods.sequential import mmd_betting_step as mmd_betting_step
+from kmethods.sequential import mmd_betting_test as mmd_betting_test
+from kmethods.sequential import skit as skit
+from kmethods.sequential import skit_init as skit_init
+from kmethods.sequential import skit_step as skit_step
 from kmethods.testing import TestResult as TestResult
 from kmethods.thinning import compresspp as compresspp
 from kmethods.thinning import iid_thin as iid_thin
@@ -35,6 +43,7 @@ from kmethods.thinning import standard_thin as standard_thin
 
 __all__ = [
     "IMQ",
+    "BettingState",
     "Gaussian",
     "Kernel",
     "Laplace",
@@ -43,6 +52,7 @@ __all__ = [
     "Polynomial",
     "RadialKernel",
     "ScaledKernel",
+    "SequentialResult",
     "Sinc",
     "SumKernel",
     "TestResult",
@@ -56,10 +66,16 @@ __all__ = [
     "kt_plus_kernel",
     "median_bandwidth",
     "mmd2",
+    "mmd_betting_init",
+    "mmd_betting_step",
+    "mmd_betting_test",
     "mmd_test",
     "mmd_to_sample",
     "pairwise",
     "power_kernel",
     "root_kernel",
+    "skit",
+    "skit_init",
+    "skit_step",
     "standard_thin",
 ]

@@ -15,6 +15,8 @@ TASKS: dict[str, str] = {
     "kt_mmd_rate": "experiments.tasks.kt_mmd_rate",
     "bench_deer": "experiments.tasks.bench_deer",
     "train_deer": "experiments.tasks.train_deer",
+    "skit_power": "experiments.tasks.skit_power",
+    "seq_two_sample": "experiments.tasks.seq_two_sample",
 }
 
 
