@@ -60,17 +60,25 @@ def test_newton_matches_sequential_float64(cell_type, hidden, length, x64):
 
 @pytest.mark.parametrize("cell_type", CELLS)
 def test_quasi_matches_sequential_float64(cell_type, x64):
-    cell, xs = _problem(cell_type, 16, 2000, jnp.float64)
+    cell, xs = _problem(cell_type, 16, 1000, jnp.float64)
     ref = sm.sequential_solve(cell, cell.init_state(), xs)
     sol = jax.jit(lambda c, x: sm.deer_solve(c, c.init_state(), x, method="quasi"))(cell, xs)
     assert bool(sol.converged)
     assert _max_dev(sol.states, ref) < 1e-6
 
 
-@pytest.mark.parametrize("method", ["newton", "quasi"])
-@pytest.mark.parametrize("cell_type", CELLS)
+@pytest.mark.parametrize(
+    ("cell_type", "method"),
+    [
+        (sm.GRUCell, "newton"),
+        (sm.GRUCell, "quasi"),
+        (sm.LSTMCell, "newton"),
+        (sm.ElmanCell, "quasi"),
+        (sm.NeuralODECell, "newton"),
+    ],
+)
 def test_float32_matches_sequential(cell_type, method):
-    cell, xs = _problem(cell_type, 16, 2000, jnp.float32)
+    cell, xs = _problem(cell_type, 16, 1000, jnp.float32)
     ref = sm.sequential_solve(cell, cell.init_state(), xs)
     sol = jax.jit(lambda c, x: sm.deer_solve(c, c.init_state(), x, method=method))(cell, xs)
     assert bool(sol.converged)
@@ -81,9 +89,9 @@ def test_float32_matches_sequential(cell_type, method):
 @pytest.mark.parametrize("method", ["newton", "quasi"])
 @pytest.mark.parametrize("cell_type", [sm.GRUCell, sm.LSTMCell])
 def test_gradients_match_backprop_through_the_scan(cell_type, method, x64):
-    cell, xs = _problem(cell_type, 12, 500, jnp.float64)
+    cell, xs = _problem(cell_type, 12, 300, jnp.float64)
     h0 = jax.tree.map(lambda v: v + 0.1, cell.init_state())
-    weights = jax.random.normal(jax.random.key(7), (500, 12), jnp.float64)
+    weights = jax.random.normal(jax.random.key(7), (300, 12), jnp.float64)
 
     def loss(solve, cell, h0, xs):
         states = solve(cell, h0, xs)

@@ -12,6 +12,7 @@ TINY = [
     "params.sample_sizes=[8, 12]",
     "params.num_replicates=4",
     "params.num_permutations=9",
+    "devices.count=1",  # sharding has its own test below; one device compiles faster
 ]
 
 

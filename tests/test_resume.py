@@ -18,6 +18,7 @@ TINY = [
     "params.sample_sizes=[20]",
     "params.num_replicates=8",
     "params.num_permutations=20",
+    "devices.count=1",
 ]
 UNITS = 3  # (mmd, hsic, ksd) x one n
 KSEQ = [sys.executable, "-m", "experiments.cli"]

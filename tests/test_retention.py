@@ -44,9 +44,9 @@ def test_gradients_agree_across_modes(x64, getkey):
             jnp.abs(gated_linear_attention(q, k, v, la, mode=mode, chunk_size=4)) ** 2
         )
 
-    ref = jax.grad(loss("recurrent"), argnums=(0, 1, 2, 3))(q, k, v, log_a)
+    ref = jax.jit(jax.grad(loss("recurrent"), argnums=(0, 1, 2, 3)))(q, k, v, log_a)
     for mode in ("attention", "chunkwise"):  # "parallel" differentiates through scan's VJP
-        got = jax.grad(loss(mode), argnums=(0, 1, 2, 3))(q, k, v, log_a)
+        got = jax.jit(jax.grad(loss(mode), argnums=(0, 1, 2, 3)))(q, k, v, log_a)
         for g, r in zip(got, ref, strict=True):
             np.testing.assert_allclose(g, r, rtol=1e-8, atol=1e-10)
 
@@ -74,7 +74,8 @@ def test_layer_modes_agree(getkey, layer_cls):
 
     layer = getattr(layers, layer_cls)(16, num_heads=2, key=getkey())
     x = jax.random.normal(getkey(), (2, 24, 16))
-    outs = {m: jax.vmap(lambda s, m=m: layer(s, mode=m, chunk_size=8))(x) for m in MODES}
+    # jitted: eagerly, op by op, the scans cost far more than their compilation
+    outs = {m: jax.jit(jax.vmap(lambda s, m=m: layer(s, mode=m, chunk_size=8)))(x) for m in MODES}
     for m in MODES[1:]:
         np.testing.assert_allclose(outs[m], outs["recurrent"], rtol=1e-5, atol=1e-5)
     assert outs["recurrent"].shape == x.shape
