@@ -60,7 +60,7 @@ def test_newton_matches_sequential_float64(cell_type, hidden, length, x64):
 
 @pytest.mark.parametrize("cell_type", CELLS)
 def test_quasi_matches_sequential_float64(cell_type, x64):
-    cell, xs = _problem(cell_type, 16, 1000, jnp.float64)
+    cell, xs = _problem(cell_type, 16, 2000, jnp.float64)
     ref = sm.sequential_solve(cell, cell.init_state(), xs)
     sol = jax.jit(lambda c, x: sm.deer_solve(c, c.init_state(), x, method="quasi"))(cell, xs)
     assert bool(sol.converged)
