@@ -181,42 +181,33 @@ class LSTMCell(eqx.Module):
 
 class NeuralODECell(eqx.Module):
     """One fixed step of the classical Runge-Kutta method (RK4) on dh/dt = v(h, x), with the
-    vector field v(h, x) = tanh(W_h h + W_x x + b) held constant in x over the step (Chen et
-    al., 2018, "Neural Ordinary Differential Equations"). Its Jacobian diagonal has no short
-    closed form, so quasi-DEER takes it by forward-mode products."""
+    vector field v(h, x) = tanh(W_h h + W_x x + b) (an `ElmanCell` used as a field) held
+    constant in x over the step (Chen et al., 2018, "Neural Ordinary Differential Equations").
+    Its Jacobian diagonal has no short closed form, so quasi-DEER takes it by forward-mode
+    products."""
 
-    weight_hh: jax.Array
-    weight_ih: jax.Array
-    bias: jax.Array
+    field: ElmanCell
     dt: float = eqx.field(static=True)
 
     def __init__(self, input_size, hidden_size, *, key, dt=0.1, dtype=None):
-        _check_sizes(input_size, hidden_size)
         if not float(dt) > 0:
             raise ValueError(f"`dt` must be > 0, got {dt!r}.")
-        dtype = _dtype(dtype)
-        k1, k2, k3 = jax.random.split(key, 3)
-        self.weight_hh = _uniform(k1, (hidden_size, hidden_size), hidden_size, dtype)
-        self.weight_ih = _uniform(k2, (hidden_size, input_size), hidden_size, dtype)
-        self.bias = _uniform(k3, (hidden_size,), hidden_size, dtype)
+        self.field = ElmanCell(input_size, hidden_size, key=key, dtype=dtype)
         self.dt = float(dt)
 
     @property
     def hidden_size(self):
-        return self.bias.shape[0]
+        return self.field.hidden_size
 
     def init_state(self):
-        return jnp.zeros(self.hidden_size, self.bias.dtype)
-
-    def vector_field(self, h, x):
-        return jnp.tanh(self.weight_hh @ h + self.weight_ih @ x + self.bias)
+        return self.field.init_state()
 
     def __call__(self, h, x):
-        dt = self.dt
-        k1 = self.vector_field(h, x)
-        k2 = self.vector_field(h + 0.5 * dt * k1, x)
-        k3 = self.vector_field(h + 0.5 * dt * k2, x)
-        k4 = self.vector_field(h + dt * k3, x)
+        dt, v = self.dt, self.field
+        k1 = v(h, x)
+        k2 = v(h + 0.5 * dt * k1, x)
+        k3 = v(h + 0.5 * dt * k2, x)
+        k4 = v(h + dt * k3, x)
         return h + (dt / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
 
 
