@@ -206,7 +206,7 @@ def _deer(fns, consts, h0, xs, init, options):
 
 def _deer_fwd(fns, consts, h0, xs, init, options):
     h, it, converged = _iterate(fns, consts, h0, xs, init, options)
-    return (h, it, converged), (consts, h0, xs, h, init)
+    return (h, it, converged), (consts, h0, xs, h)
 
 
 def _adjoint_quasi(fns, consts, hprev, xs, g, options):
@@ -250,7 +250,7 @@ def _adjoint_quasi(fns, consts, hprev, xs, g, options):
 
 
 def _deer_bwd(fns, options, res, cotangents):
-    consts, h0, xs, h, init = res
+    consts, h0, xs, h = res
     g = cotangents[0]
     f, _ = fns
     consts_f, consts_d = consts
@@ -271,7 +271,8 @@ def _deer_bwd(fns, options, res, cotangents):
     )
     grad_hprev, grad_xs, grad_consts_f = vjp(lam)
     grad_consts_d = [_zero_cotangent(c) for c in consts_d]
-    return (grad_consts_f, grad_consts_d), grad_hprev[0], grad_xs, jnp.zeros_like(init)
+    # the solution does not depend on the initial guess (same shape as h): zero cotangent
+    return (grad_consts_f, grad_consts_d), grad_hprev[0], grad_xs, jnp.zeros_like(h)
 
 
 def _zero_cotangent(value):
