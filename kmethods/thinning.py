@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 
 from kmethods import _checks
+from kmethods._jit import cpu_jit
 from kmethods.kernels import Gaussian, Laplace, Matern, SumKernel
 from kmethods.mmd import mmd2
 from kmethods.pairwise import kernel_row_sums, kernel_sum
@@ -368,7 +369,7 @@ def _standard_indices(n: int, s: int):
 # ----------------------------------------------------------------------------- KT
 
 
-@partial(jax.jit, static_argnames=("out_size", "m", "swap"))
+@cpu_jit(static_argnames=("out_size", "m", "swap"))
 def _kernel_thin(key, x, kernel, split_kernel, delta, *, out_size, m, swap):
     n = x.shape[0]
     n_used = out_size * 2**m
@@ -582,7 +583,7 @@ def _compress_plan(n: int, out_size: int, g: int):
     return g, levels, leaf
 
 
-@partial(jax.jit, static_argnames=("out_size", "g", "levels", "leaf", "skip"))
+@cpu_jit(static_argnames=("out_size", "g", "levels", "leaf", "skip"))
 def _compresspp(key, x, kernel, delta, *, out_size, g, levels, leaf, skip):
     n = x.shape[0]
     n_used = 4**levels * leaf

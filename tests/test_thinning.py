@@ -87,6 +87,10 @@ def test_kernel_thin_vmaps_over_keys(getkey):
     batched = jax.vmap(lambda key: km.kernel_thin(key, x, kernel))(keys)
     assert batched.shape == (3, 8)
     np.testing.assert_array_equal(batched[1], km.kernel_thin(keys[1], x, kernel))
+    # inside a user's jit the call goes through the plain jit (compiler options are for
+    # top-level calls only, `kmethods._jit`) and gives the same coreset
+    jitted = jax.jit(lambda key, x: km.kernel_thin(key, x, kernel))
+    np.testing.assert_array_equal(jitted(keys[1], x), batched[1])
 
 
 def test_kernel_thin_options(getkey):
