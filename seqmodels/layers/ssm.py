@@ -3,19 +3,61 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from seqmodels.scan import linear_recurrence
 
-__all__ = ["LRU", "S5"]
+__all__ = ["LRU", "S5", "hippo_n"]
 
 
 def _complex_normal(key, shape, scale):
     kr, ki = jax.random.split(key)
     return jax.lax.complex(jax.random.normal(kr, shape), jax.random.normal(ki, shape)) * scale
+
+
+def hippo_n(size: int):
+    """The normal part of the HiPPO-LegS matrix and its eigendecomposition (Smith, Warrington &
+    Linderman, 2023, Section 4.3 and Appendix B.1; Gu et al., 2022, "How to Train Your HiPPO").
+
+    A_N = A_LegS + P P^T with P_n = sqrt(n + 1/2), i.e. A_N = -I / 2 + S with S skew-symmetric,
+    S_nk = -sqrt((n + 1/2)(k + 1/2)) for n > k and +sqrt((n + 1/2)(k + 1/2)) for n < k. Being
+    normal, it is diagonalised by a unitary V: A_N = V diag(Lambda) V^H, with
+    Re(Lambda) = -1/2. Computed in NumPy float64 (an initialisation, at static sizes).
+
+    Returns:
+      (A_N (size, size) real, Lambda (size,) complex, V (size, size) complex unitary).
+    """
+    size = int(size)
+    if size < 1:
+        raise ValueError(f"`size` must be a positive integer, got {size}.")
+    q = np.sqrt(np.arange(size) + 0.5)
+    outer = q[:, None] * q[None, :]
+    skew = np.where(np.arange(size)[:, None] > np.arange(size)[None, :], -outer, outer)
+    np.fill_diagonal(skew, 0.0)
+    a_n = skew - 0.5 * np.eye(size)
+    # S = i H with H = -i S Hermitian: S = V diag(i w) V^H.
+    w, v = np.linalg.eigh(-1j * skew)
+    return a_n, -0.5 + 1j * w, v
+
+
+@partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
+def _lru_init(key, d_model, d_state, r_min, r_max, max_phase):
+    # One compiled program: a dozen eager ops would each compile on their own.
+    k1, k2, k3, k4, k5 = jax.random.split(key, 5)
+    u1 = jax.random.uniform(k1, (d_state,))
+    u2 = jax.random.uniform(k2, (d_state,))
+    nu_log = jnp.log(-0.5 * jnp.log(u1 * (r_max**2 - r_min**2) + r_min**2))
+    theta_log = jnp.log(max_phase * u2)
+    modulus = jnp.exp(-jnp.exp(nu_log))
+    gamma_log = jnp.log(jnp.sqrt(1.0 - modulus**2))
+    b = _complex_normal(k3, (d_state, d_model), 1.0 / math.sqrt(2 * d_model))
+    c = _complex_normal(k4, (d_model, d_state), 1.0 / math.sqrt(d_state))
+    return nu_log, theta_log, gamma_log, b, c, jax.random.normal(k5, (d_model,))
 
 
 class LRU(eqx.Module):
@@ -49,16 +91,8 @@ class LRU(eqx.Module):
     ):
         if not 0.0 <= r_min < r_max <= 1.0:
             raise ValueError(f"need 0 <= r_min < r_max <= 1, got {r_min}, {r_max}.")
-        k1, k2, k3, k4, k5 = jax.random.split(key, 5)
-        u1 = jax.random.uniform(k1, (d_state,))
-        u2 = jax.random.uniform(k2, (d_state,))
-        self.nu_log = jnp.log(-0.5 * jnp.log(u1 * (r_max**2 - r_min**2) + r_min**2))
-        self.theta_log = jnp.log(max_phase * u2)
-        modulus = jnp.exp(-jnp.exp(self.nu_log))
-        self.gamma_log = jnp.log(jnp.sqrt(1.0 - modulus**2))
-        self.b = _complex_normal(k3, (d_state, d_model), 1.0 / math.sqrt(2 * d_model))
-        self.c = _complex_normal(k4, (d_model, d_state), 1.0 / math.sqrt(d_state))
-        self.d = jax.random.normal(k5, (d_model,))
+        params = _lru_init(key, d_model, d_state, float(r_min), float(r_max), float(max_phase))
+        self.nu_log, self.theta_log, self.gamma_log, self.b, self.c, self.d = params
 
     def eigenvalues(self):
         """lambda, shape (N,), complex."""
@@ -74,6 +108,24 @@ class LRU(eqx.Module):
         return jnp.real(x @ self.c.T) + self.d[None] * u
 
 
+@partial(jax.jit, static_argnums=(3, 4, 5, 6))
+def _s5_init(key, basis, lambda_im, d_model, d_state, dt_min, dt_max):
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    real = jnp.result_type(float)
+    lambda_re_log = jnp.full((d_state,), math.log(0.5), real)
+    if basis is None:  # S4D-Lin
+        b = _complex_normal(k1, (d_state, d_model), 1.0 / math.sqrt(2 * d_model))
+        c = _complex_normal(k2, (d_model, d_state), 1.0 / math.sqrt(d_state))
+    else:  # B~ = V^H B with B real, C~ = C V
+        basis = basis.astype(jnp.result_type(complex))
+        b_real = jax.random.normal(k1, (d_state, d_model)) / math.sqrt(d_model)
+        b = basis.conj().T @ b_real.astype(basis.dtype)
+        c = _complex_normal(k2, (d_model, d_state), 1.0 / math.sqrt(d_state)) @ basis
+    d = jax.random.normal(k3, (d_model,))
+    log_step = jax.random.uniform(k4, (d_state,), minval=math.log(dt_min), maxval=math.log(dt_max))
+    return lambda_re_log, lambda_im.astype(real), b, c, d, log_step
+
+
 class S5(eqx.Module):
     """Simplified state-space layer S5 (Smith, Warrington & Linderman, 2023, "Simplified State
     Space Layers for Sequence Modeling", Sections 3-4).
@@ -85,9 +137,15 @@ class S5(eqx.Module):
       x_t = Lambda_bar x_{t-1} + B_bar u_t.
 
     s_t (`step_scale`, default 1) rescales the step per time point, for irregularly sampled
-    sequences (the paper's Section 6.3). Lambda is initialised with the S4D-Lin eigenvalues
-    -1/2 + i pi n (a documented simplification of the paper's diagonalised HiPPO-N), and
-    log Delta uniformly in [log dt_min, log dt_max].
+    sequences (the paper's Section 6.3).
+
+    Initialisation (`init`): "hippo" (the paper's default) takes Lambda and V from the
+    diagonalised HiPPO-N matrix (`hippo_n`), block-diagonal with `blocks` copies of size
+    d_state / blocks (the paper's J), draws B real (LeCun normal) and C complex, and stores
+    B~ = V^H B and C~ = C V, so the diagonal system equals the dense one x' = A_N x + B u with
+    y = Re(C x) (tested). "s4d-lin" uses Lambda = -1/2 + i pi n with random complex B and C.
+    log Delta is uniform in [log dt_min, log dt_max] (one timescale per state).
+    The paper's conjugate-symmetry halving of the state is not used: all P states are kept.
     """
 
     lambda_re_log: jax.Array  # Re(Lambda) = -exp(lambda_re_log) < 0 keeps it stable
@@ -98,17 +156,30 @@ class S5(eqx.Module):
     log_step: jax.Array
 
     def __init__(
-        self, d_model: int, d_state: int, *, dt_min: float = 1e-3, dt_max: float = 1e-1, key
+        self,
+        d_model: int,
+        d_state: int,
+        *,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        init: str = "hippo",
+        blocks: int = 1,
+        key,
     ):
-        k1, k2, k3, k4 = jax.random.split(key, 4)
-        self.lambda_re_log = jnp.full((d_state,), math.log(0.5))
-        self.lambda_im = math.pi * jnp.arange(d_state, dtype=jnp.result_type(float))
-        self.b = _complex_normal(k1, (d_state, d_model), 1.0 / math.sqrt(2 * d_model))
-        self.c = _complex_normal(k2, (d_model, d_state), 1.0 / math.sqrt(d_state))
-        self.d = jax.random.normal(k3, (d_model,))
-        self.log_step = jax.random.uniform(
-            k4, (d_state,), minval=math.log(dt_min), maxval=math.log(dt_max)
-        )
+        if init not in ("hippo", "s4d-lin"):
+            raise ValueError(f"`init` must be 'hippo' or 's4d-lin', got {init!r}.")
+        if not isinstance(blocks, int) or blocks < 1 or d_state % blocks:
+            raise ValueError(
+                f"`blocks` must be a positive integer dividing d_state = {d_state}, got {blocks!r}."
+            )
+        if init == "hippo":
+            _, lam, v = hippo_n(d_state // blocks)
+            basis = np.kron(np.eye(blocks), v)  # block-diagonal V
+            lambda_im = np.tile(lam.imag, blocks)
+        else:
+            basis, lambda_im = None, np.pi * np.arange(d_state)
+        params = _s5_init(key, basis, lambda_im, d_model, d_state, float(dt_min), float(dt_max))
+        self.lambda_re_log, self.lambda_im, self.b, self.c, self.d, self.log_step = params
 
     def discretise(self, step_scale=None):
         """(Lambda_bar, B_bar) by zero-order hold; with `step_scale` (L,), per time step."""
