@@ -2,6 +2,16 @@
 `kseq show RUN_DIR`.
 
 It only parses arguments and calls `experiments.load_config`, `run_experiment` and `show_run`.
+
+Several processes (`devices.distributed`): start the same command once per process, e.g. on one
+machine with two processes,
+
+    JAX_COORDINATOR_ADDRESS=localhost:12355 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0 \
+        kseq run configs/quickstart.yaml --set devices.distributed=true --out runs &
+    JAX_COORDINATOR_ADDRESS=localhost:12355 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=1 \
+        kseq run configs/quickstart.yaml --set devices.distributed=true --out runs
+
+(on a cluster, JAX detects these from the scheduler). Process 0 writes the run folder.
 """
 
 from __future__ import annotations
@@ -32,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set params.num_replicates=50",
+        help="override a config value, e.g. --set params.num_replicates=50 (with --resume, "
+        "only devices.*)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     lst = sub.add_parser("list", help="list the experiment configs")
@@ -71,9 +82,8 @@ def main(argv=None) -> int:
             if (args.config is None) == (args.resume is None):
                 raise ConfigError("give either a CONFIG or --resume RUN_DIR.")
             if args.resume is not None:
-                if args.overrides:
-                    raise ConfigError("--set cannot change a run being resumed.")
-                run_dir = resume_experiment(args.resume, quiet=args.quiet)
+                # only `devices.*` (how this launch computes) may change on a resume
+                run_dir = resume_experiment(args.resume, quiet=args.quiet, overrides=args.overrides)
             else:
                 cfg = load_config(args.config, args.overrides)
                 run_dir = run_experiment(cfg, args.out, quiet=args.quiet)

@@ -53,18 +53,41 @@ class ConfigTypeError(ConfigError, TypeError):
 class DevicesConfig:
     """Where a run computes (the config's optional `devices` section).
 
+    The runner builds a one-dimensional device mesh from it; tasks split their replicate,
+    permutation, bootstrap, seed and batch axes over that mesh with `jax.jit` + `NamedSharding`
+    (`RunContext.shard`, `RunContext.map`). Results do not depend on the layout: tasks built on
+    `RunContext.map` and the quickstart give one device's results bit for bit; data-parallel
+    training (a batch mean reduced across devices) agrees to float rounding.
+
     Attributes:
-      count: how many devices to use (None: every visible device). Tasks split their replicate,
-        seed and batch axes over them with `jax.jit` + `NamedSharding`.
+      count: how many devices to use (None: every visible device; with several processes,
+        every device of every process, and `count` must be a multiple of the process count).
       axis: the name of the (one-dimensional) device mesh axis.
-      distributed: call `jax.distributed.initialize()` first, for runs over several processes
-        (the coordinator comes from the environment, e.g. a cluster scheduler); every process
-        computes its shard and only process 0 writes files.
+      distributed: call `jax.distributed.initialize()` first, for runs over several processes;
+        every process computes its shard, and only process 0 writes files (the run folder must
+        be on a filesystem all processes share).
+      coordinator: `host:port` of process 0's coordinator (None: the environment variable
+        `JAX_COORDINATOR_ADDRESS`, else JAX's cluster detection, e.g. SLURM).
+      num_processes: how many processes (None: `JAX_NUM_PROCESSES`, else cluster detection).
+      process_id: this process's index (None: `JAX_PROCESS_ID`, else cluster detection).
+
+    `coordinator`, `num_processes` and `process_id` describe one launch, not the experiment:
+    they are not written to the run's `config.yaml`, and a resumed run is given them again
+    (environment variables, or `kseq run --resume RUN_DIR --set devices.process_id=1`).
     """
 
     count: int | None = None
     axis: str = "batch"
     distributed: bool = False
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+
+    def __post_init__(self):
+        if self.num_processes is not None and self.num_processes < 1:
+            raise ConfigError(f"`devices.num_processes` must be >= 1, got {self.num_processes}.")
+        if self.process_id is not None and self.process_id < 0:
+            raise ConfigError(f"`devices.process_id` must be >= 0, got {self.process_id}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,7 +285,17 @@ def config_to_dict(cfg) -> dict:
     return plain(cfg)
 
 
+# Fields of the `devices` section that describe one launch of a run, not the experiment.
+_LAUNCH_FIELDS = ("coordinator", "num_processes", "process_id")
+
+
 def dump_config(cfg: RunConfig) -> str:
-    """The resolved config as YAML (after overrides), headed by a comment naming its task."""
-    body = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+    """The resolved config as YAML (after overrides), headed by a comment naming its task.
+
+    The launch fields of `devices` (`coordinator`, `num_processes`, `process_id`) are left
+    out: they differ between the processes of one run and between a run and its resumption."""
+    plain = config_to_dict(cfg)
+    for name in _LAUNCH_FIELDS:
+        plain.get("devices", {}).pop(name, None)
+    body = yaml.safe_dump(plain, sort_keys=False, default_flow_style=None)
     return f"# resolved config of a `kseq run` ({cfg.task})\n{body}"

@@ -2,10 +2,35 @@
 
 The folder holds `config.yaml` (the resolved config, written first), `metrics.jsonl` (one JSON
 line per record, flushed as it is written), `units/*.json` (the finished units of work of tasks
-that declare them, which `resume_experiment` reuses), `plots/*.png` and `results.json`
-(written last).
+that declare them, which `resume_experiment` reuses), `checkpoints/<loop>/<step>/` (orbax
+checkpoints of training loops, see `experiments.checkpoints`), `plots/*.png` and
+`results.json` (written last).
 Every file except the append-only metrics is written to a temporary name and renamed into
-place, so an interrupted run never leaves a half-written file behind.
+place, so an interrupted run never leaves a half-written file behind. A resumed run reads back
+its finished units and restores its training loops from their latest checkpoints, and finishes
+with the results of an uninterrupted run; metrics lines of the work that was in progress (since
+a loop's last checkpoint, or of an unfinished unit) may appear twice in `metrics.jsonl`.
+
+Devices. The config's `devices` section (`experiments.config.DevicesConfig`) sets a
+one-dimensional mesh, `RunContext.mesh`. Tasks split their replicate, permutation, seed and
+batch axes over it with `RunContext.shard` (a `NamedSharding` over the leading axis; `jax.jit`
+of a `vmap` then runs each device's share) or `RunContext.map` (a function applied to every
+row of a batch with `jax.shard_map` + `lax.map`, each row computed by the same program on any
+number of devices, so the results are bit for bit those of one device). Data-parallel training
+(`shard` on the batch inside `jax.jit`, parameters replicated) agrees with one device to float
+rounding only: the batch mean is reduced across devices in another order.
+
+Several processes. With `devices.distributed`, `jax.distributed.initialize()` is called before
+anything else, the mesh spans the devices of every process and each process computes its share
+of every sharded computation (arrays are made global with `jax.device_put` onto the mesh). Only
+process 0 writes files: the run folder is created by process 0 and its path broadcast to the
+others (so `--out` runs agree on `<timestamp>` whatever their clocks), and every other process
+computes the same values and writes nothing (orbax checkpoints are saved by every process
+together; orbax writes the host arrays stored here from process 0). The run folder must be on a
+filesystem that all processes share (as on one machine, or NFS on a cluster): on `--resume`
+every process reads the finished units and the checkpoints from it. The set of finished units
+is read by every process before any process can write a new one (a barrier), so all processes
+agree on what to compute.
 """
 
 from __future__ import annotations
@@ -18,18 +43,24 @@ import pathlib
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from experiments.config import RunConfig, dump_config
+from experiments.config import ConfigError, RunConfig, dump_config
 
 __all__ = [
     "RunContext",
     "atomic_write_text",
+    "build_mesh",
+    "host_array",
+    "is_writer",
     "resume_experiment",
     "run_experiment",
     "show_run",
+    "split_leading_axis",
+    "start_distributed",
     "to_jsonable",
 ]
 
@@ -51,7 +82,7 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if hasattr(obj, "__array__") or isinstance(obj, np.generic):
-        arr = np.asarray(obj)
+        arr = host_array(obj)
         if arr.ndim == 0:
             return to_jsonable(arr.item())
         return [to_jsonable(v) for v in arr.tolist()]
@@ -75,59 +106,295 @@ def atomic_write_text(path: pathlib.Path, text: str) -> None:
         raise
 
 
+# ----------------------------------------------------------------------------- processes
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(
+            f"environment variable {name} must be an integer, got {value!r}."
+        ) from None
+
+
+def start_distributed(devices) -> None:
+    """Calls `jax.distributed.initialize()` once, for a `DevicesConfig` with `distributed`.
+
+    The coordinator address, number of processes and process id come from the config's
+    `coordinator`, `num_processes` and `process_id`, else from the environment variables
+    `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`, else (None) from
+    JAX's cluster detection (SLURM, Open MPI, Kubernetes, Cloud TPU). Must run before anything
+    else touches a JAX backend; does nothing without `distributed` or when already initialised.
+    """
+    if not devices.distributed:
+        return
+    import jax
+
+    if jax.distributed.is_initialized():
+        return
+    num_processes = devices.num_processes
+    if num_processes is None:
+        num_processes = _env_int("JAX_NUM_PROCESSES")
+    process_id = devices.process_id
+    if process_id is None:
+        process_id = _env_int("JAX_PROCESS_ID")
+    # CPU processes exchange data through gloo (TCP): the default of recent JAX (0.10 here),
+    # set explicitly where a version has no CPU collectives by default
+    if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") in (None, "none"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=devices.coordinator,  # None: JAX reads JAX_COORDINATOR_ADDRESS
+        num_processes=num_processes,
+        process_id=process_id,
+    )
+
+
+def is_writer() -> bool:
+    """Whether this process writes the run's files (process 0; the only one without
+    `jax.distributed`)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def _barrier(name: str) -> None:
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _broadcast_text(text: str | None) -> str:
+    """Process 0's `text`, on every process."""
+    import jax
+
+    if jax.process_count() == 1:
+        return text
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(text.encode(), np.uint8) if is_writer() else np.zeros(0, np.uint8)
+    size = multihost_utils.broadcast_one_to_all(np.array([data.size], np.int32))
+    buffer = np.zeros(int(np.asarray(size)[0]), np.int32)
+    if is_writer():
+        buffer[:] = data
+    out = np.asarray(multihost_utils.broadcast_one_to_all(buffer))
+    return bytes(out.astype(np.uint8)).decode()
+
+
+def host_array(x) -> np.ndarray:
+    """`x` as a NumPy array on this host, also when it is a global array sharded over the
+    devices of several processes (then gathered from all of them: every process must call it)."""
+    import jax
+
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+        from jax.experimental import multihost_utils
+
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x)
+
+
+def _is_key(x) -> bool:
+    import jax
+
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _put(x, sharding):
+    """`jax.device_put` that also takes typed PRNG keys onto a multi-process sharding (through
+    their key data; every process passes the same host value)."""
+    import jax
+
+    if _is_key(x):
+        data = _put(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    return jax.device_put(x, sharding)
+
+
+def split_leading_axis(x, mesh):
+    """`x` (an array or a pytree of arrays) with its leading axis (replicates, seeds, a batch)
+    split over the one-axis device `mesh`, so that `jax.jit` of a `vmap` over that axis runs
+    each device's share. Inside `jax.jit` (traced arrays) it is a sharding constraint.
+
+    Arrays whose leading axis does not divide evenly, and a `mesh` of None (one device), stay
+    as they are; in a multi-process run, concrete ones are replicated over the mesh instead
+    (every array that meets a sharded one must be global there). The results do not depend
+    on the layout."""
+    import jax
+
+    if mesh is None:
+        return x
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names[0]))
+    whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    several = jax.process_count() > 1
+
+    def one(a):
+        if not hasattr(a, "shape"):
+            return a
+        divides = a.ndim > 0 and a.shape[0] % mesh.size == 0
+        if isinstance(a, jax.core.Tracer):
+            return jax.lax.with_sharding_constraint(a, split) if divides else a
+        if divides:
+            return _put(a, split)
+        return _put(a, whole) if several else a
+
+    return jax.tree.map(one, x)
+
+
+# ----------------------------------------------------------------------------- the context
+
+
 class RunContext:
-    """What a task gets besides its config: the run folder, keys, logging and progress.
+    """What a task gets besides its config: the run folder, keys, devices, logging, progress.
+
+    Only process 0 (`writes_files`) writes; in a multi-process run every other process computes
+    the same values and its writes are skipped.
 
     Attributes:
       out_dir: the run folder.
       seed: the run's seed.
-      quiet: no progress bars.
+      quiet: no progress bars (always quiet on processes other than 0).
+      mesh: the run's one-axis device mesh, or None for one device.
+      writes_files: whether this process writes files (process 0).
     """
 
     def __init__(self, out_dir, *, seed: int = 0, quiet: bool = False, mesh=None):
         self.out_dir = pathlib.Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.writes_files = is_writer()
+        if self.writes_files:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         self.seed = int(seed)
-        self.quiet = bool(quiet)
+        self.quiet = bool(quiet) or not self.writes_files
         self.mesh = mesh
         self._metrics_path = self.out_dir / "metrics.jsonl"
         self.computed_units: list[str] = []
         self.reused_units: list[str] = []
+        units = self.out_dir / "units"
+        # the finished units, as every process sees them before any of them writes a new one
+        self._stored_units = {p.stem for p in units.glob("*.json")} if units.is_dir() else set()
+        self._unit_results: dict[str, Any] = {}
+        _barrier("kseq-run-context")
 
-    def unit(self, name: str, compute):
+    def unit(self, name: str, compute, *, log: bool = True):
         """A resumable unit of work: `compute()` (returning JSON-able data) runs once per run
-        folder. Its result is written atomically to `units/<name>.json` and logged as a metrics
-        line; if that file already exists (a resumed run), it is read back instead, so a run
-        killed at any moment recomputes only the unit it was in. Units must be deterministic
-        functions of the config (derive their keys from `key()` and the unit's index)."""
+        folder. Its result is written atomically to `units/<name>.json` and, when it is a dict
+        and `log`, logged as a metrics line; if that file already existed when the run started
+        (a resumed run), it is read back instead, so a run killed at any moment recomputes only
+        the unit it was in. Units must be deterministic functions of the config (derive their
+        keys from `key()` and the unit's index). In a multi-process run every process computes
+        the unit (its share of the sharded work) and process 0 writes it."""
         if not name or "/" in name or name.startswith("."):
             raise ValueError(f"unit names must be plain file names, got {name!r}.")
+        if name in self._unit_results:
+            return self._unit_results[name]
         path = self.out_dir / "units" / f"{name}.json"
-        if path.is_file():
+        if name in self._stored_units:
+            result = json.loads(path.read_text())
             self.reused_units.append(name)
-            return json.loads(path.read_text())
-        result = json.loads(json.dumps(to_jsonable(compute())))
-        path.parent.mkdir(exist_ok=True)
-        atomic_write_text(path, json.dumps(result) + "\n")
-        if isinstance(result, dict):
-            self.log_metrics(unit=name, **result)
-        self.computed_units.append(name)
+        else:
+            result = json.loads(json.dumps(to_jsonable(compute())))
+            if self.writes_files:
+                atomic_write_text(path, json.dumps(result) + "\n")
+            if log and isinstance(result, dict):
+                self.log_metrics(unit=name, **result)
+            self.computed_units.append(name)
+        self._unit_results[name] = result
         return result
 
+    def checkpoints(self, name: str, *, every: int, keep: int = 2):
+        """Orbax checkpoints of one training loop in `checkpoints/<name>/`, every `every` steps
+        (0: none), the last `keep` kept: an `experiments.checkpoints.TrainCheckpoints`."""
+        from experiments.checkpoints import TrainCheckpoints
+
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"checkpoint names must be plain file names, got {name!r}.")
+        return TrainCheckpoints(self.out_dir / "checkpoints" / name, every=every, keep=keep)
+
+    def _axis(self):
+        return self.mesh.axis_names[0]
+
     def shard(self, x):
-        """`x` with its leading axis (replicates, seeds, a batch) split over the run's device
-        mesh, so that `jax.jit` of a `vmap` over that axis runs each device's share. Arrays
-        whose leading axis does not divide evenly, and runs on one device, stay as they are
-        (the results do not depend on the layout)."""
+        """`x` (an array or a pytree of arrays) with its leading axis split over the run's
+        device mesh: `split_leading_axis(x, ctx.mesh)`."""
+        return split_leading_axis(x, self.mesh)
+
+    def replicate(self, tree):
+        """Every array of `tree` (a model, an optimiser state) copied to all devices of the
+        mesh, as data-parallel training keeps its parameters. Needed in multi-process runs
+        (arrays must be global there); on one process arrays stay as they are (`jax.jit`
+        replicates them as needed), so a batch that cannot be split costs no extra copies."""
         import jax
 
-        if self.mesh is None or self.mesh.size == 1:
-            return x
-        axis = self.mesh.axis_names[0]
-        if x.shape[0] % self.mesh.size:
-            return x
-        spec = jax.sharding.PartitionSpec(axis)
-        return jax.device_put(x, jax.sharding.NamedSharding(self.mesh, spec))
+        if self.mesh is None or jax.process_count() == 1:
+            return tree
+        whole = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        return jax.tree.map(
+            lambda a: _put(a, whole) if isinstance(a, (jax.Array, np.ndarray)) else a, tree
+        )
+
+    def map(self, fn, *args, in_axes: int | Sequence[int | None] | None = 0):
+        """`fn` applied to every row of the arguments mapped over their leading axis, the rows
+        split over the run's devices; returns host NumPy arrays (a pytree like `fn`'s output)
+        with the rows in order.
+
+        `in_axes` is 0 (mapped) or None (the same value for every row) per argument, as in
+        `jax.vmap`. Each device runs `lax.map` over its rows inside `jax.shard_map`, so every
+        row is computed by the same program whatever the number of devices: the results are
+        bit for bit those of one device. Rows are padded (with copies of the first) to a
+        multiple of the mesh size; with fewer rows than devices, a single process computes
+        them on one device. For expensive rows (a thinning run, an MMD over n points); cheap
+        ones batch better with `jax.jit(jax.vmap(fn))` over `shard`.
+        """
+        import jax
+
+        axes = (in_axes,) * len(args) if not isinstance(in_axes, Sequence) else tuple(in_axes)
+        if len(axes) != len(args) or any(a not in (0, None) for a in axes):
+            raise ValueError(f"`in_axes` must be 0 or None per argument, got {in_axes!r}.")
+        mapped = [a for a, ax in zip(args, axes, strict=True) if ax == 0]
+        fixed = [a for a, ax in zip(args, axes, strict=True) if ax is None]
+        if not mapped:
+            raise ValueError("`map` needs at least one argument mapped over (in_axes 0).")
+        sizes = {leaf.shape[0] for leaf in jax.tree.leaves(mapped)}
+        if len(sizes) != 1:
+            raise ValueError(f"mapped arguments must share their leading size, got {sizes}.")
+        (rows,) = sizes
+
+        def rows_fn(mapped, fixed):
+            def row(r):
+                it_m, it_f = iter(r), iter(fixed)
+                return fn(*(next(it_m) if ax == 0 else next(it_f) for ax in axes))
+
+            return jax.lax.map(row, mapped)
+
+        several = jax.process_count() > 1
+        if self.mesh is None or (rows < self.mesh.size and not several):
+            out = jax.jit(rows_fn)(mapped, fixed)
+            return jax.tree.map(host_array, out)
+        size = self.mesh.size
+        padded = -(-rows // size) * size
+        if padded != rows:
+            mapped = jax.tree.map(
+                lambda a: jax.numpy.concatenate(
+                    [a, jax.numpy.repeat(a[:1], padded - rows, axis=0)]
+                ),
+                mapped,
+            )
+        spec, whole = jax.sharding.PartitionSpec(self._axis()), jax.sharding.PartitionSpec()
+        body = jax.shard_map(
+            rows_fn, mesh=self.mesh, in_specs=(spec, whole), out_specs=spec, check_vma=False
+        )
+        everywhere = jax.sharding.NamedSharding(self.mesh, whole)
+        mapped = jax.tree.map(
+            lambda a: _put(a, jax.sharding.NamedSharding(self.mesh, spec)), mapped
+        )
+        fixed = jax.tree.map(lambda a: _put(a, everywhere), fixed)
+        out = jax.jit(body, out_shardings=everywhere)(mapped, fixed)
+        return jax.tree.map(lambda a: host_array(a)[:rows], out)
 
     def key(self):
         """The run's root PRNG key, `jax.random.key(seed)`."""
@@ -136,8 +403,10 @@ class RunContext:
         return jax.random.key(self.seed)
 
     def log_metrics(self, **record) -> None:
-        """Appends one JSON line to `metrics.jsonl` and flushes it to disk."""
+        """Appends one JSON line to `metrics.jsonl` and flushes it to disk (process 0)."""
         line = json.dumps(to_jsonable(record), sort_keys=False)
+        if not self.writes_files:
+            return
         with open(self._metrics_path, "a") as f:
             f.write(line + "\n")
             f.flush()
@@ -154,10 +423,14 @@ class RunContext:
         return tqdm(iterable, desc=desc, total=total, leave=False)
 
     def save_figure(self, fig, name: str) -> pathlib.Path:
-        """Saves a matplotlib figure as `plots/<name>.png` (atomically) and closes it."""
+        """Saves a matplotlib figure as `plots/<name>.png` (atomically; process 0) and closes
+        it."""
         import matplotlib.pyplot as plt
 
         path = self.out_dir / "plots" / f"{name}.png"
+        if not self.writes_files:
+            plt.close(fig)
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.", suffix=".png")
         os.close(fd)
@@ -171,50 +444,72 @@ class RunContext:
         return path
 
     def write_json(self, name: str, obj) -> pathlib.Path:
-        """Writes `obj` as JSON to `<run>/<name>` atomically."""
+        """Writes `obj` as JSON to `<run>/<name>` atomically (process 0)."""
         path = self.out_dir / name
-        atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2) + "\n")
+        text = json.dumps(to_jsonable(obj), indent=2) + "\n"
+        if self.writes_files:
+            atomic_write_text(path, text)
         return path
 
 
+# ----------------------------------------------------------------------------- runs
+
+
 def _new_run_dir(out_root, name: str) -> pathlib.Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = pathlib.Path(out_root) / name
-    run_dir, i = base / stamp, 1
-    while run_dir.exists():
-        run_dir, i = base / f"{stamp}-{i}", i + 1
-    run_dir.mkdir(parents=True)
-    return run_dir
+    """A fresh `<out_root>/<name>/<timestamp>[-i]/`, made by process 0; its path is broadcast,
+    so every process of a distributed run uses process 0's folder."""
+    run_dir = None
+    if is_writer():
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = pathlib.Path(out_root) / name
+        run_dir, i = base / stamp, 1
+        while run_dir.exists():
+            run_dir, i = base / f"{stamp}-{i}", i + 1
+        run_dir.mkdir(parents=True)
+    return pathlib.Path(_broadcast_text(None if run_dir is None else str(run_dir)))
 
 
 def run_experiment(cfg: RunConfig, out_root="runs", *, quiet: bool = False) -> pathlib.Path:
     """Runs `cfg`'s task into a fresh `<out_root>/<name>/<timestamp>/` and returns that folder."""
+    start_distributed(cfg.devices)
     run_dir = _new_run_dir(out_root, cfg.name)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    if is_writer():
+        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     _run_in(cfg, run_dir, quiet)
     return run_dir
 
 
-def resume_experiment(run_dir, *, quiet: bool = False) -> pathlib.Path:
+def resume_experiment(
+    run_dir, *, quiet: bool = False, overrides: Sequence[str] = ()
+) -> pathlib.Path:
     """Finishes an interrupted run in its own folder, from the `config.yaml` it wrote first:
-    finished units (`units/*.json`) are read back, the rest computed, then `results.json`
-    written as an uninterrupted run would have written it."""
+    finished units (`units/*.json`) are read back, training loops restored from their latest
+    checkpoints, the rest computed, then `results.json` written as an uninterrupted run would
+    have written it. `overrides` may set `devices.*` only (how this launch computes, e.g. the
+    process id of a distributed resume), never the experiment."""
     from experiments.config import load_config
 
+    for item in overrides:
+        if not item.strip().startswith("devices."):
+            raise ConfigError(
+                f"a resumed run keeps its config; only `devices.*` may be set, got {item!r}."
+            )
     run_dir = pathlib.Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    start_distributed(cfg.devices)
     _run_in(cfg, run_dir, quiet)
     return run_dir
 
 
 def build_mesh(devices):
-    """The run's one-axis device mesh from a `DevicesConfig` (None for a single device)."""
+    """The run's one-axis device mesh from a `DevicesConfig` (None for a single device).
+
+    `count` devices (default: all) of `jax.devices()`; with several processes the mesh spans
+    them all, `count / process_count` devices of each, so `count` must be a multiple of the
+    number of processes."""
     import jax
 
-    from experiments.config import ConfigError
-
-    if devices.distributed:
-        jax.distributed.initialize()
+    start_distributed(devices)
     available = jax.devices()
     count = len(available) if devices.count is None else devices.count
     if not 1 <= count <= len(available):
@@ -222,13 +517,21 @@ def build_mesh(devices):
             f"`devices.count` must be between 1 and the {len(available)} visible devices, "
             f"got {count}."
         )
+    processes = jax.process_count()
+    if count % processes:
+        raise ConfigError(
+            f"`devices.count` must be a multiple of the {processes} processes, got {count}."
+        )
     if count == 1:
         return None
+    per_process = count // processes
+    owned = [[d for d in available if d.process_index == p] for p in range(processes)]
+    chosen = [d for devices_of_p in owned for d in devices_of_p[:per_process]]
     return jax.make_mesh(
         (count,),
         (devices.axis,),
         axis_types=(jax.sharding.AxisType.Auto,),
-        devices=available[:count],
+        devices=chosen,
     )
 
 
@@ -253,6 +556,7 @@ def _run_in(cfg: RunConfig, run_dir: pathlib.Path, quiet: bool) -> RunContext:
         "backend": jax.default_backend(),
         "device_count": jax.device_count(),
         "devices_used": ctx.mesh.size if ctx.mesh is not None else 1,
+        "process_count": jax.process_count(),
     }
     if ctx.reused_units:
         meta["resumed_units"] = len(ctx.reused_units)

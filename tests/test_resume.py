@@ -38,7 +38,8 @@ def test_resume_in_process_reuses_units(tmp_path):
     units[1].unlink()
     (run_dir / "results.json").unlink()
     mtimes = {p.name: p.stat().st_mtime_ns for p in units if p.exists()}
-    resume_experiment(run_dir, quiet=True)
+    # a resume may change how it computes (the devices), never the experiment
+    resume_experiment(run_dir, quiet=True, overrides=["devices.count=2"])
     resumed = _results(run_dir)
     assert resumed["results"] == reference
     assert resumed["meta"]["resumed_units"] == UNITS - 1
@@ -108,10 +109,12 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     assert any(isinstance(o, int) and 0 < o < UNITS for o in outcomes), outcomes
 
 
-def test_resume_errors(tmp_path):
+def test_resume_errors(tmp_path, capsys):
     from experiments.cli import main
 
     assert main(["run", "--resume", str(tmp_path)]) == 2  # no config.yaml there
+    assert main(["run", "--resume", str(tmp_path), "--set", "params.alpha=0.1"]) == 2
+    assert "only `devices.*`" in capsys.readouterr().err
     assert main(["run"]) == 2
     with pytest.raises(ValueError, match="plain file names"):
         from experiments import RunContext

@@ -19,6 +19,11 @@ resident memory and its resident memory after importing the libraries (the basel
 `kt_only_sizes` / `compresspp_only_sizes` are run by kseq alone (goodpoints' matrix would not
 fit, or it would take too long), e.g. Compress++ on 2^20 points; MMDs are evaluated up to
 `mmd_max_n`.
+
+Devices: the timed calls run one at a time on one device, as goodpoints does (a benchmark of
+single calls); the MMDs of the coresets of all seeds (the O(n^2) float64 part at large n) are
+split over the run's device mesh with `RunContext.map`, bit for bit as on one device. Each
+(method, n, d) record is a resumable unit.
 """
 
 from __future__ import annotations
@@ -133,15 +138,19 @@ def _mean_kxx(X64: np.ndarray, d: int) -> float:
         return float(km.pairwise.kernel_sum(km.Gaussian(_bandwidth(d)), x, x)) / x.shape[0] ** 2
 
 
-def _mmd(X64: np.ndarray, idx, d: int, mean_kxx: float) -> float:
+def _mmds(ctx, X64: np.ndarray, coresets, d: int, mean_kxx: float) -> list[float]:
+    """MMD between X and each coreset (one per seed, float64), the seeds split over the
+    devices."""
+    kernel = km.Gaussian(_bandwidth(d))
+    indices = np.stack([np.asarray(idx) for idx in coresets])
     with jax.enable_x64(True):
-        value = km.mmd_to_sample(
-            jnp.asarray(X64),
-            jnp.asarray(np.asarray(idx)),
-            km.Gaussian(_bandwidth(d)),
-            mean_kxx=mean_kxx,
+        values = ctx.map(
+            lambda x, idx: km.mmd_to_sample(x, idx, kernel, mean_kxx=mean_kxx),
+            X64,
+            indices,
+            in_axes=(None, 0),
         )
-        return float(value)
+    return [float(v) for v in values]
 
 
 # One measured call in a fresh interpreter: prints {"seconds", "peak_mb", "base_mb"}.
@@ -191,19 +200,19 @@ def _fresh_process(spec: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _bench_unit(method: str, n: int, d: int, cfg: Config, seed0: int, compare: bool) -> dict:
+def _bench_unit(method: str, n: int, d: int, cfg: Config, seed0: int, compare: bool, ctx) -> dict:
     X = _data(seed0, n, d)
     x = jnp.asarray(X, jnp.float32)
     call = _kseq_call(method, x, d, cfg.g)
     seeds = [seed0 + i for i in range(cfg.repeats)]
     first, idx0 = timed(lambda: call(jax.random.key(seeds[0] + 10**6)))
     mean_kxx = _mean_kxx(X, d) if n <= cfg.mmd_max_n else None
-    warm, kseq_mmd = [], []
+    warm, kseq_idx = [], []
     for seed in seeds:
         seconds, idx = timed(lambda seed=seed: call(jax.random.key(seed)))
         warm.append(seconds)
-        if n <= cfg.mmd_max_n:
-            kseq_mmd.append(_mmd(X, idx, d, mean_kxx))
+        kseq_idx.append(idx)
+    kseq_mmd = _mmds(ctx, X, kseq_idx, d, mean_kxx) if n <= cfg.mmd_max_n else []
     record = {
         "method": method,
         "n": n,
@@ -225,12 +234,12 @@ def _bench_unit(method: str, n: int, d: int, cfg: Config, seed0: int, compare: b
     if not compare:
         return record
     for path, fn in _goodpoints_calls(method, X, d, cfg.g, cfg).items():
-        times, mmds = [], []
+        times, coresets = [], []
         for seed in seeds:
             seconds, idx = timed(lambda fn=fn, seed=seed: fn(seed))
             times.append(seconds)
-            if n <= cfg.mmd_max_n:
-                mmds.append(_mmd(X, idx, d, mean_kxx))
+            coresets.append(idx)
+        mmds = _mmds(ctx, X, coresets, d, mean_kxx) if n <= cfg.mmd_max_n else []
         gp = statistics.median(times)
         entry = {
             "s": gp,
@@ -268,10 +277,15 @@ def run(cfg: Config, ctx) -> dict:
     for i, (method, n, d, compare) in enumerate(
         ctx.progress(units, desc="bench_thinning", total=len(units))
     ):
-        record = _bench_unit(method, n, d, cfg, base_seed + 100 * i, compare)
-        ctx.log_metrics(**_flat(record))
-        records.append(record)
-        ctx.write_json("partial_records.json", records)  # nothing lost if interrupted
+
+        def compute(method=method, n=n, d=d, compare=compare, i=i):
+            record = _bench_unit(method, n, d, cfg, base_seed + 100 * i, compare, ctx)
+            ctx.log_metrics(**_flat(record))
+            return record
+
+        # one resumable unit per record: `kseq run --resume` reuses the finished ones
+        suffix = "" if compare else "-alone"
+        records.append(ctx.unit(f"{method}-d{d}-n{n}{suffix}", compute, log=False))
     _plot(records, ctx)
     return {
         "machine": f"{jax.default_backend()}, {jax.device_count()} device(s)",

@@ -10,6 +10,11 @@ Datasets: `gaussian` (N(0, I_d), each d in `dims`) and `mog` (an equal mixture o
 Gaussians with means on a circle of radius 3, in d = 2). Kernel: Gaussian with
 bandwidth^2 = 2 d. The MMD is evaluated in float64 with the n^2 term computed once per sample;
 the slope is a least-squares fit of log MMD on log n over `slope_range`.
+
+Devices: the `repeats` of each (dataset, d, n) are split over the run's device mesh with
+`RunContext.map` (each repeat's thinning and MMD computed by the same program on any number of
+devices), so the results are bit for bit those of one device. Each (dataset, d, n) is a
+resumable unit (`units/<dataset>-d<d>-n<n>.json`).
 """
 
 from __future__ import annotations
@@ -87,6 +92,50 @@ def fitted_slope(ns, values) -> float:
     return float(np.polyfit(np.log(ns), np.log(values), 1)[0])
 
 
+def _unit_rows(cfg: Config, ctx, key, index: int, dataset: str, d: int, n: int) -> list[dict]:
+    """MMD to the input of every method's coreset, over `repeats` samples split over the
+    devices."""
+    kernel = km.Gaussian(float(np.sqrt(2.0 * d)))
+    data = np.stack(
+        [_sample(np.random.default_rng([index, r]), dataset, n, d) for r in range(cfg.repeats)]
+    )
+    keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(cfg.repeats))
+    coresets = [
+        ctx.map(
+            lambda k, x, j=j, method=method: _thin(
+                method, jax.random.fold_in(k, j), x, kernel, cfg.g
+            ),
+            keys,
+            data.astype(np.float32),
+        )
+        for j, method in enumerate(cfg.methods)
+    ]
+    if len({c.shape for c in coresets}) != 1:
+        raise ValueError(f"coreset sizes differ between methods: {[c.shape for c in coresets]}")
+
+    def mmds(x64, indices):
+        # the n^2 term once per sample, then each method's coreset against it
+        self_term = km.pairwise.kernel_sum(kernel, x64, x64) / n**2
+        return jax.vmap(lambda idx: km.mmd_to_sample(x64, idx, kernel, mean_kxx=self_term))(indices)
+
+    with jax.enable_x64(True):
+        values = ctx.map(mmds, data, np.stack(coresets, axis=1))  # (repeats, methods)
+    rows = []
+    for j, method in enumerate(cfg.methods):
+        vals = [float(v) for v in values[:, j]]
+        row = {
+            "dataset": dataset,
+            "d": d,
+            "n": n,
+            "method": method,
+            "mmd_median": statistics.median(vals),
+            "mmd": vals,
+        }
+        ctx.log_metrics(**row)
+        rows.append(row)
+    return rows
+
+
 def run(cfg: Config, ctx) -> dict:
     """MMD to the input for every (dataset, d, n, method, repeat), medians and slopes."""
     settings = [("gaussian", d) for d in cfg.dims if "gaussian" in cfg.datasets]
@@ -96,33 +145,14 @@ def run(cfg: Config, ctx) -> dict:
     root = ctx.key()
     rows = []
     for i, (dataset, d, n) in enumerate(ctx.progress(units, desc="kt_mmd_rate", total=len(units))):
-        kernel = km.Gaussian(float(np.sqrt(2.0 * d)))
-        values = {m: [] for m in cfg.methods}
-        for r in range(cfg.repeats):
-            key = jax.random.fold_in(jax.random.fold_in(root, i), r)
-            data = _sample(np.random.default_rng([i, r]), dataset, n, d)
-            x = jnp.asarray(data, jnp.float32)
-            with jax.enable_x64(True):
-                x64 = jnp.asarray(data)
-                self_term = float(km.pairwise.kernel_sum(kernel, x64, x64)) / n**2
-            for j, method in enumerate(cfg.methods):
-                idx = _thin(method, jax.random.fold_in(key, j), x, kernel, cfg.g)
-                with jax.enable_x64(True):
-                    values[method].append(
-                        float(km.mmd_to_sample(x64, idx, kernel, mean_kxx=self_term))
-                    )
-        for method, vals in values.items():
-            row = {
-                "dataset": dataset,
-                "d": d,
-                "n": n,
-                "method": method,
-                "mmd_median": statistics.median(vals),
-                "mmd": vals,
-            }
-            ctx.log_metrics(**row)
-            rows.append(row)
-        ctx.write_json("partial_rows.json", rows)  # nothing lost if interrupted
+        key = jax.random.fold_in(root, i)
+        # one resumable unit per (dataset, d, n): `kseq run --resume` reuses the finished ones
+        rows += ctx.unit(
+            f"{dataset}-d{d}-n{n}",
+            lambda key=key, i=i, dataset=dataset, d=d, n=n: _unit_rows(
+                cfg, ctx, key, i, dataset, d, n
+            ),
+        )
 
     lo, hi = cfg.slope_range
     slopes = []

@@ -17,12 +17,21 @@ parameters perturbed by a relative `control_perturbation` (1e-6, about eight flo
 measures that horizon, and the report gives the number of steps over which each run stays
 within `agreement_tol` of the sequential curve.
 
+Devices: the training set is split over the run's device mesh when its size divides evenly
+(data parallelism; the batch mean is reduced across devices, so several devices agree with one
+to float32 rounding). Resuming: each finished run is a unit (`units/train-<label>.json`); while
+one trains, its model, optimiser state, DEER warm start and curves so far are checkpointed with
+orbax every `checkpoint_every` steps (`checkpoints/train-<label>/`), and `kseq run --resume`
+continues from the latest checkpoint with the results of an uninterrupted run (step times
+aside).
+
 Run with `kseq run configs/train_deer.yaml`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Literal
 
@@ -31,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from experiments.checkpoints import TrainCheckpoints
 from experiments.config import ConfigError, require_at_least
 from seqmodels import GRUCell, deer_solve, sequential_solve
 
@@ -55,6 +65,7 @@ class Config:
       agreement_tol: two loss curves agree at a step when they differ by at most this.
       max_iter: DEER's iteration cap (as the GRU learns, its Jacobians start to expand and
         Newton needs far more iterations than at initialisation).
+      checkpoint_every: steps between orbax checkpoints of each training run (0: none).
     """
 
     length: int = 4096
@@ -71,6 +82,7 @@ class Config:
     max_iter: int = 1000
     control_perturbation: float = 1e-6
     agreement_tol: float = 1e-4
+    checkpoint_every: int = 50
 
     def __post_init__(self):
         if len(self.ar_coefficients) != 2 or max(abs(c) for c in self.ar_coefficients) >= 1:
@@ -78,6 +90,7 @@ class Config:
         require_at_least(self, ("hidden_size", "num_steps", "max_iter"))
         require_at_least(self, ("length",), minimum=2)
         require_at_least(self, ("num_train", "num_test"), minimum=2)
+        require_at_least(self, ("checkpoint_every",), minimum=0)
 
 
 class Classifier(eqx.Module):
@@ -127,7 +140,16 @@ def _states(model, xs, method, init, max_iter):
     return sol.states, (jnp.max(sol.num_iters), jnp.all(sol.converged))
 
 
-def _train_step(optimiser, method, max_iter):
+def _optimiser(learning_rate, clip_norm):
+    return optax.chain(optax.clip_by_global_norm(clip_norm), optax.adamw(learning_rate))
+
+
+@functools.cache
+def _train_step(learning_rate, clip_norm, method, max_iter):
+    """The jitted training step (one compilation per setting, shared by every run in a
+    process, e.g. a run and its resumption)."""
+    optimiser = _optimiser(learning_rate, clip_norm)
+
     def loss_fn(model, xs, labels, init):
         states, iters = _states(model, xs, method, init, max_iter)
         logits = jax.vmap(model.logits)(states)
@@ -161,7 +183,9 @@ def agreement_steps(losses, reference, tol):
 
 def train(cfg: Config, key, method, ctx=None, *, perturbation=0.0, label=None):
     """Trains from the model made by `key` (its parameters scaled by 1 + `perturbation`);
-    returns the loss curve and diagnostics."""
+    returns the loss curve and diagnostics. With a run context, the training set is split over
+    its devices and the loop is checkpointed (`checkpoints/train-<label>/`) and continued from
+    the latest checkpoint if there is one."""
     label = label or method
     k_model, k_train, k_test = jax.random.split(key, 3)
     model = Classifier(cfg.hidden_size, key=k_model)
@@ -170,33 +194,44 @@ def train(cfg: Config, key, method, ctx=None, *, perturbation=0.0, label=None):
             lambda p: p * (1.0 + perturbation) if eqx.is_inexact_array(p) else p, model
         )
     xs, labels = make_data(k_train, cfg.num_train, cfg)
-    optimiser = optax.chain(
-        optax.clip_by_global_norm(cfg.clip_norm), optax.adamw(cfg.learning_rate)
-    )
-    opt_state = optimiser.init(eqx.filter(model, eqx.is_array))
-    step = _train_step(optimiser, method, cfg.max_iter)
+    opt_state = _optimiser(cfg.learning_rate, cfg.clip_norm).init(eqx.filter(model, eqx.is_array))
+    step = _train_step(cfg.learning_rate, cfg.clip_norm, method, cfg.max_iter)
     init = jnp.zeros((cfg.num_train, cfg.length, cfg.hidden_size), jnp.float32)
-    losses, iterations, times, unconverged = [], [], [], []
-    for i in range(cfg.num_steps):
-        start = time.perf_counter()
-        model, opt_state, loss, states, iters, converged = step(model, opt_state, xs, labels, init)
-        loss = float(loss)
-        times.append(time.perf_counter() - start)
-        if method != "sequential" and cfg.warm_start:
-            init = states
-        losses.append(loss)
-        iterations.append(int(iters))
-        if not bool(converged):
-            unconverged.append(i)
-        if ctx is not None:
-            ctx.log_metrics(
-                run=label, step=i, loss=loss, iterations=int(iters), converged=bool(converged)
+    if ctx is None:
+        checkpoints = TrainCheckpoints(".", every=0)
+    else:
+        xs, labels, init = ctx.shard((xs, labels, init))
+        model, opt_state = ctx.replicate((model, opt_state))
+        checkpoints = ctx.checkpoints(f"train-{label}", every=cfg.checkpoint_every)
+    history = {"losses": [], "iterations": [], "times": [], "unconverged": []}
+    with checkpoints:
+        done, (model, opt_state, init), history = checkpoints.restore(
+            (model, opt_state, init), history
+        )
+        for i in range(done, cfg.num_steps):
+            start = time.perf_counter()
+            model, opt_state, loss, states, iters, converged = step(
+                model, opt_state, xs, labels, init
             )
+            loss = float(loss)
+            history["times"].append(time.perf_counter() - start)
+            if method != "sequential" and cfg.warm_start:
+                init = states
+            history["losses"].append(loss)
+            history["iterations"].append(int(iters))
+            if not bool(converged):
+                history["unconverged"].append(i)
+            if ctx is not None:
+                ctx.log_metrics(
+                    run=label, step=i, loss=loss, iterations=int(iters), converged=bool(converged)
+                )
+            checkpoints.save(i + 1, (model, opt_state, init), history)
+    times = history["times"]
     test_x, test_labels = make_data(k_test, cfg.num_test, cfg)
     return {
-        "losses": losses,
-        "iterations": iterations,
-        "unconverged_steps": unconverged,
+        "losses": history["losses"],
+        "iterations": history["iterations"],
+        "unconverged_steps": history["unconverged"],
         "first_step_s": times[0],
         "median_step_s": sorted(times[1:])[len(times[1:]) // 2] if len(times) > 1 else times[0],
         "test_accuracy": _accuracy(model, test_x, test_labels),
@@ -211,7 +246,14 @@ def run(cfg: Config, ctx) -> dict:
         plan.append(("control", "sequential", cfg.control_perturbation))
     runs = {}
     for label, method, perturbation in ctx.progress(plan, desc="train_deer", total=len(plan)):
-        runs[label] = train(cfg, ctx.key(), method, ctx, perturbation=perturbation, label=label)
+        # one resumable unit per run; a run killed midway resumes from its checkpoints
+        runs[label] = ctx.unit(
+            f"train-{label}",
+            lambda label=label, method=method, perturbation=perturbation: train(
+                cfg, ctx.key(), method, ctx, perturbation=perturbation, label=label
+            ),
+            log=False,
+        )
     seq, deer = runs["sequential"]["losses"], runs[cfg.method]["losses"]
     summary = {
         "agreement_steps": {

@@ -7,20 +7,33 @@ and accuracy count query positions only. Each mixer (GateLoop, LRU, S5, linear a
 CKConv) is trained in the same `SequenceModel` stack with optax AdamW, and the accuracy curves
 are plotted together.
 
+Devices: each training batch is split over the run's device mesh (data parallelism: the
+parameters and optimiser state are replicated, the batch mean is reduced across devices), so a
+run on several devices agrees with a one-device run to float32 rounding (the order of the
+batch reduction changes), not bit for bit.
+
+Resuming: each mixer's finished curve is a unit (`units/train-<mixer>.json`); while a mixer
+trains, its model, optimiser state, data key and curve so far are checkpointed with orbax every
+`checkpoint_every` steps (`checkpoints/train-<mixer>/`), and `kseq run --resume` continues from
+the latest checkpoint with the results of an uninterrupted run.
+
 Run with `kseq run configs/train_recall.yaml`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Literal
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from experiments.config import ConfigError, require_at_least
+from experiments.runner import split_leading_axis
 from seqmodels.layers import LRU, S5, CKConv, GateLoop, LinearAttention, SequenceModel
 
 MIXERS = {
@@ -44,6 +57,7 @@ class Config:
       batch_size, num_steps, learning_rate, weight_decay: training.
       eval_every: steps between evaluations on a fixed held-out batch.
       eval_batch: size of that batch.
+      checkpoint_every: steps between orbax checkpoints of the training state (0: none).
     """
 
     mixers: tuple[Literal["gateloop", "linear_attention", "lru", "s5", "ckconv"], ...] = (
@@ -64,6 +78,7 @@ class Config:
     weight_decay: float = 0.01
     eval_every: int = 100
     eval_batch: int = 256
+    checkpoint_every: int = 250
 
     def __post_init__(self):
         require_at_least(
@@ -81,6 +96,7 @@ class Config:
                 "eval_batch",
             ),
         )
+        require_at_least(self, ("checkpoint_every",), minimum=0)
         if self.num_pairs > self.num_keys:
             raise ConfigError("`params.num_pairs` must be <= `params.num_keys` (distinct keys).")
 
@@ -111,8 +127,40 @@ def _loss_and_accuracy(model, tokens, targets, mask):
     return loss, jnp.sum(correct * weight) / jnp.sum(weight)
 
 
+def _optimiser(cfg: Config):
+    return optax.adamw(cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+@functools.cache
+def _train_step(cfg: Config, mesh):
+    """The jitted training step for `cfg` (one compilation per config, model and device mesh,
+    shared by every run in a process, e.g. a run and its resumption)."""
+    optimiser = _optimiser(cfg)
+
+    @eqx.filter_jit
+    def step(model, opt_state, k_train, i):
+        # data parallelism: parameters on every device, each batch split over the mesh
+        batch = split_leading_axis(
+            mqar_batch(jax.random.fold_in(k_train, i), cfg, cfg.batch_size), mesh
+        )
+        (loss, acc), grads = eqx.filter_value_and_grad(_loss_and_accuracy, has_aux=True)(
+            model, *batch
+        )
+        # optax mixes Python floats and int32 step counts, which strict promotion rejects
+        with jax.numpy_dtype_promotion("standard"):
+            params = eqx.filter(model, eqx.is_inexact_array)
+            updates, opt_state = optimiser.update(grads, opt_state, params)
+        return eqx.apply_updates(model, updates), opt_state, loss, acc
+
+    return step
+
+
+_evaluate = eqx.filter_jit(_loss_and_accuracy)
+
+
 def train_one(key, mixer: str, cfg: Config, ctx) -> list[dict]:
-    """Trains one model; returns its evaluation curve."""
+    """Trains one model; returns its evaluation curve. Checkpointed every
+    `cfg.checkpoint_every` steps, and continued from the latest checkpoint if there is one."""
     k_model, k_eval, k_train = jax.random.split(key, 3)
     vocab = cfg.num_keys + cfg.num_values
     model = SequenceModel(
@@ -123,45 +171,39 @@ def train_one(key, mixer: str, cfg: Config, ctx) -> list[dict]:
         num_tokens=vocab,
         key=k_model,
     )
-    optimiser = optax.adamw(cfg.learning_rate, weight_decay=cfg.weight_decay)
-    opt_state = optimiser.init(eqx.filter(model, eqx.is_inexact_array))
-    eval_data = mqar_batch(k_eval, cfg, cfg.eval_batch)
-
-    @eqx.filter_jit
-    def step(model, opt_state, key):
-        batch = mqar_batch(key, cfg, cfg.batch_size)
-        (loss, acc), grads = eqx.filter_value_and_grad(_loss_and_accuracy, has_aux=True)(
-            model, *batch
+    opt_state = _optimiser(cfg).init(eqx.filter(model, eqx.is_inexact_array))
+    eval_data = ctx.shard(mqar_batch(k_eval, cfg, cfg.eval_batch))
+    step = _train_step(cfg, ctx.mesh)
+    state = ctx.replicate((model, opt_state, k_train))
+    with ctx.checkpoints(f"train-{mixer}", every=cfg.checkpoint_every) as checkpoints:
+        done, (model, opt_state, k_train), curve = checkpoints.restore(state, [])
+        steps = ctx.progress(
+            range(done + 1, cfg.num_steps + 1), desc=mixer, total=cfg.num_steps - done
         )
-        # optax mixes Python floats and int32 step counts, which strict promotion rejects
-        with jax.numpy_dtype_promotion("standard"):
-            params = eqx.filter(model, eqx.is_inexact_array)
-            updates, opt_state = optimiser.update(grads, opt_state, params)
-        return eqx.apply_updates(model, updates), opt_state, loss, acc
-
-    evaluate = eqx.filter_jit(_loss_and_accuracy)
-    curve = []
-    steps = ctx.progress(range(1, cfg.num_steps + 1), desc=mixer, total=cfg.num_steps)
-    for i in steps:
-        model, opt_state, loss, _ = step(model, opt_state, jax.random.fold_in(k_train, i))
-        if i % cfg.eval_every == 0 or i == cfg.num_steps:
-            eval_loss, eval_acc = evaluate(model, *eval_data)
-            record = {
-                "mixer": mixer,
-                "step": i,
-                "train_loss": float(loss),
-                "eval_loss": float(eval_loss),
-                "eval_accuracy": float(eval_acc),
-            }
-            ctx.log_metrics(**record)
-            curve.append(record)
+        for i in steps:
+            model, opt_state, loss, _ = step(model, opt_state, k_train, np.asarray(i, np.uint32))
+            if i % cfg.eval_every == 0 or i == cfg.num_steps:
+                eval_loss, eval_acc = _evaluate(model, *eval_data)
+                record = {
+                    "mixer": mixer,
+                    "step": i,
+                    "train_loss": float(loss),
+                    "eval_loss": float(eval_loss),
+                    "eval_accuracy": float(eval_acc),
+                }
+                ctx.log_metrics(**record)
+                curve.append(record)
+            checkpoints.save(i, (model, opt_state, k_train), curve)
     return curve
 
 
 def run(cfg: Config, ctx) -> dict:
     """Trains every mixer on the same data stream; returns the final and best accuracies."""
     root = ctx.key()
-    curves = {m: train_one(jax.random.fold_in(root, 0), m, cfg, ctx) for m in cfg.mixers}
+    curves = {
+        m: ctx.unit(f"train-{m}", lambda m=m: train_one(jax.random.fold_in(root, 0), m, cfg, ctx))
+        for m in cfg.mixers
+    }
     _plot(curves, cfg, ctx)
     summary = [
         {
