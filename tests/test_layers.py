@@ -70,3 +70,25 @@ def test_sequence_model_takes_any_mixer(getkey, name):
 def test_sequence_model_input_checks(getkey):
     with pytest.raises(ValueError, match="num_tokens"):
         SequenceModel(MIXERS["lru"], d_model=4, num_layers=1, num_outputs=2, key=getkey())
+
+
+def test_short_conv_is_a_causal_depthwise_convolution(getkey):
+    from seqmodels.layers import ShortConv
+
+    conv = ShortConv(5, 3, key=getkey())
+    x = np.asarray(jax.random.normal(getkey(), (9, 5)))
+    w = np.asarray(conv.weight)
+    expected = np.stack([sum(w[j] * x[t - j] for j in range(3) if t - j >= 0) for t in range(9)])
+    np.testing.assert_allclose(eqx.filter_jit(lambda c, x: c(x))(conv, x), expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="width"):
+        ShortConv(5, 0, key=getkey())
+    with pytest.raises(ValueError, match="conv_width"):
+        SequenceModel(
+            lambda d, key: ShortConv(d, key=key),
+            d_model=4,
+            num_layers=1,
+            num_outputs=2,
+            num_tokens=3,
+            conv_width=-1,
+            key=getkey(),
+        )

@@ -54,6 +54,8 @@ class Config:
       num_keys: key vocabulary size. num_values: value vocabulary size.
       num_pairs: key-value pairs per sequence. num_queries: queries per sequence.
       d_model, num_layers: model size.
+      conv_width: width of the short causal convolution before each mixer
+        (`seqmodels.layers.ShortConv`, as in H3 and the Zoology study; 0: none).
       batch_size, num_steps, learning_rate, weight_decay: training.
       eval_every: steps between evaluations on a fixed held-out batch.
       eval_batch: size of that batch.
@@ -72,6 +74,7 @@ class Config:
     num_queries: int = 8
     d_model: int = 64
     num_layers: int = 2
+    conv_width: int = 4
     batch_size: int = 64
     num_steps: int = 1500
     learning_rate: float = 3e-3
@@ -96,7 +99,7 @@ class Config:
                 "eval_batch",
             ),
         )
-        require_at_least(self, ("checkpoint_every",), minimum=0)
+        require_at_least(self, ("checkpoint_every", "conv_width"), minimum=0)
         if self.num_pairs > self.num_keys:
             raise ConfigError("`params.num_pairs` must be <= `params.num_keys` (distinct keys).")
 
@@ -169,6 +172,7 @@ def train_one(key, mixer: str, cfg: Config, ctx) -> list[dict]:
         num_layers=cfg.num_layers,
         num_outputs=vocab,
         num_tokens=vocab,
+        conv_width=cfg.conv_width,
         key=k_model,
     )
     opt_state = _optimiser(cfg).init(eqx.filter(model, eqx.is_inexact_array))

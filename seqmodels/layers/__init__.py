@@ -11,6 +11,7 @@ from seqmodels.layers.retention import (
 from seqmodels.layers.ssm import LRU as LRU
 from seqmodels.layers.ssm import S5 as S5
 from seqmodels.layers.stack import SequenceModel as SequenceModel
+from seqmodels.layers.stack import ShortConv as ShortConv
 
 __all__ = [
     "LRU",
@@ -19,6 +20,7 @@ __all__ = [
     "GateLoop",
     "LinearAttention",
     "SequenceModel",
+    "ShortConv",
     "causal_fft_conv",
     "gated_linear_attention",
     "multihead_gated_linear_attention",

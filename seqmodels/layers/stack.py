@@ -1,4 +1,5 @@
-"""A sequence model: embedding, N residual blocks of [norm, mixing layer, norm, MLP], head."""
+"""A sequence model: embedding, N residual blocks of [norm, (short conv), mixing layer, norm,
+MLP], head."""
 
 from __future__ import annotations
 
@@ -8,17 +9,46 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-__all__ = ["SequenceModel"]
+__all__ = ["SequenceModel", "ShortConv"]
+
+
+class ShortConv(eqx.Module):
+    """Depthwise causal convolution over time, y_t = sum_{j < width} w_j * x_{t - j} (per
+    channel), the short convolution that H3 (Fu et al., 2023), Based and the Zoology study
+    (Arora et al., 2024) put before a linear-recurrent mixer: it lets a position's keys see the
+    previous tokens, which associative recall needs. Initialised near the identity (w_0 = 1,
+    the rest small)."""
+
+    weight: jax.Array  # (width, d_model)
+
+    def __init__(self, d_model: int, width: int = 4, *, key):
+        if not isinstance(width, int) or width < 1:
+            raise ValueError(f"`width` must be a positive int, got {width!r}.")
+        noise = 0.1 * jax.random.normal(key, (width, d_model)) / width**0.5
+        self.weight = noise.at[0].add(1.0)
+
+    def __call__(self, x):
+        """(L, d_model) -> (L, d_model)."""
+        length = x.shape[0]
+        out = self.weight[0][None] * x
+        for j in range(1, min(self.weight.shape[0], length)):
+            shifted = jnp.concatenate([jnp.zeros_like(x[:j]), x[: length - j]])
+            out = out + self.weight[j][None] * shifted
+        return out
 
 
 class _Block(eqx.Module):
     norm1: eqx.nn.LayerNorm
+    conv: ShortConv | None
     mixer: eqx.Module
     norm2: eqx.nn.LayerNorm
     mlp: eqx.nn.MLP
 
     def __call__(self, x):
-        x = x + self.mixer(jax.vmap(self.norm1)(x))
+        h = jax.vmap(self.norm1)(x)
+        if self.conv is not None:
+            h = self.conv(h)
+        x = x + self.mixer(h)
         return x + jax.vmap(self.mlp)(jax.vmap(self.norm2)(x))
 
 
@@ -34,6 +64,7 @@ class SequenceModel(eqx.Module):
       input_dim: input features when `num_tokens` is None.
       d_model, num_layers, num_outputs: widths and depth; the head maps each position to
         `num_outputs` logits.
+      conv_width: width of a `ShortConv` before each mixer (0: none, the default).
     """
 
     embed: eqx.Module
@@ -50,11 +81,15 @@ class SequenceModel(eqx.Module):
         num_outputs: int,
         num_tokens: int | None = None,
         input_dim: int | None = None,
+        conv_width: int = 0,
         key,
     ):
         if (num_tokens is None) == (input_dim is None):
             raise ValueError("give exactly one of `num_tokens` and `input_dim`.")
+        if not isinstance(conv_width, int) or conv_width < 0:
+            raise ValueError(f"`conv_width` must be a non-negative int, got {conv_width!r}.")
         keys = jax.random.split(key, 2 * num_layers + 2)
+        conv_keys = jax.random.split(jax.random.fold_in(key, 1), num_layers)
         if num_tokens is not None:
             self.embed = eqx.nn.Embedding(num_tokens, d_model, key=keys[0])
         else:
@@ -62,6 +97,7 @@ class SequenceModel(eqx.Module):
         self.blocks = tuple(
             _Block(
                 eqx.nn.LayerNorm(d_model),
+                ShortConv(d_model, conv_width, key=conv_keys[i]) if conv_width else None,
                 make_mixer(d_model, keys[2 * i + 1]),
                 eqx.nn.LayerNorm(d_model),
                 eqx.nn.MLP(
