@@ -23,6 +23,11 @@ from kmethods.ksd import ksd2 as ksd2
 from kmethods.ksd import ksd_test as ksd_test
 from kmethods.mmd import mmd2 as mmd2
 from kmethods.mmd import mmd_test as mmd_test
+from kmethods.pksd import DEFAULT_THETAS as DEFAULT_THETAS
+from kmethods.pksd import Modes as Modes
+from kmethods.pksd import find_modes as find_modes
+from kmethods.pksd import perturb as perturb
+from kmethods.pksd import pksd_test as pksd_test
 from kmethods.sequential import BettingState as BettingState
 from kmethods.sequential import SequentialResult as SequentialResult
 from kmethods.sequential import mmd_betting_init as mmd_betting_init
@@ -42,6 +47,7 @@ from kmethods.thinning import root_kernel as root_kernel
 from kmethods.thinning import standard_thin as standard_thin
 
 __all__ = [
+    "DEFAULT_THETAS",
     "IMQ",
     "BettingState",
     "Gaussian",
@@ -49,6 +55,7 @@ __all__ = [
     "Laplace",
     "Linear",
     "Matern",
+    "Modes",
     "Polynomial",
     "RadialKernel",
     "ScaledKernel",
@@ -57,6 +64,7 @@ __all__ = [
     "SumKernel",
     "TestResult",
     "compresspp",
+    "find_modes",
     "hsic",
     "hsic_test",
     "iid_thin",
@@ -72,6 +80,8 @@ __all__ = [
     "mmd_test",
     "mmd_to_sample",
     "pairwise",
+    "perturb",
+    "pksd_test",
     "power_kernel",
     "root_kernel",
     "skit",

@@ -17,6 +17,7 @@ TASKS: dict[str, str] = {
     "train_deer": "experiments.tasks.train_deer",
     "skit_power": "experiments.tasks.skit_power",
     "seq_two_sample": "experiments.tasks.seq_two_sample",
+    "pksd_bimodal": "experiments.tasks.pksd_bimodal",
 }
 
 
