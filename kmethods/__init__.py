@@ -21,6 +21,23 @@ from kmethods.kernels import SumKernel as SumKernel
 from kmethods.kernels import median_bandwidth as median_bandwidth
 from kmethods.ksd import ksd2 as ksd2
 from kmethods.ksd import ksd_test as ksd_test
+from kmethods.ksd_seq import ContiguousSubsequenceKernel as ContiguousSubsequenceKernel
+from kmethods.ksd_seq import HammingKernel as HammingKernel
+from kmethods.ksd_seq import LengthKernel as LengthKernel
+from kmethods.ksd_seq import MarkovChain as MarkovChain
+from kmethods.ksd_seq import Neighbours as Neighbours
+from kmethods.ksd_seq import ScaledSequenceKernel as ScaledSequenceKernel
+from kmethods.ksd_seq import SecondOrderMarkovChain as SecondOrderMarkovChain
+from kmethods.ksd_seq import SequenceKernel as SequenceKernel
+from kmethods.ksd_seq import StringSubsequenceKernel as StringSubsequenceKernel
+from kmethods.ksd_seq import SumSequenceKernel as SumSequenceKernel
+from kmethods.ksd_seq import ksd_seq as ksd_seq
+from kmethods.ksd_seq import ksd_seq_test as ksd_seq_test
+from kmethods.ksd_seq import num_neighbours as num_neighbours
+from kmethods.ksd_seq import random_second_order_chain as random_second_order_chain
+from kmethods.ksd_seq import random_walk_with_memory as random_walk_with_memory
+from kmethods.ksd_seq import zs_neighbours as zs_neighbours
+from kmethods.ksd_seq import zs_stein_matvec as zs_stein_matvec
 from kmethods.mmd import mmd2 as mmd2
 from kmethods.mmd import mmd_test as mmd_test
 from kmethods.pksd import DEFAULT_THETAS as DEFAULT_THETAS
@@ -50,18 +67,28 @@ __all__ = [
     "DEFAULT_THETAS",
     "IMQ",
     "BettingState",
+    "ContiguousSubsequenceKernel",
     "Gaussian",
+    "HammingKernel",
     "Kernel",
     "Laplace",
+    "LengthKernel",
     "Linear",
+    "MarkovChain",
     "Matern",
     "Modes",
+    "Neighbours",
     "Polynomial",
     "RadialKernel",
     "ScaledKernel",
+    "ScaledSequenceKernel",
+    "SecondOrderMarkovChain",
+    "SequenceKernel",
     "SequentialResult",
     "Sinc",
+    "StringSubsequenceKernel",
     "SumKernel",
+    "SumSequenceKernel",
     "TestResult",
     "compresspp",
     "find_modes",
@@ -70,6 +97,8 @@ __all__ = [
     "iid_thin",
     "kernel_thin",
     "ksd2",
+    "ksd_seq",
+    "ksd_seq_test",
     "ksd_test",
     "kt_plus_kernel",
     "median_bandwidth",
@@ -79,13 +108,18 @@ __all__ = [
     "mmd_betting_test",
     "mmd_test",
     "mmd_to_sample",
+    "num_neighbours",
     "pairwise",
     "perturb",
     "pksd_test",
     "power_kernel",
+    "random_second_order_chain",
+    "random_walk_with_memory",
     "root_kernel",
     "skit",
     "skit_init",
     "skit_step",
     "standard_thin",
+    "zs_neighbours",
+    "zs_stein_matvec",
 ]

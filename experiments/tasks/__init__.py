@@ -17,6 +17,7 @@ TASKS: dict[str, str] = {
     "train_deer": "experiments.tasks.train_deer",
     "skit_power": "experiments.tasks.skit_power",
     "seq_two_sample": "experiments.tasks.seq_two_sample",
+    "ksd_seq": "experiments.tasks.ksd_seq",
     "pksd_bimodal": "experiments.tasks.pksd_bimodal",
 }
 
