@@ -31,7 +31,7 @@ from kmethods.ksd_seq import SecondOrderMarkovChain as SecondOrderMarkovChain
 from kmethods.ksd_seq import SequenceKernel as SequenceKernel
 from kmethods.ksd_seq import StringSubsequenceKernel as StringSubsequenceKernel
 from kmethods.ksd_seq import SumSequenceKernel as SumSequenceKernel
-from kmethods.ksd_seq import ksd_seq as ksd_seq
+from kmethods.ksd_seq import ksd2_seq as ksd2_seq
 from kmethods.ksd_seq import ksd_seq_test as ksd_seq_test
 from kmethods.ksd_seq import num_neighbours as num_neighbours
 from kmethods.ksd_seq import random_second_order_chain as random_second_order_chain
@@ -97,7 +97,7 @@ __all__ = [
     "iid_thin",
     "kernel_thin",
     "ksd2",
-    "ksd_seq",
+    "ksd2_seq",
     "ksd_seq_test",
     "ksd_test",
     "kt_plus_kernel",

@@ -431,10 +431,19 @@ def test_statistics_and_bootstrap_nulls_match_dense_formulas_and_compile_once(x6
     h = py_stein_matrix(tuples, lp, py_hamming, 3, "zs", 2, "barker")
     u_stat = (h.sum() - np.trace(h)) / (n * (n - 1))
     np.testing.assert_allclose(
-        ks.ksd_seq(seqs, lengths, model.log_prob, kernel, **opts), u_stat, rtol=1e-10
+        ks.ksd2_seq(seqs, lengths, model.log_prob, kernel, **opts), u_stat, rtol=1e-10
     )
     key = jax.random.key(8)
-    res = ks.ksd_seq_test(key, seqs, lengths, model.log_prob, kernel, num_bootstrap=30, **opts)
+    res = ks.ksd_seq_test(
+        key,
+        seqs,
+        lengths,
+        model.log_prob,
+        kernel,
+        num_bootstrap=30,
+        bootstrap="multinomial",
+        **opts,
+    )
     draws = jax.jit(multinomial_weights, static_argnums=(1, 2, 3))
     w = np.asarray(draws(key, n, 30, jnp.float64)) - 1 / n
     h_off = h - np.diag(np.diag(h))
@@ -588,7 +597,7 @@ _K = ks.HammingKernel()
 def _stat(**kw):
     args = dict(seqs=_SEQS, lengths=_LENS, log_prob=_MODEL.log_prob, kernel=_K, num_states=3)
     args.update(kw)
-    return ks.ksd_seq(
+    return ks.ksd2_seq(
         args.pop("seqs"), args.pop("lengths"), args.pop("log_prob"), args.pop("kernel"), **args
     )
 
