@@ -18,12 +18,7 @@ import jax.numpy as jnp
 
 from kmethods import _checks
 from kmethods.stein import langevin_stein_matvec
-from kmethods.testing import (
-    TestResult,
-    multinomial_weights,
-    resample_p_value,
-    wild_bootstrap_signs,
-)
+from kmethods.testing import stein_bootstrap_columns, stein_bootstrap_result
 
 __all__ = ["ksd2", "ksd_test"]
 
@@ -166,19 +161,10 @@ def ksd_test(
 def _ksd_bootstrap_test(
     key, x, scores, kernel, alpha, flip_probability, *, num_bootstrap, wild, block_size
 ):
-    n, dtype = x.shape[0], x.dtype
-    if wild:
-        weights = wild_bootstrap_signs(key, n, num_bootstrap, flip_probability, dtype) / n
-        observed = jnp.full((1, n), 1.0 / n, dtype)
-    else:
-        weights = multinomial_weights(key, n, num_bootstrap, dtype) - 1.0 / n
-        observed = jnp.ones((1, n), dtype)
-    columns = jnp.concatenate([observed, weights]).T  # (n, B + 1)
+    columns = stein_bootstrap_columns(
+        key, x.shape[0], num_bootstrap, wild=wild, flip_probability=flip_probability, dtype=x.dtype
+    )
     u_columns = langevin_stein_matvec(
         kernel, x, scores, columns, exclude_diagonal=not wild, block_size=block_size
     )
-    forms = jnp.einsum("ib,ib->b", columns, u_columns)
-    statistic = forms[0] if wild else forms[0] / (float(n) * (n - 1))
-    null_samples = forms[1:]
-    p_value = resample_p_value(statistic, null_samples)
-    return TestResult(statistic, p_value, p_value <= alpha, null_samples)
+    return stein_bootstrap_result(columns, u_columns, wild=wild, alpha=alpha)

@@ -79,12 +79,7 @@ from jax import lax
 
 from kmethods import _checks
 from kmethods.pairwise import gram_matvec, map_row_blocks
-from kmethods.testing import (
-    TestResult,
-    multinomial_weights,
-    resample_p_value,
-    wild_bootstrap_signs,
-)
+from kmethods.testing import stein_bootstrap_columns, stein_bootstrap_result
 
 __all__ = [
     "BALANCES",
@@ -1193,14 +1188,14 @@ def _ksd_seq_bootstrap_test(
     wild,
     block_size,
 ):
-    n, dtype = seqs.shape[0], _float_dtype()
-    if wild:
-        weights = wild_bootstrap_signs(key, n, num_bootstrap, flip_probability, dtype) / n
-        observed = jnp.full((1, n), 1.0 / n, dtype)
-    else:
-        weights = multinomial_weights(key, n, num_bootstrap, dtype) - 1.0 / n
-        observed = jnp.ones((1, n), dtype)
-    columns = jnp.concatenate([observed, weights]).T  # (n, B + 1)
+    columns = stein_bootstrap_columns(
+        key,
+        seqs.shape[0],
+        num_bootstrap,
+        wild=wild,
+        flip_probability=flip_probability,
+        dtype=_float_dtype(),
+    )
     h_columns = _zs_stein_matvec(
         seqs,
         lengths,
@@ -1215,11 +1210,7 @@ def _ksd_seq_bootstrap_test(
         exclude_diagonal=not wild,
         block_size=block_size,
     )
-    forms = jnp.einsum("ib,ib->b", columns, h_columns)
-    statistic = forms[0] if wild else forms[0] / (n * (n - 1.0))
-    null_samples = forms[1:]
-    p_value = resample_p_value(statistic, null_samples)
-    return TestResult(statistic, p_value, p_value <= alpha, null_samples)
+    return stein_bootstrap_result(columns, h_columns, wild=wild, alpha=alpha)
 
 
 # -------------------------------------------------------------------------------------- models

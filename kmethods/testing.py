@@ -18,6 +18,8 @@ __all__ = [
     "multinomial_weights",
     "permuted_labels",
     "resample_p_value",
+    "stein_bootstrap_columns",
+    "stein_bootstrap_result",
     "wild_bootstrap_signs",
 ]
 
@@ -80,3 +82,31 @@ def wild_bootstrap_signs(key, n, num_draws, flip_probability, dtype):
     flips = jax.random.bernoulli(k1, flip_probability, (num_draws, n - 1)).astype(jnp.int32)
     parity = jnp.concatenate([jnp.zeros((num_draws, 1), jnp.int32), jnp.cumsum(flips, 1)], 1)
     return (first * (1 - 2 * (parity % 2))).astype(dtype)
+
+
+def stein_bootstrap_columns(key, n, num_draws, *, wild, flip_probability, dtype):
+    """The vectors v_0 .. v_B whose quadratic forms v_b^T H v_b give a Stein-kernel test's
+    statistic (b = 0) and its bootstrap draws, shape (n, B + 1), so that all of them come from
+    one blocked product H [v_0 ... v_B].
+
+    wild (Chwialkowski, Strathmann & Gretton 2016): v_0 = 1/n, v_b = W_b / n with W_b the wild
+    bootstrap sign process (V-statistic). Otherwise (Liu, Lee & Jordan 2016): v_0 = 1,
+    v_b = w_b - 1/n with n w_b ~ Multinomial(n; 1/n, ...) (U-statistic, diagonal excluded).
+    """
+    if wild:
+        weights = wild_bootstrap_signs(key, n, num_draws, flip_probability, dtype) / n
+        observed = jnp.full((1, n), 1.0 / n, dtype)
+    else:
+        weights = multinomial_weights(key, n, num_draws, dtype) - 1.0 / n
+        observed = jnp.ones((1, n), dtype)
+    return jnp.concatenate([observed, weights]).T
+
+
+def stein_bootstrap_result(columns, h_columns, *, wild, alpha):
+    """`TestResult` from the columns of `stein_bootstrap_columns` and H times them."""
+    n = columns.shape[0]
+    forms = jnp.einsum("ib,ib->b", columns, h_columns)
+    statistic = forms[0] if wild else forms[0] / (float(n) * (n - 1))
+    null_samples = forms[1:]
+    p_value = resample_p_value(statistic, null_samples)
+    return TestResult(statistic, p_value, p_value <= alpha, null_samples)
