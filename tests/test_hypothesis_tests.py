@@ -202,7 +202,15 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
+# The biased HSIC permutation test shares its permutation machinery with the unbiased one,
+# which stays in the default suite; its own level check runs with -m slow (suite time).
+_SLOW_CASES = {"hsic-permutation"}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, marks=pytest.mark.slow) if c in _SLOW_CASES else c for c in CASES],
+)
 def test_level_and_power(case):
     make, null_param, alt_param, kw = CASES[case]
     level = _rate(make(null_param, **kw), jax.random.key(1))
