@@ -46,7 +46,14 @@ MIXERS = {
 }
 
 
-@pytest.mark.parametrize("name", list(MIXERS))
+# Every mixer has its own tests; two of them (one recurrent-attention, one SSM) check the
+# stack in the default suite and the rest run with -m slow (suite time, compile-bound).
+_SLOW_MIXERS = {"linear_attention", "lru", "ckconv"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(m, marks=pytest.mark.slow) if m in _SLOW_MIXERS else m for m in MIXERS]
+)
 def test_sequence_model_takes_any_mixer(getkey, name):
     model = SequenceModel(
         MIXERS[name], d_model=8, num_layers=2, num_outputs=5, num_tokens=11, key=getkey()
