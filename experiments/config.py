@@ -53,16 +53,28 @@ class ConfigTypeError(ConfigError, TypeError):
 class DevicesConfig:
     """Where a run computes (the config's optional `devices` section).
 
-    The runner builds a one-dimensional device mesh from it; tasks split their replicate,
-    permutation, bootstrap, seed and batch axes over that mesh with `jax.jit` + `NamedSharding`
-    (`RunContext.shard`, `RunContext.map`). Results do not depend on the layout: tasks built on
-    `RunContext.map` and the quickstart give one device's results bit for bit; data-parallel
-    training (a batch mean reduced across devices) agrees to float rounding.
+    The runner builds the device mesh from it (`experiments.runner.build_mesh`): either one
+    axis of `count` devices named `axis`, or the named axes of `mesh`. Tasks split their
+    replicate, permutation, bootstrap, seed and batch axes over the mesh's `data_axes` with
+    `jax.jit` + `NamedSharding` (`RunContext.shard`, `RunContext.map`); a mesh axis left out of
+    `data_axes` sees those arrays replicated, and is free for the task's own use (e.g. a
+    sequence axis for `seqmodels.parallel`). Results do not depend on the layout: tasks built
+    on `RunContext.map` and the quickstart give one device's results bit for bit;
+    data-parallel training (a batch mean reduced across devices) agrees to float rounding.
+
+        devices:
+          mesh: {replica: 4, seq: 2}   # 8 devices as a 4 x 2 mesh
+          data_axes: [replica]         # replicates / batches split 4 ways; seq is the task's
 
     Attributes:
       count: how many devices to use (None: every visible device; with several processes,
         every device of every process, and `count` must be a multiple of the process count).
-      axis: the name of the (one-dimensional) device mesh axis.
+      axis: the name of the one-axis mesh's axis.
+      mesh: instead of `count` / `axis`: the mesh's axis names and sizes, in order (a mapping
+        name -> size; one size may be -1: as many as the visible devices allow). The product of
+        the sizes is the number of devices used.
+      data_axes: the mesh axes that replicate, seed and batch axes are split over (jointly, in
+        mesh order); None: every axis.
       distributed: call `jax.distributed.initialize()` first, for runs over several processes;
         every process computes its shard, and only process 0 writes files (the run folder must
         be on a filesystem all processes share).
@@ -78,16 +90,58 @@ class DevicesConfig:
 
     count: int | None = None
     axis: str = "batch"
+    mesh: dict[str, int] | None = None
+    data_axes: tuple[str, ...] | None = None
     distributed: bool = False
     coordinator: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
 
     def __post_init__(self):
+        if self.count is not None and self.count < 1:
+            raise ConfigError(f"`devices.count` must be >= 1, got {self.count}.")
+        if not self.axis:
+            raise ConfigError("`devices.axis` must be a non-empty name.")
+        if self.mesh is not None:
+            if self.count is not None:
+                raise ConfigError(
+                    "give either `devices.mesh` (axis names and sizes) or `devices.count`, "
+                    "not both."
+                )
+            if not self.mesh:
+                raise ConfigError("`devices.mesh` must name at least one axis.")
+            for name, size in self.mesh.items():
+                if not name:
+                    raise ConfigError("`devices.mesh` axis names must be non-empty.")
+                if size != -1 and size < 1:
+                    raise ConfigError(
+                        f"`devices.mesh.{name}` must be >= 1 (or -1: the rest), got {size}."
+                    )
+            if sum(size == -1 for size in self.mesh.values()) > 1:
+                raise ConfigError("at most one `devices.mesh` size may be -1.")
+        names = self.axis_names
+        if self.data_axes is not None:
+            unknown = [a for a in self.data_axes if a not in names]
+            if unknown:
+                raise ConfigError(
+                    f"`devices.data_axes` names {unknown}, not axes of the mesh {list(names)}."
+                )
+            if len(set(self.data_axes)) != len(self.data_axes):
+                raise ConfigError(f"`devices.data_axes` repeats an axis: {list(self.data_axes)}.")
         if self.num_processes is not None and self.num_processes < 1:
             raise ConfigError(f"`devices.num_processes` must be >= 1, got {self.num_processes}.")
         if self.process_id is not None and self.process_id < 0:
             raise ConfigError(f"`devices.process_id` must be >= 0, got {self.process_id}.")
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        """The mesh's axis names, in order."""
+        return tuple(self.mesh) if self.mesh is not None else (self.axis,)
+
+    @property
+    def split_axes(self) -> tuple[str, ...]:
+        """The axes that data axes are split over: `data_axes`, else every mesh axis."""
+        return self.data_axes if self.data_axes is not None else self.axis_names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,6 +274,9 @@ def _convert(value, tp, key: str):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        options = [arg for arg in args if arg is not type(None)]
+        if len(options) == 1:  # `X | None`: X's own error, naming the entry that is wrong
+            return _convert(value, options[0], key)
         for arg in args:
             if arg is type(None):
                 continue
@@ -234,6 +291,14 @@ def _convert(value, tp, key: str):
         return value
     if dataclasses.is_dataclass(tp):
         return build_dataclass(tp, value, prefix=key + ".")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigTypeError(f"`{key}` must be a mapping, got {value!r}.")
+        k_type, v_type = args if args else (Any, Any)
+        return {
+            _convert(k, k_type, f"{key} (a key)"): _convert(v, v_type, f"{key}.{k}")
+            for k, v in value.items()
+        }
     if origin in (tuple, list, Sequence) or tp in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigTypeError(f"`{key}` must be a list, got {value!r}.")
@@ -280,6 +345,8 @@ def config_to_dict(cfg) -> dict:
             return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
         return v
 
     return plain(cfg)

@@ -11,10 +11,12 @@ its finished units and restores its training loops from their latest checkpoints
 with the results of an uninterrupted run; metrics lines of the work that was in progress (since
 a loop's last checkpoint, or of an unfinished unit) may appear twice in `metrics.jsonl`.
 
-Devices. The config's `devices` section (`experiments.config.DevicesConfig`) sets a
-one-dimensional mesh, `RunContext.mesh`. Tasks split their replicate, permutation, seed and
-batch axes over it with `RunContext.shard` (a `NamedSharding` over the leading axis; `jax.jit`
-of a `vmap` then runs each device's share) or `RunContext.map` (a function applied to every
+Devices. The config's `devices` section (`experiments.config.DevicesConfig`) sets the device
+mesh, `RunContext.mesh`: one axis of `count` devices, or named axes and sizes (`mesh`). Tasks
+split their replicate, permutation, seed and batch axes over its data axes
+(`RunContext.data_axes`: every axis unless the config names some) with `RunContext.shard` (a
+`NamedSharding` over the leading axis; `jax.jit` of a `vmap` then runs each device's share) or
+`RunContext.map` (a function applied to every
 row of a batch with `jax.shard_map` + `lax.map`, each row computed by the same program on any
 number of devices, so the results are bit for bit those of one device). Data-parallel training
 (`shard` on the batch inside `jax.jit`, parameters replicated) agrees with one device to float
@@ -216,10 +218,28 @@ def _put(x, sharding):
     return jax.device_put(x, sharding)
 
 
-def split_leading_axis(x, mesh):
+def _split_axes(mesh, axes) -> tuple[str, ...]:
+    """`axes` (None: every axis of `mesh`) as a checked tuple of mesh axis names."""
+    if axes is None:
+        return tuple(mesh.axis_names)
+    axes = (axes,) if isinstance(axes, str) else tuple(axes)
+    unknown = [a for a in axes if a not in mesh.axis_names]
+    if unknown or not axes:
+        raise ValueError(
+            f"`axes` must name axes of the mesh {tuple(mesh.axis_names)}, got {axes!r}."
+        )
+    return axes
+
+
+def _split_size(mesh, axes) -> int:
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def split_leading_axis(x, mesh, axes=None):
     """`x` (an array or a pytree of arrays) with its leading axis (replicates, seeds, a batch)
-    split over the one-axis device `mesh`, so that `jax.jit` of a `vmap` over that axis runs
-    each device's share. Inside `jax.jit` (traced arrays) it is a sharding constraint.
+    split over the device `mesh`'s `axes` (None: all of them, jointly in mesh order), so that
+    `jax.jit` of a `vmap` over that axis runs each device's share; mesh axes not in `axes` hold
+    copies. Inside `jax.jit` (traced arrays) it is a sharding constraint.
 
     Arrays whose leading axis does not divide evenly, and a `mesh` of None (one device), stay
     as they are; in a multi-process run, concrete ones are replicated over the mesh instead
@@ -229,14 +249,16 @@ def split_leading_axis(x, mesh):
 
     if mesh is None:
         return x
-    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names[0]))
+    axes = _split_axes(mesh, axes)
+    parts = _split_size(mesh, axes)
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axes))
     whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     several = jax.process_count() > 1
 
     def one(a):
         if not hasattr(a, "shape"):
             return a
-        divides = a.ndim > 0 and a.shape[0] % mesh.size == 0
+        divides = a.ndim > 0 and a.shape[0] % parts == 0
         if isinstance(a, jax.core.Tracer):
             return jax.lax.with_sharding_constraint(a, split) if divides else a
         if divides:
@@ -259,11 +281,12 @@ class RunContext:
       out_dir: the run folder.
       seed: the run's seed.
       quiet: no progress bars (always quiet on processes other than 0).
-      mesh: the run's one-axis device mesh, or None for one device.
+      mesh: the run's device mesh (`jax.sharding.Mesh`), or None for one device.
+      data_axes: the mesh axes that `shard` and `map` split over (every axis by default).
       writes_files: whether this process writes files (process 0).
     """
 
-    def __init__(self, out_dir, *, seed: int = 0, quiet: bool = False, mesh=None):
+    def __init__(self, out_dir, *, seed: int = 0, quiet: bool = False, mesh=None, data_axes=None):
         self.out_dir = pathlib.Path(out_dir)
         self.writes_files = is_writer()
         if self.writes_files:
@@ -271,6 +294,8 @@ class RunContext:
         self.seed = int(seed)
         self.quiet = bool(quiet) or not self.writes_files
         self.mesh = mesh
+        self.data_axes = None if mesh is None else _split_axes(mesh, data_axes)
+        self._map_programs: dict = {}
         self._metrics_path = self.out_dir / "metrics.jsonl"
         self.computed_units: list[str] = []
         self.reused_units: list[str] = []
@@ -315,13 +340,15 @@ class RunContext:
             raise ValueError(f"checkpoint names must be plain file names, got {name!r}.")
         return TrainCheckpoints(self.out_dir / "checkpoints" / name, every=every, keep=keep)
 
-    def _axis(self):
-        return self.mesh.axis_names[0]
+    @property
+    def num_shards(self) -> int:
+        """How many parts `shard` and `map` split a leading axis into (1 on one device)."""
+        return 1 if self.mesh is None else _split_size(self.mesh, self.data_axes)
 
     def shard(self, x):
         """`x` (an array or a pytree of arrays) with its leading axis split over the run's
-        device mesh: `split_leading_axis(x, ctx.mesh)`."""
-        return split_leading_axis(x, self.mesh)
+        data axes: `split_leading_axis(x, ctx.mesh, ctx.data_axes)`."""
+        return split_leading_axis(x, self.mesh, self.data_axes)
 
     def replicate(self, tree):
         """Every array of `tree` (a model, an optimiser state) copied to all devices of the
@@ -339,16 +366,21 @@ class RunContext:
 
     def map(self, fn, *args, in_axes: int | Sequence[int | None] | None = 0):
         """`fn` applied to every row of the arguments mapped over their leading axis, the rows
-        split over the run's devices; returns host NumPy arrays (a pytree like `fn`'s output)
+        split over the run's data axes; returns host NumPy arrays (a pytree like `fn`'s output)
         with the rows in order.
 
         `in_axes` is 0 (mapped) or None (the same value for every row) per argument, as in
         `jax.vmap`. Each device runs `lax.map` over its rows inside `jax.shard_map`, so every
         row is computed by the same program whatever the number of devices: the results are
         bit for bit those of one device. Rows are padded (with copies of the first) to a
-        multiple of the mesh size; with fewer rows than devices, a single process computes
-        them on one device. For expensive rows (a thinning run, an MMD over n points); cheap
-        ones batch better with `jax.jit(jax.vmap(fn))` over `shard`.
+        multiple of the number of shards; with fewer rows than shards, a single process
+        computes them on one device. For expensive rows (a thinning run, an MMD over n points);
+        cheap ones batch better with `jax.jit(jax.vmap(fn))` over `shard`.
+
+        The compiled program is kept per `fn` (and argument structure), so calling `map` again
+        with the same function and shapes compiles nothing: pass a module-level function and
+        give changing values (a constant, a bandwidth) as arguments with `in_axes=None`, not
+        through a fresh closure.
         """
         import jax
 
@@ -364,18 +396,12 @@ class RunContext:
             raise ValueError(f"mapped arguments must share their leading size, got {sizes}.")
         (rows,) = sizes
 
-        def rows_fn(mapped, fixed):
-            def row(r):
-                it_m, it_f = iter(r), iter(fixed)
-                return fn(*(next(it_m) if ax == 0 else next(it_f) for ax in axes))
-
-            return jax.lax.map(row, mapped)
-
         several = jax.process_count() > 1
-        if self.mesh is None or (rows < self.mesh.size and not several):
-            out = jax.jit(rows_fn)(mapped, fixed)
-            return jax.tree.map(host_array, out)
-        size = self.mesh.size
+        local = self.mesh is None or (rows < self.num_shards and not several)
+        program = self._map_program(fn, axes, local)
+        if local:
+            return jax.tree.map(host_array, program(mapped, fixed))
+        size = self.num_shards
         padded = -(-rows // size) * size
         if padded != rows:
             mapped = jax.tree.map(
@@ -384,17 +410,41 @@ class RunContext:
                 ),
                 mapped,
             )
-        spec, whole = jax.sharding.PartitionSpec(self._axis()), jax.sharding.PartitionSpec()
-        body = jax.shard_map(
-            rows_fn, mesh=self.mesh, in_specs=(spec, whole), out_specs=spec, check_vma=False
-        )
-        everywhere = jax.sharding.NamedSharding(self.mesh, whole)
+        spec, whole = jax.sharding.PartitionSpec(self.data_axes), jax.sharding.PartitionSpec()
         mapped = jax.tree.map(
             lambda a: _put(a, jax.sharding.NamedSharding(self.mesh, spec)), mapped
         )
-        fixed = jax.tree.map(lambda a: _put(a, everywhere), fixed)
-        out = jax.jit(body, out_shardings=everywhere)(mapped, fixed)
+        fixed = jax.tree.map(lambda a: _put(a, jax.sharding.NamedSharding(self.mesh, whole)), fixed)
+        out = program(mapped, fixed)
         return jax.tree.map(lambda a: host_array(a)[:rows], out)
+
+    def _map_program(self, fn, axes: tuple, local: bool):
+        """The jitted program of `map(fn, ...)`, made once per (fn, in_axes, placement); jax's
+        own cache then compiles it once per argument shape."""
+        import jax
+
+        cache_key = (fn, axes, local)
+        program = self._map_programs.get(cache_key)
+        if program is not None:
+            return program
+
+        def rows_fn(mapped, fixed):
+            def row(r):
+                it_m, it_f = iter(r), iter(fixed)
+                return fn(*(next(it_m) if ax == 0 else next(it_f) for ax in axes))
+
+            return jax.lax.map(row, mapped)
+
+        if local:
+            program = jax.jit(rows_fn)
+        else:
+            spec, whole = jax.sharding.PartitionSpec(self.data_axes), jax.sharding.PartitionSpec()
+            body = jax.shard_map(
+                rows_fn, mesh=self.mesh, in_specs=(spec, whole), out_specs=spec, check_vma=False
+            )
+            program = jax.jit(body, out_shardings=jax.sharding.NamedSharding(self.mesh, whole))
+        self._map_programs[cache_key] = program
+        return program
 
     def key(self):
         """The run's root PRNG key, `jax.random.key(seed)`."""
@@ -501,26 +551,46 @@ def resume_experiment(
     return run_dir
 
 
-def build_mesh(devices):
-    """The run's one-axis device mesh from a `DevicesConfig` (None for a single device).
+def _mesh_shape(devices, available: int) -> tuple[int, ...]:
+    """The mesh's axis sizes for `available` devices: (`count`,) or `mesh`'s sizes with a -1
+    resolved."""
+    if devices.mesh is None:
+        count = available if devices.count is None else devices.count
+        if not 1 <= count <= available:
+            raise ConfigError(
+                f"`devices.count` must be between 1 and the {available} visible devices, "
+                f"got {count}."
+            )
+        return (count,)
+    known = math.prod(size for size in devices.mesh.values() if size != -1)
+    rest = available // known
+    sizes = tuple(rest if size == -1 else size for size in devices.mesh.values())
+    if math.prod(sizes) > available or rest < 1:
+        raise ConfigError(
+            f"`devices.mesh` {dict(devices.mesh)} needs {known} devices or more; "
+            f"{available} are visible."
+        )
+    return sizes
 
-    `count` devices (default: all) of `jax.devices()`; with several processes the mesh spans
-    them all, `count / process_count` devices of each, so `count` must be a multiple of the
-    number of processes."""
+
+def build_mesh(devices):
+    """The run's device mesh from a `DevicesConfig` (None for a single device).
+
+    One axis of `count` devices (default: all) named `axis`, or the axes of `mesh`, over the
+    first devices of `jax.devices()`. With several processes the mesh spans them all, the same
+    number of devices of each (taken process by process), so the device count must be a
+    multiple of the number of processes."""
     import jax
 
     start_distributed(devices)
     available = jax.devices()
-    count = len(available) if devices.count is None else devices.count
-    if not 1 <= count <= len(available):
-        raise ConfigError(
-            f"`devices.count` must be between 1 and the {len(available)} visible devices, "
-            f"got {count}."
-        )
+    shape = _mesh_shape(devices, len(available))
+    count = math.prod(shape)
     processes = jax.process_count()
     if count % processes:
         raise ConfigError(
-            f"`devices.count` must be a multiple of the {processes} processes, got {count}."
+            f"the mesh's {count} devices (`devices.count` or `devices.mesh`) must be a "
+            f"multiple of the {processes} processes."
         )
     if count == 1:
         return None
@@ -528,9 +598,9 @@ def build_mesh(devices):
     owned = [[d for d in available if d.process_index == p] for p in range(processes)]
     chosen = [d for devices_of_p in owned for d in devices_of_p[:per_process]]
     return jax.make_mesh(
-        (count,),
-        (devices.axis,),
-        axis_types=(jax.sharding.AxisType.Auto,),
+        shape,
+        devices.axis_names,
+        axis_types=(jax.sharding.AxisType.Auto,) * len(shape),
         devices=chosen,
     )
 
@@ -541,7 +611,9 @@ def _run_in(cfg: RunConfig, run_dir: pathlib.Path, quiet: bool) -> RunContext:
     from experiments.tasks import get_task
 
     task = get_task(cfg.task)
-    ctx = RunContext(run_dir, seed=cfg.seed, quiet=quiet, mesh=build_mesh(cfg.devices))
+    mesh = build_mesh(cfg.devices)
+    data_axes = None if mesh is None else cfg.devices.split_axes
+    ctx = RunContext(run_dir, seed=cfg.seed, quiet=quiet, mesh=mesh, data_axes=data_axes)
     start = time.time()
     results = task.run(cfg.params, ctx)
     end = time.time()
@@ -556,6 +628,7 @@ def _run_in(cfg: RunConfig, run_dir: pathlib.Path, quiet: bool) -> RunContext:
         "backend": jax.default_backend(),
         "device_count": jax.device_count(),
         "devices_used": ctx.mesh.size if ctx.mesh is not None else 1,
+        "mesh": {} if ctx.mesh is None else dict(ctx.mesh.shape),
         "process_count": jax.process_count(),
     }
     if ctx.reused_units:

@@ -177,6 +177,21 @@ def test_map_gives_rows_in_order_on_any_number_of_devices(tmp_path):
     y = jax.jit(lambda x: ctx.shard(2 * x))(jax.numpy.arange(16.0))
     assert len(y.sharding.device_set) == 8
 
+    # a 4 x 2 mesh, rows split over one axis: the same rows again; the program is made once
+    # per function and compiled once per shape, however often `map` is called
+    traces = []
+
+    def row(k, s):
+        traces.append(None)
+        return jax.random.normal(k, (3,)) + s
+
+    devices = DevicesConfig(mesh={"rows": 4, "other": 2}, data_axes=("rows",))
+    ctx = RunContext(tmp_path, mesh=build_mesh(devices), data_axes=devices.split_axes)
+    np.testing.assert_array_equal(ctx.map(row, keys, shift, in_axes=(0, None)), outs[0][0])
+    moved = ctx.map(row, keys, shift + 1, in_axes=(0, None))
+    np.testing.assert_allclose(moved, outs[0][0] + 1, rtol=1e-6)
+    assert len(traces) == 1
+
 
 def test_devices_launch_fields_are_checked():
     with pytest.raises(ValueError, match=r"devices\.num_processes"):

@@ -187,14 +187,46 @@ def test_devices_section_shards_replicates_with_identical_results(tmp_path):
         "params.num_replicates=8",
         "params.num_permutations=20",
     ]
+    layouts = {
+        "one": ["devices.count=1"],
+        "eight": ["devices.count=8"],
+        # a 4 x 2 mesh: replicates split over `replica` only, copies along `seq`
+        "4x2": ["devices.mesh={replica: 4, seq: 2}", "devices.data_axes=[replica]"],
+    }
     results = {}
-    for count in (1, 8):
-        cfg = load_config("configs/quickstart.yaml", [*tiny, f"devices.count={count}"])
-        assert cfg.devices.count == count
+    for name, devices in layouts.items():
+        cfg = load_config("configs/quickstart.yaml", [*tiny, *devices])
         data = json.loads((run_experiment(cfg, tmp_path, quiet=True) / "results.json").read_text())
-        assert data["meta"]["devices_used"] == count
-        results[count] = data["results"]
-    assert results[1] == results[8]
+        results[name] = data["results"]
+        if name == "4x2":
+            assert data["meta"]["mesh"] == {"replica": 4, "seq": 2}
+            assert data["meta"]["devices_used"] == 8
+        else:
+            assert data["meta"]["devices_used"] == cfg.devices.count
+    assert results["one"] == results["eight"] == results["4x2"]
+
+
+def test_devices_mesh_axes_and_sizes_are_checked():
+    from experiments.config import dump_config
+
+    cfg = load_config(
+        "configs/quickstart.yaml", ["devices.mesh={data: -1, seq: 2}", "devices.data_axes=[data]"]
+    )
+    assert cfg.devices.mesh == {"data": -1, "seq": 2}
+    assert cfg.devices.axis_names == ("data", "seq") and cfg.devices.split_axes == ("data",)
+    assert "seq: 2" in dump_config(cfg)  # the written config keeps the mesh
+    bad = {
+        r"devices\.mesh\.seq": ["devices.mesh={data: 2, seq: 0}"],
+        r"devices\.mesh\.seq`": ["devices.mesh={data: 2, seq: two}"],
+        r"at most one `devices\.mesh`": ["devices.mesh={data: -1, seq: -1}"],
+        r"either `devices\.mesh`": ["devices.mesh={data: 2}", "devices.count=2"],
+        r"devices\.data_axes": ["devices.mesh={data: 2}", "devices.data_axes=[model]"],
+        r"devices\.mesh` must be a mapping": ["devices.mesh=[2, 4]"],
+        r"devices\.count` must be >= 1": ["devices.count=0"],
+    }
+    for message, overrides in bad.items():
+        with pytest.raises(ValueError, match=message):
+            load_config("configs/quickstart.yaml", overrides)
 
 
 def test_devices_section_is_checked():
@@ -219,3 +251,17 @@ def test_shard_splits_the_leading_axis(tmp_path):
     assert ctx.shard(jax.numpy.arange(6.0)).shape == (6,)  # 6 does not split 4 ways: as is
     with pytest.raises(ValueError, match=r"devices\.count"):
         build_mesh(DevicesConfig(count=jax.device_count() + 1))
+
+    # a two-axis mesh: the leading axis split over the data axis only, copies along the other
+    devices = DevicesConfig(mesh={"data": -1, "seq": 2}, data_axes=("data",))
+    mesh = build_mesh(devices)
+    assert dict(mesh.shape) == {"data": jax.device_count() // 2, "seq": 2}
+    ctx = RunContext(tmp_path, mesh=mesh, data_axes=devices.split_axes)
+    assert ctx.num_shards == mesh.shape["data"]
+    x = ctx.shard(jax.numpy.arange(16.0))
+    assert len(x.sharding.device_set) == jax.device_count()
+    assert {s.data.shape for s in x.addressable_shards} == {(16 // ctx.num_shards,)}
+    whole = RunContext(tmp_path, mesh=mesh)  # default: split over every axis
+    assert whole.num_shards == jax.device_count()
+    with pytest.raises(ValueError, match=r"devices\.mesh"):
+        build_mesh(DevicesConfig(mesh={"data": jax.device_count() + 1}))

@@ -135,7 +135,7 @@ def _optimiser(cfg: Config):
 
 
 @functools.cache
-def _train_step(cfg: Config, mesh):
+def _train_step(cfg: Config, mesh, data_axes):
     """The jitted training step for `cfg` (one compilation per config, model and device mesh,
     shared by every run in a process, e.g. a run and its resumption)."""
     optimiser = _optimiser(cfg)
@@ -144,7 +144,7 @@ def _train_step(cfg: Config, mesh):
     def step(model, opt_state, k_train, i):
         # data parallelism: parameters on every device, each batch split over the mesh
         batch = split_leading_axis(
-            mqar_batch(jax.random.fold_in(k_train, i), cfg, cfg.batch_size), mesh
+            mqar_batch(jax.random.fold_in(k_train, i), cfg, cfg.batch_size), mesh, data_axes
         )
         (loss, acc), grads = eqx.filter_value_and_grad(_loss_and_accuracy, has_aux=True)(
             model, *batch
@@ -177,7 +177,7 @@ def train_one(key, mixer: str, cfg: Config, ctx) -> list[dict]:
     )
     opt_state = _optimiser(cfg).init(eqx.filter(model, eqx.is_inexact_array))
     eval_data = ctx.shard(mqar_batch(k_eval, cfg, cfg.eval_batch))
-    step = _train_step(cfg, ctx.mesh)
+    step = _train_step(cfg, ctx.mesh, ctx.data_axes)
     state = ctx.replicate((model, opt_state, k_train))
     with ctx.checkpoints(f"train-{mixer}", every=cfg.checkpoint_every) as checkpoints:
         done, (model, opt_state, k_train), curve = checkpoints.restore(state, [])
