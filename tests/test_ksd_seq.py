@@ -6,6 +6,7 @@ Replicates run inside one jitted `lax.map` (one compilation each, body compiled 
 on a CPU this compiles several times faster than `vmap` and runs as fast at these sizes).
 """
 
+import dataclasses
 import functools
 import itertools
 import json
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 from experiments import load_config, run_experiment
-from experiments.config import ConfigError
+from experiments.config import ConfigError, DevicesConfig
 from kmethods import ksd_seq as ks
 from kmethods.testing import multinomial_weights
 
@@ -568,12 +569,22 @@ def test_experiment_tiny_run(tmp_path):
             "params.num_replicates=6",
             "params.num_bootstrap=20",
             "params.alt_mean_length=1.5",
+            "params.batch_size=2",  # 3 rows of 2 replicates
             "devices.count=1",
         ],
     )
     run_dir = run_experiment(cfg, tmp_path, quiet=True)
     results = json.loads((run_dir / "results.json").read_text())["results"]
     records = results["records"]
+    # the rows split over 2 devices: the same rates
+    two = run_experiment(
+        dataclasses.replace(cfg, devices=DevicesConfig(count=2)), tmp_path, quiet=True
+    )
+    rates = [r["rejection_rate"] for r in records]
+    assert [
+        r["rejection_rate"]
+        for r in json.loads((two / "results.json").read_text())["results"]["records"]
+    ] == rates
     assert {(r["scenario"], r["n"]) for r in records} == {
         (s, 8) for s in ("null", "transitions", "lengths")
     }

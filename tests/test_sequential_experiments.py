@@ -31,7 +31,7 @@ def test_skit_power_tiny_run(tmp_path):
         [
             "params.sample_size=200",
             "params.betas=[0.0,1.0]",
-            "params.num_streams=6",
+            "params.num_streams=8",  # split over the 8 simulated devices
             "params.reference_streams=2",
             "params.reference_backends=[numpy]",
         ],
@@ -54,18 +54,23 @@ def test_skit_power_tiny_run(tmp_path):
 
 
 def test_seq_two_sample_tiny_run(tmp_path):
-    cfg = load_config(
-        "configs/seq_two_sample.yaml",
-        [
-            "params.num_steps=40",
-            "params.dim=2",
-            "params.shifts=[0.0,3.0]",
-            "params.num_streams=6",
-            "params.bets=[ons]",
-        ],
-    )
-    run_dir = run_experiment(cfg, tmp_path, quiet=True)
-    results = json.loads((run_dir / "results.json").read_text())["results"]
+    tiny = [
+        "params.num_steps=40",
+        "params.dim=2",
+        "params.shifts=[0.0,3.0]",
+        "params.num_streams=8",
+        "params.bets=[ons]",
+    ]
+    outcomes = []
+    for devices in ("devices.count=1", "devices.count=8"):  # streams split over 8 devices
+        run_dir = run_experiment(
+            load_config("configs/seq_two_sample.yaml", [*tiny, devices]), tmp_path, quiet=True
+        )
+        results = json.loads((run_dir / "results.json").read_text())["results"]
+        outcomes.append(
+            [(r["rejection_rate"], r["stopping_time_mean"]) for r in results["records"]]
+        )
+    assert outcomes[0] == outcomes[1]  # the layout does not change a stream's outcome
     rates = {r["shift"]: r["rejection_rate"] for r in results["records"]}
     assert set(rates) == {0.0, 3.0} and rates[3.0] >= 0.5
     assert results["bandwidth"] == pytest.approx(math.sqrt(2))

@@ -203,8 +203,10 @@ def run(cfg: Config, ctx) -> dict:
     n, streams = cfg.sample_size, cfg.num_streams
     num_pairs = n // 2
     kx, ke = jax.random.split(jax.random.fold_in(root, 0))
-    x = jax.random.normal(kx, (streams, n, 1))
-    noise = jax.random.normal(ke, (streams, n, 1))
+    # the streams split over the run's devices (each device runs its share of the vmap)
+    x, noise = ctx.shard(
+        (jax.random.normal(kx, (streams, n, 1)), jax.random.normal(ke, (streams, n, 1)))
+    )
 
     compiled, compile_s = {}, {}
     for bet in cfg.bets:
