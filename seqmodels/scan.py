@@ -108,13 +108,53 @@ def _associative(a, b, h0, matrix):
         b = jnp.concatenate([b, jnp.zeros((pad, *b.shape[1:]), b.dtype)])
     a3 = a.reshape(m, _RADIX, *a.shape[1:])
     b3 = b.reshape(m, _RADIX, *b.shape[1:])
-    prod, end = a3[:, 0], b3[:, 0]
-    for t in range(1, _RADIX):
-        prod, end = _compose(a3[:, t], prod, matrix), _act(a3[:, t], end, matrix) + b3[:, t]
+    if matrix:
+        prod, end = a3[:, 0], b3[:, 0]
+        for t in range(1, _RADIX):
+            prod, end = _compose(a3[:, t], prod, matrix), _act(a3[:, t], end, matrix) + b3[:, t]
+    else:
+        prod, end = _chunk_summaries(a3, b3)
     ends = _associative(prod, end, h0, matrix)  # the state at the end of every chunk
     h_in = jnp.concatenate([h0[None], ends[:-1]])
-    hs = _unrolled_steps(a3, b3, h_in, matrix, axis=1)
+    if matrix:
+        hs = _unrolled_steps(a3, b3, h_in, matrix, axis=1)
+    else:
+        hs = _masked_steps(a3, b3, h_in)
     return hs.reshape(m * _RADIX, *b.shape[1:])[:n]
+
+
+# The elementwise tree's two passes are written for XLA:CPU's fusion emitters (measured at
+# L = 2^16, B = 4, D = 256, float32; 2.7x faster than the straightforward form):
+# - every chunk's summary is a reduction over the chunk axis, prod = prod_s a_s and
+#   end = sum_s (prod_{r > s} a_r) b_s. Reductions are materialised; the plain chain of
+#   products was fused into the next level, which then re-read copies of slices of `a`.
+# - the steps from the incoming states are one elementwise pass over the (m, R, ...) output
+#   (step s applied where t >= s). Stacking the R outputs instead (a concatenate) made one
+#   loop per stacked piece, piece t re-reading steps 0..t: 4.5 passes over a and b, not one.
+
+
+def _position(x3):
+    """The position inside each chunk, broadcastable against the (m, R, ...) array x3."""
+    return jax.lax.broadcasted_iota(jnp.int32, (1, x3.shape[1]) + (1,) * (x3.ndim - 2), 1)
+
+
+def _chunk_summaries(a3, b3):
+    """(prod_s a3[:, s], end state of each chunk from zero), elementwise transitions."""
+    t = _position(b3)
+    suffix = jnp.ones_like(a3)  # prod_{r > t} a3[:, r]
+    for r in range(1, a3.shape[1]):
+        suffix = jnp.where(t < r, suffix * a3[:, r : r + 1], suffix)
+    return jnp.prod(a3, axis=1), jnp.sum(suffix * b3, axis=1)
+
+
+def _masked_steps(a3, b3, h_in):
+    """Every chunk's steps from its incoming state, h[:, t] = a3[:, t] h[:, t-1] + b3[:, t]
+    (h[:, -1] = h_in), elementwise transitions, as one pass over the output."""
+    t = _position(b3)
+    h = jnp.broadcast_to(h_in[:, None], b3.shape)
+    for s in range(a3.shape[1]):
+        h = jnp.where(t >= s, a3[:, s : s + 1] * h + b3[:, s : s + 1], h)
+    return h
 
 
 def _unrolled_steps(a, b, h, matrix, *, axis):
