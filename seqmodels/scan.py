@@ -87,7 +87,7 @@ def _sequential(a, b, h0, matrix):
 _RADIX = 8
 
 
-def _associative(a, b, h0, matrix):
+def _associative(a, b, h0, matrix, reverse=False):
     """A radix-8 tree of the affine composition: log-depth, each level one fused pass.
 
     Cut the sequence into chunks of 8; compose each chunk's 8 elements into its summary
@@ -96,14 +96,17 @@ def _associative(a, b, h0, matrix):
     each chunk's 8 steps from it. Depth 2 * 8 * log_8(L), work about 2L compositions. It is
     the Blelloch scan with fan-out 8 instead of 2: the same associative operator, in far fewer
     passes over memory than `lax.associative_scan`'s odd/even recursion.
+
+    `reverse` (elementwise transitions only) runs backwards, h_t = a_t h_{t+1} + b_t with
+    h_L = h0, without reversed copies of the inputs (the backward pass uses it).
     """
     n = a.shape[0]
     if n <= _RADIX:
-        return _unrolled_steps(a, b, h0, matrix, axis=0)
+        return _unrolled_steps(a, b, h0, matrix, axis=0, reverse=reverse)
     m = -(-n // _RADIX)
     pad = m * _RADIX - n
     if pad:
-        # a = identity, b = 0 past the end leaves the state unchanged
+        # a = identity, b = 0 past the end leaves the state unchanged (in reverse: h0)
         a = jnp.concatenate([a, _identity_like(a[:pad], matrix)])
         b = jnp.concatenate([b, jnp.zeros((pad, *b.shape[1:]), b.dtype)])
     a3 = a.reshape(m, _RADIX, *a.shape[1:])
@@ -113,13 +116,17 @@ def _associative(a, b, h0, matrix):
         for t in range(1, _RADIX):
             prod, end = _compose(a3[:, t], prod, matrix), _act(a3[:, t], end, matrix) + b3[:, t]
     else:
-        prod, end = _chunk_summaries(a3, b3)
-    ends = _associative(prod, end, h0, matrix)  # the state at the end of every chunk
-    h_in = jnp.concatenate([h0[None], ends[:-1]])
+        prod, end = _chunk_summaries(a3, b3, reverse)
+    # the state after every chunk (in reverse: before it), and the state entering each chunk
+    ends = _associative(prod, end, h0, matrix, reverse)
+    if reverse:
+        h_in = jnp.concatenate([ends[1:], h0[None]])
+    else:
+        h_in = jnp.concatenate([h0[None], ends[:-1]])
     if matrix:
         hs = _unrolled_steps(a3, b3, h_in, matrix, axis=1)
     else:
-        hs = _masked_steps(a3, b3, h_in)
+        hs = _masked_steps(a3, b3, h_in, reverse)
     return hs.reshape(m * _RADIX, *b.shape[1:])[:n]
 
 
@@ -138,32 +145,39 @@ def _position(x3):
     return jax.lax.broadcasted_iota(jnp.int32, (1, x3.shape[1]) + (1,) * (x3.ndim - 2), 1)
 
 
-def _chunk_summaries(a3, b3):
-    """(prod_s a3[:, s], end state of each chunk from zero), elementwise transitions."""
+def _chunk_summaries(a3, b3, reverse=False):
+    """(prod_s a3[:, s], final state of each chunk from zero), elementwise transitions: the
+    end state sum_s (prod_{r > s} a_r) b_s, or in reverse the start state
+    sum_s (prod_{r < s} a_r) b_s."""
     t = _position(b3)
-    suffix = jnp.ones_like(a3)  # prod_{r > t} a3[:, r]
-    for r in range(1, a3.shape[1]):
-        suffix = jnp.where(t < r, suffix * a3[:, r : r + 1], suffix)
-    return jnp.prod(a3, axis=1), jnp.sum(suffix * b3, axis=1)
+    weight = jnp.ones_like(a3)  # the product of the transitions applied after step t
+    for r in range(a3.shape[1]):
+        later = (t > r) if reverse else (t < r)
+        weight = jnp.where(later, weight * a3[:, r : r + 1], weight)
+    return jnp.prod(a3, axis=1), jnp.sum(weight * b3, axis=1)
 
 
-def _masked_steps(a3, b3, h_in):
+def _masked_steps(a3, b3, h_in, reverse=False):
     """Every chunk's steps from its incoming state, h[:, t] = a3[:, t] h[:, t-1] + b3[:, t]
-    (h[:, -1] = h_in), elementwise transitions, as one pass over the output."""
+    (h[:, -1] = h_in; in reverse h[:, t] = a3[:, t] h[:, t+1] + b3[:, t], h[:, R] = h_in),
+    elementwise transitions, as one pass over the output."""
     t = _position(b3)
     h = jnp.broadcast_to(h_in[:, None], b3.shape)
-    for s in range(a3.shape[1]):
-        h = jnp.where(t >= s, a3[:, s : s + 1] * h + b3[:, s : s + 1], h)
+    radix = a3.shape[1]
+    for s in reversed(range(radix)) if reverse else range(radix):
+        reached = (t <= s) if reverse else (t >= s)
+        h = jnp.where(reached, a3[:, s : s + 1] * h + b3[:, s : s + 1], h)
     return h
 
 
-def _unrolled_steps(a, b, h, matrix, *, axis):
-    """h_t = a_t h_{t-1} + b_t over a short `axis`, unrolled (fused by XLA into one pass)."""
-    outs = []
-    for t in range(a.shape[axis]):
+def _unrolled_steps(a, b, h, matrix, *, axis, reverse=False):
+    """h_t = a_t h_{t-1} + b_t over a short `axis` (or backwards), unrolled."""
+    outs = {}
+    steps = range(a.shape[axis])
+    for t in reversed(steps) if reverse else steps:
         h = _act(jnp.take(a, t, axis), h, matrix) + jnp.take(b, t, axis)
-        outs.append(h)
-    return jnp.stack(outs, axis)
+        outs[t] = h
+    return jnp.stack([outs[t] for t in steps], axis)
 
 
 def _chunked(a, b, h0, matrix, chunk_size):
@@ -235,18 +249,19 @@ def _outer_or_mul(lam, h, matrix):
 
 
 def _sequential_adjoint(a, h, h0, g, matrix):
-    """The backward pass in one reverse `lax.scan`, fusing the adjoint and grad a."""
+    """The backward pass: the adjoint in one reverse `lax.scan` that emits only lambda, then
+    grad a_t = lambda_t h_{t-1}^T in one fused pass (emitting grad a from the scan as well,
+    shifted by one step, cost a second output stream and a copy: 1.5x slower at L = 2^16)."""
 
     def step(carry, inputs):
         lam_next, a_next = carry
-        a_t, g_t, h_t = inputs
+        a_t, g_t = inputs
         lam_t = g_t + _act(_transpose(a_next, matrix), lam_next, matrix)
-        # emitted at t: the gradient of a_{t+1}, which multiplies h_t
-        return (lam_t, a_t), (lam_t, _outer_or_mul(lam_next, h_t, matrix))
+        return (lam_t, a_t), lam_t
 
     init = (jnp.zeros_like(h0), jnp.zeros_like(a[0]))
-    (lam0, a0), (lam, grad_a_next) = jax.lax.scan(step, init, (a, g, h), reverse=True)
-    grad_a = jnp.concatenate([_outer_or_mul(lam0, h0, matrix)[None], grad_a_next[:-1]])
+    (lam0, a0), lam = jax.lax.scan(step, init, (a, g), reverse=True)
+    grad_a = _outer_or_mul(lam, jnp.concatenate([h0[None], h[:-1]]), matrix)
     return grad_a, lam, _act(_transpose(a0, matrix), lam0, matrix)
 
 
@@ -254,10 +269,14 @@ def _recurrence_bwd(method, chunk_size, matrix, res, g):
     a, h, h0 = res
     if method == "sequential":
         return _sequential_adjoint(a, h, h0, g, matrix)
-    # lambda_t = g_t + a_{t+1}^T lambda_{t+1}: a forward recurrence on the reversed sequence.
-    a_next = jnp.concatenate([a[1:], jnp.zeros_like(a[:1])])
-    a_rev = jnp.flip(_transpose(a_next, matrix), 0)
-    lam = jnp.flip(_solve(a_rev, jnp.flip(g, 0), jnp.zeros_like(h0), method, chunk_size, matrix), 0)
+    # lambda_t = g_t + a_{t+1}^T lambda_{t+1}: a recurrence backwards in time
+    a_next = _transpose(jnp.concatenate([a[1:], jnp.zeros_like(a[:1])]), matrix)
+    if method == "associative" and not matrix:
+        lam = _associative(a_next, g, jnp.zeros_like(h0), matrix, reverse=True)
+    else:  # a forward recurrence on the reversed sequence
+        a_rev = jnp.flip(a_next, 0)
+        lam = _solve(a_rev, jnp.flip(g, 0), jnp.zeros_like(h0), method, chunk_size, matrix)
+        lam = jnp.flip(lam, 0)
     grad_a = _outer_or_mul(lam, jnp.concatenate([h0[None], h[:-1]]), matrix)
     grad_h0 = _act(_transpose(a[0], matrix), lam[0], matrix)
     return grad_a, lam, grad_h0
