@@ -342,5 +342,8 @@ def _plot(records, ctx):
             ax.set_xlabel("n")
             ax.set_ylabel(label)
             ax.set_title(f"d = {d}")
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+            else:  # e.g. no MMD evaluated (every n above `mmd_max_n`)
+                ax.text(0.5, 0.5, "nothing measured", ha="center", transform=ax.transAxes)
     ctx.save_figure(fig, "thinning")
