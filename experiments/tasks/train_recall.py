@@ -161,9 +161,10 @@ def _train_step(cfg: Config, mesh, data_axes):
 _evaluate = eqx.filter_jit(_loss_and_accuracy)
 
 
-def train_one(key, mixer: str, cfg: Config, ctx) -> list[dict]:
-    """Trains one model; returns its evaluation curve. Checkpointed every
-    `cfg.checkpoint_every` steps, and continued from the latest checkpoint if there is one."""
+@eqx.filter_jit
+def _initial_state(key, mixer: str, cfg: Config):
+    """Model, optimiser state, held-out batch and training key, made in one compiled call
+    (built op by op, the dozens of small initialisation ops each compiled on their own)."""
     k_model, k_eval, k_train = jax.random.split(key, 3)
     vocab = cfg.num_keys + cfg.num_values
     model = SequenceModel(
@@ -176,7 +177,14 @@ def train_one(key, mixer: str, cfg: Config, ctx) -> list[dict]:
         key=k_model,
     )
     opt_state = _optimiser(cfg).init(eqx.filter(model, eqx.is_inexact_array))
-    eval_data = ctx.shard(mqar_batch(k_eval, cfg, cfg.eval_batch))
+    return model, opt_state, mqar_batch(k_eval, cfg, cfg.eval_batch), k_train
+
+
+def train_one(key, mixer: str, cfg: Config, ctx) -> list[dict]:
+    """Trains one model; returns its evaluation curve. Checkpointed every
+    `cfg.checkpoint_every` steps, and continued from the latest checkpoint if there is one."""
+    model, opt_state, eval_data, k_train = _initial_state(key, mixer, cfg)
+    eval_data = ctx.shard(eval_data)
     step = _train_step(cfg, ctx.mesh, ctx.data_axes)
     state = ctx.replicate((model, opt_state, k_train))
     with ctx.checkpoints(f"train-{mixer}", every=cfg.checkpoint_every) as checkpoints:
