@@ -1292,7 +1292,58 @@ def _safe_log(p):
     return jnp.where(p > 0, jnp.log(jnp.where(p > 0, p, 1.0)), -jnp.inf)
 
 
-class MarkovChain(eqx.Module):
+class _ChainWithStops(eqx.Module):
+    """What the Markov chains share: a constant stop probability (geometric lengths >= 1,
+    optionally conditioned on l <= max_length), `log_prob` and `sample` around the symbol
+    path of each chain's own order. Subclasses define `initial`, `stop_probability`,
+    `max_length`, `_order`, `_path_log_prob` and `_draw_path`."""
+
+    _order: eqx.AbstractClassVar[int]
+    initial: eqx.AbstractVar[jax.Array]
+    stop_probability: eqx.AbstractVar[jax.Array]
+    max_length: eqx.AbstractVar[int | None]
+
+    @property
+    def num_states(self) -> int:
+        return self.initial.shape[0]
+
+    def _path_log_prob(self, x, t, length):
+        """log p(x_1..x_length) of the symbols alone; x is zero past the length, t = arange."""
+        raise NotImplementedError
+
+    def _draw_path(self, u, n):
+        """(max(width, order), n) symbols from uniforms u of that shape, by inverse CDFs."""
+        raise NotImplementedError
+
+    def log_prob(self, seq, length):
+        """log p(seq[:length]), exact (normalised); -inf outside the support."""
+        seq = jnp.asarray(seq).astype(jnp.int32)
+        length = jnp.asarray(length).astype(jnp.int32)
+        seq = jnp.pad(seq, (0, max(0, self._order + 1 - seq.shape[0])))
+        t = jnp.arange(seq.shape[0], dtype=jnp.int32)
+        x = jnp.where(t < length, seq, 0)
+        lp = self._path_log_prob(x, t, length)
+        return lp + _length_log_prob(length, self.stop_probability, self.max_length)
+
+    @eqx.filter_jit
+    def sample(self, key, n, width):
+        """n sequences, padded to `width`: (seqs (n, width) int32, lengths (n,) int32).
+
+        Jitted (n and width static); the draw is exact for the model, see the class docstring.
+        """
+        n, width = _sample_check(n, width)
+        # All the randomness is one draw up front; the scan only inverts CDFs (random draws
+        # inside a scan compile slowly on CPU).
+        u = jax.random.uniform(key, (max(width, self._order) + 1, n), self.stop_probability.dtype)
+        lengths = _sample_lengths(u[-1], width, self.stop_probability, self.max_length)
+        seqs = self._draw_path(u[:-1], n)[:width].T
+        return _pad_sequences(seqs, lengths, width), lengths
+
+    def _first(self, u0, n):
+        return _inverse_cdf(jnp.broadcast_to(jnp.cumsum(self.initial), (n, self.num_states)), u0)
+
+
+class MarkovChain(_ChainWithStops):
     """First-order Markov chain over S symbols with a constant stop probability.
 
     p(x_1..x_l) = initial[x_1] prod_{t >= 2} transition[x_{t-1}, x_t] * P(l), with
@@ -1308,6 +1359,7 @@ class MarkovChain(eqx.Module):
       max_length: optional cap on the length (static).
     """
 
+    _order = 1
     initial: jax.Array
     transition: jax.Array
     stop_probability: jax.Array
@@ -1325,46 +1377,23 @@ class MarkovChain(eqx.Module):
         self.stop_probability = _check_stop(stop_probability, dtype)
         self.max_length = _check_max_length(max_length)
 
-    @property
-    def num_states(self) -> int:
-        return self.initial.shape[0]
-
-    def log_prob(self, seq, length):
-        """log p(seq[:length]), exact (normalised); -inf outside the support."""
-        seq = jnp.asarray(seq).astype(jnp.int32)
-        length = jnp.asarray(length).astype(jnp.int32)
-        seq = jnp.pad(seq, (0, max(0, 2 - seq.shape[0])))
-        t = jnp.arange(seq.shape[0], dtype=jnp.int32)
-        x = jnp.where(t < length, seq, 0)
-        lp = _safe_log(self.initial)[x[0]]
+    def _path_log_prob(self, x, t, length):
         steps = _safe_log(self.transition)[x[:-1], x[1:]]
-        lp = lp + jnp.sum(jnp.where(t[1:] < length, steps, 0.0))
-        return lp + _length_log_prob(length, self.stop_probability, self.max_length)
+        return _safe_log(self.initial)[x[0]] + jnp.sum(jnp.where(t[1:] < length, steps, 0.0))
 
-    @eqx.filter_jit
-    def sample(self, key, n, width):
-        """n sequences, padded to `width`: (seqs (n, width) int32, lengths (n,) int32).
-
-        Jitted (n and width static); the draw is exact for the model, see the class docstring.
-        """
-        n, width = _sample_check(n, width)
-        # All the randomness is one draw up front; the scan only inverts CDFs (random draws
-        # inside a scan compile slowly on CPU).
-        u = jax.random.uniform(key, (width + 1, n), self.stop_probability.dtype)
-        lengths = _sample_lengths(u[-1], width, self.stop_probability, self.max_length)
+    def _draw_path(self, u, n):
         cdf = jnp.cumsum(self.transition, axis=-1)
-        first = _inverse_cdf(jnp.broadcast_to(jnp.cumsum(self.initial), (n, self.num_states)), u[0])
 
         def step(prev, u_t):
             nxt = _inverse_cdf(cdf[prev], u_t)
             return nxt, nxt
 
-        _, rest = lax.scan(step, first, u[1:-1])
-        seqs = jnp.concatenate([first[None], rest]).T
-        return _pad_sequences(seqs, lengths, width), lengths
+        first = self._first(u[0], n)
+        _, rest = lax.scan(step, first, u[1:])
+        return jnp.concatenate([first[None], rest])
 
 
-class SecondOrderMarkovChain(eqx.Module):
+class SecondOrderMarkovChain(_ChainWithStops):
     """Second-order Markov chain over S symbols with a constant stop probability.
 
     p(x_1..x_l) = initial[x_1] second[x_1, x_2] prod_{t >= 3} transition[x_{t-2}, x_{t-1}, x_t]
@@ -1377,6 +1406,7 @@ class SecondOrderMarkovChain(eqx.Module):
         (x_{t-2}, x_{t-1}). stop_probability: q in (0, 1). max_length: optional cap (static).
     """
 
+    _order = 2
     initial: jax.Array
     second: jax.Array
     transition: jax.Array
@@ -1398,43 +1428,23 @@ class SecondOrderMarkovChain(eqx.Module):
         self.stop_probability = _check_stop(stop_probability, dtype)
         self.max_length = _check_max_length(max_length)
 
-    @property
-    def num_states(self) -> int:
-        return self.initial.shape[0]
-
-    def log_prob(self, seq, length):
-        """log p(seq[:length]), exact (normalised); -inf outside the support."""
-        seq = jnp.asarray(seq).astype(jnp.int32)
-        length = jnp.asarray(length).astype(jnp.int32)
-        seq = jnp.pad(seq, (0, max(0, 3 - seq.shape[0])))
-        t = jnp.arange(seq.shape[0], dtype=jnp.int32)
-        x = jnp.where(t < length, seq, 0)
+    def _path_log_prob(self, x, t, length):
         lp = _safe_log(self.initial)[x[0]]
         lp = lp + jnp.where(length >= 2, _safe_log(self.second)[x[0], x[1]], 0.0)
         steps = _safe_log(self.transition)[x[:-2], x[1:-1], x[2:]]
-        lp = lp + jnp.sum(jnp.where(t[2:] < length, steps, 0.0))
-        return lp + _length_log_prob(length, self.stop_probability, self.max_length)
+        return lp + jnp.sum(jnp.where(t[2:] < length, steps, 0.0))
 
-    @eqx.filter_jit
-    def sample(self, key, n, width):
-        """n sequences, padded to `width`: (seqs (n, width) int32, lengths (n,) int32).
-
-        Jitted (n and width static); the draw is exact for the model, see the class docstring.
-        """
-        n, width = _sample_check(n, width)
-        u = jax.random.uniform(key, (max(width, 2) + 1, n), self.stop_probability.dtype)
-        lengths = _sample_lengths(u[-1], width, self.stop_probability, self.max_length)
+    def _draw_path(self, u, n):
         cdf = jnp.cumsum(self.transition, axis=-1)
-        first = _inverse_cdf(jnp.broadcast_to(jnp.cumsum(self.initial), (n, self.num_states)), u[0])
-        second = _inverse_cdf(jnp.cumsum(self.second, axis=-1)[first], u[1])
 
         def step(prev, u_t):
             nxt = _inverse_cdf(cdf[prev[0], prev[1]], u_t)
             return (prev[1], nxt), nxt
 
-        _, rest = lax.scan(step, (first, second), u[2:-1])
-        seqs = jnp.concatenate([first[None], second[None], rest])[:width].T
-        return _pad_sequences(seqs, lengths, width), lengths
+        first = self._first(u[0], n)
+        second = _inverse_cdf(jnp.cumsum(self.second, axis=-1)[first], u[1])
+        _, rest = lax.scan(step, (first, second), u[2:])
+        return jnp.concatenate([first[None], second[None], rest])
 
 
 def _floor_rows(p, floor):
