@@ -111,10 +111,12 @@ def test_gradients_pass_finite_differences(x64, getkey, method, complex_):
     )
 
 
+@pytest.mark.parametrize("method", ["associative", "chunked"])
 @pytest.mark.parametrize("complex_", [False, True])
-def test_associative_gradient_equals_sequential_over_several_levels(x64, getkey, complex_):
-    """L = 300 takes the radix-8 tree through three levels and padding, forwards and (in the
-    backward pass) backwards in time."""
+def test_gradient_equals_sequential_at_length_300(x64, getkey, method, complex_):
+    """L = 300 takes the radix-8 tree through three levels and padding, and the chunked solver
+    through 19 chunks of 16 with padding, forwards and (in the backward pass) backwards in
+    time."""
     a, b, h0 = _inputs(getkey(), (300, 3), complex_, jnp.float64)
     w = jax.random.normal(getkey(), (300, 3))
 
@@ -125,7 +127,7 @@ def test_associative_gradient_equals_sequential_over_several_levels(x64, getkey,
 
         return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(a, b, h0)
 
-    for got, want in zip(grads("associative"), grads("sequential"), strict=True):
+    for got, want in zip(grads(method), grads("sequential"), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
 
 
