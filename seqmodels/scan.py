@@ -251,13 +251,13 @@ def _solve(a, b, h0, method, chunk_size, matrix, reverse=False):
 # ------------------------------------------------------------------------- custom gradient
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _recurrence(a, b, h0, method, chunk_size, matrix):
-    return _solve(a, b, h0, method, chunk_size, matrix)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _recurrence(a, b, h0, method, chunk_size, matrix, reverse):
+    return _solve(a, b, h0, method, chunk_size, matrix, reverse)
 
 
-def _recurrence_fwd(a, b, h0, method, chunk_size, matrix):
-    h = _solve(a, b, h0, method, chunk_size, matrix)
+def _recurrence_fwd(a, b, h0, method, chunk_size, matrix, reverse):
+    h = _solve(a, b, h0, method, chunk_size, matrix, reverse)
     return h, (a, h, h0)
 
 
@@ -265,10 +265,19 @@ def _outer_or_mul(lam, h, matrix):
     return jnp.einsum("...i,...j->...ij", lam, h) if matrix else lam * h
 
 
-def _sequential_adjoint(a, h, h0, g, matrix):
-    """The backward pass: the adjoint in one reverse `lax.scan` that emits only lambda, then
-    grad a_t = lambda_t h_{t-1}^T in one fused pass (emitting grad a from the scan as well,
-    shifted by one step, cost a second output stream and a copy: 1.5x slower at L = 2^16)."""
+def _previous_states(h, h0, reverse):
+    """The state each step started from: h_{t-1} (h_{-1} = h0), or h_{t+1} in reverse."""
+    if reverse:
+        return jnp.concatenate([h[1:], h0[None]])
+    return jnp.concatenate([h0[None], h[:-1]])
+
+
+def _sequential_adjoint(a, h, h0, g, matrix, reverse):
+    """The backward pass: the adjoint in one `lax.scan` against the recurrence's direction
+    that emits only lambda, then grad a_t = lambda_t h_prev_t^T in one fused pass (emitting
+    grad a from the scan as well, shifted by one step, cost a second output stream and a
+    copy: 1.5x slower at L = 2^16). The step's neighbour transition (a_{t+1}, in reverse
+    a_{t-1}) is carried from the previous scan step rather than read from a shifted copy."""
 
     def step(carry, inputs):
         lam_next, a_next = carry
@@ -277,20 +286,34 @@ def _sequential_adjoint(a, h, h0, g, matrix):
         return (lam_t, a_t), lam_t
 
     init = (jnp.zeros_like(h0), jnp.zeros_like(a[0]))
-    (lam0, a0), lam = jax.lax.scan(step, init, (a, g), reverse=True)
-    grad_a = _outer_or_mul(lam, jnp.concatenate([h0[None], h[:-1]]), matrix)
-    return grad_a, lam, _act(_transpose(a0, matrix), lam0, matrix)
+    (lam_first, a_first), lam = jax.lax.scan(step, init, (a, g), reverse=not reverse)
+    grad_a = _outer_or_mul(lam, _previous_states(h, h0, reverse), matrix)
+    return grad_a, lam, _act(_transpose(a_first, matrix), lam_first, matrix)
 
 
-def _recurrence_bwd(method, chunk_size, matrix, res, g):
+def _recurrence_bwd(method, chunk_size, matrix, reverse, res, g):
     a, h, h0 = res
     if method == "sequential":
-        return _sequential_adjoint(a, h, h0, g, matrix)
-    # lambda_t = g_t + a_{t+1}^T lambda_{t+1}: a recurrence backwards in time
-    a_next = _transpose(jnp.concatenate([a[1:], jnp.zeros_like(a[:1])]), matrix)
-    lam = _solve(a_next, g, jnp.zeros_like(h0), method, chunk_size, matrix, reverse=True)
-    grad_a = _outer_or_mul(lam, jnp.concatenate([h0[None], h[:-1]]), matrix)
-    grad_h0 = _act(_transpose(a[0], matrix), lam[0], matrix)
+        return _sequential_adjoint(a, h, h0, g, matrix, reverse)
+    # lambda_t = g_t + a_{t+1}^T lambda_{t+1} (in reverse: a_{t-1}, lambda_{t-1}): the same
+    # kind of recurrence in the other direction
+    zero = jnp.zeros_like(a[:1])
+    if reverse:
+        neighbour = jnp.concatenate([zero, a[:-1]])
+    else:
+        neighbour = jnp.concatenate([a[1:], zero])
+    lam = _solve(
+        _transpose(neighbour, matrix),
+        g,
+        jnp.zeros_like(h0),
+        method,
+        chunk_size,
+        matrix,
+        not reverse,
+    )
+    grad_a = _outer_or_mul(lam, _previous_states(h, h0, reverse), matrix)
+    first = -1 if reverse else 0  # the step that read h0
+    grad_h0 = _act(_transpose(a[first], matrix), lam[first], matrix)
     return grad_a, lam, grad_h0
 
 
@@ -330,10 +353,7 @@ def linear_recurrence(a, b, h0=None, *, method="auto", reverse=False, chunk_size
         chunk_size = _default_chunk(length)
     elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"`chunk_size` must be a positive int, got {chunk_size!r}.")
-    if reverse:
-        a_full, b = jnp.flip(a_full, 0), jnp.flip(b, 0)
-    h = _recurrence(a_full, b, h0, method, int(chunk_size), matrix)
-    return jnp.flip(h, 0) if reverse else h
+    return _recurrence(a_full, b, h0, method, int(chunk_size), matrix, bool(reverse))
 
 
 def prepare_recurrence(a, b, h0):

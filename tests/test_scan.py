@@ -111,24 +111,38 @@ def test_gradients_pass_finite_differences(x64, getkey, method, complex_):
     )
 
 
-@pytest.mark.parametrize("method", ["associative", "chunked"])
+@pytest.mark.parametrize("method", ["sequential", "associative", "chunked"])
 @pytest.mark.parametrize("complex_", [False, True])
-def test_gradient_equals_sequential_at_length_300(x64, getkey, method, complex_):
+def test_gradient_at_length_300_forward_and_reverse(x64, getkey, method, complex_):
     """L = 300 takes the radix-8 tree through three levels and padding, and the chunked solver
-    through 19 chunks of 16 with padding, forwards and (in the backward pass) backwards in
-    time."""
+    through 19 chunks of 16 with padding. Forward: gradients equal the sequential solver's.
+    Reverse (solved backwards natively, the adjoint forwards): equal to autodiff of the
+    forward sequential solver on the flipped sequence, to 1e-10."""
     a, b, h0 = _inputs(getkey(), (300, 3), complex_, jnp.float64)
     w = jax.random.normal(getkey(), (300, 3))
 
-    def grads(method):
+    def grads(solve):
         def loss(a, b, h0):
-            h = linear_recurrence(a, b, h0, method=method)
+            h = solve(a, b, h0)
             return jnp.sum(jnp.abs(h * w.astype(h.dtype)) ** 2)
 
         return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(a, b, h0)
 
-    for got, want in zip(grads(method), grads("sequential"), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    def flipped(a, b, h0):
+        return jnp.flip(
+            linear_recurrence(jnp.flip(a, 0), jnp.flip(b, 0), h0, method="sequential"), 0
+        )
+
+    pairs = [
+        (
+            grads(lambda *x: linear_recurrence(*x, method=method)),
+            grads(lambda *x: linear_recurrence(*x, method="sequential")),
+        ),
+        (grads(lambda *x: linear_recurrence(*x, method=method, reverse=True)), grads(flipped)),
+    ]
+    for got_all, want_all in pairs:
+        for got, want in zip(got_all, want_all, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
 
 
 def test_matrix_gradients_pass_finite_differences(x64, getkey):
