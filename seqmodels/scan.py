@@ -103,14 +103,8 @@ def _associative(a, b, h0, matrix, reverse=False):
     n = a.shape[0]
     if n <= _RADIX:
         return _unrolled_steps(a, b, h0, matrix, axis=0, reverse=reverse)
-    m = -(-n // _RADIX)
-    pad = m * _RADIX - n
-    if pad:
-        # a = identity, b = 0 past the end leaves the state unchanged (in reverse: h0)
-        a = jnp.concatenate([a, _identity_like(a[:pad], matrix)])
-        b = jnp.concatenate([b, jnp.zeros((pad, *b.shape[1:]), b.dtype)])
-    a3 = a.reshape(m, _RADIX, *a.shape[1:])
-    b3 = b.reshape(m, _RADIX, *b.shape[1:])
+    a3, b3 = _as_chunks(a, b, _RADIX, matrix)
+    m = a3.shape[0]
     if matrix:
         prod, end = a3[:, 0], b3[:, 0]
         for t in range(1, _RADIX):
@@ -180,20 +174,24 @@ def _unrolled_steps(a, b, h, matrix, *, axis, reverse=False):
     return jnp.stack([outs[t] for t in steps], axis)
 
 
-def _chunked(a, b, h0, matrix, chunk_size, reverse=False):
-    length = a.shape[0]
-    num_chunks = -(-length // chunk_size)
-    pad = num_chunks * chunk_size - length
+def _as_chunks(a, b, size, matrix):
+    """a and b as (num_chunks, size, ...), padded at the end with a = identity, b = 0, which
+    leaves the state unchanged past the end (in reverse: h0 unchanged before the start)."""
+    num_chunks = -(-a.shape[0] // size)
+    pad = num_chunks * size - a.shape[0]
     if pad:
-        # Padding with a = identity, b = 0 leaves the state unchanged past the end (in
-        # reverse: h0 unchanged before the start).
         a = jnp.concatenate([a, _identity_like(a[:pad], matrix)])
         b = jnp.concatenate([b, jnp.zeros((pad, *b.shape[1:]), b.dtype)])
+    return a.reshape(num_chunks, size, *a.shape[1:]), b.reshape(num_chunks, size, *b.shape[1:])
+
+
+def _chunked(a, b, h0, matrix, chunk_size, reverse=False):
+    length = a.shape[0]
     # (num_chunks, chunk_size, ...), a free reshape: step t of every chunk is a[:, t]. (A
     # transposed (chunk_size, num_chunks, ...) layout for `lax.scan` cost two full copies in
     # and one out: 5.5x the memory floor on a CPU against 2.2x.)
-    a_c = a.reshape(num_chunks, chunk_size, *a.shape[1:])
-    b_c = b.reshape(num_chunks, chunk_size, *b.shape[1:])
+    a_c, b_c = _as_chunks(a, b, chunk_size, matrix)
+    num_chunks = a_c.shape[0]
 
     def position(t):  # in reverse the steps run from the chunk's end
         return chunk_size - 1 - t if reverse else t
