@@ -37,6 +37,7 @@ agree on what to compute.
 
 from __future__ import annotations
 
+import collections
 import datetime as _dt
 import json
 import math
@@ -270,6 +271,8 @@ def split_leading_axis(x, mesh, axes=None):
 
 # ----------------------------------------------------------------------------- the context
 
+_MAP_PROGRAMS_KEPT = 16  # programs of `RunContext.map` kept per run
+
 
 class RunContext:
     """What a task gets besides its config: the run folder, keys, devices, logging, progress.
@@ -295,7 +298,9 @@ class RunContext:
         self.quiet = bool(quiet) or not self.writes_files
         self.mesh = mesh
         self.data_axes = None if mesh is None else _split_axes(mesh, data_axes)
-        self._map_programs: dict = {}
+        # (fn, in_axes, placement) -> program, the most recent few (a task's one-off closures
+        # and their compiled programs are dropped in time)
+        self._map_programs: collections.OrderedDict = collections.OrderedDict()
         self._metrics_path = self.out_dir / "metrics.jsonl"
         self.computed_units: list[str] = []
         self.reused_units: list[str] = []
@@ -426,6 +431,7 @@ class RunContext:
         cache_key = (fn, axes, local)
         program = self._map_programs.get(cache_key)
         if program is not None:
+            self._map_programs.move_to_end(cache_key)
             return program
 
         def rows_fn(mapped, fixed):
@@ -444,6 +450,8 @@ class RunContext:
             )
             program = jax.jit(body, out_shardings=jax.sharding.NamedSharding(self.mesh, whole))
         self._map_programs[cache_key] = program
+        if len(self._map_programs) > _MAP_PROGRAMS_KEPT:
+            self._map_programs.popitem(last=False)
         return program
 
     def key(self):
