@@ -19,7 +19,7 @@ import numpy as np
 
 from kmethods import _checks
 from kmethods.pairwise import map_row_blocks, mask_diagonal
-from kmethods.testing import TestResult, gamma_p_value, resample_p_value
+from kmethods.testing import decide, gamma_p_value, resample_p_value
 
 __all__ = ["hsic", "hsic_test"]
 
@@ -190,7 +190,7 @@ def _hsic_permutation_test(
     null_samples = null_samples.ravel()[:num_permutations]
     observed = statistic(jnp.arange(n))
     p_value = resample_p_value(observed, null_samples)
-    return TestResult(observed, p_value, p_value <= alpha, null_samples)
+    return decide(observed, p_value, alpha, null_samples)
 
 
 @partial(jax.jit, static_argnames=("block_size",))
@@ -233,4 +233,4 @@ def _hsic_gamma_test(x, y, kernel_x, kernel_y, alpha, *, block_size):
     mean = (jnp.mean(k_diag) - mu_x) * (jnp.mean(l_diag) - mu_y) / n
     p_value = gamma_p_value(statistic, n * mean, n**2 * variance)
     empty = jnp.zeros((0,), x.dtype)
-    return TestResult(statistic / n, p_value, p_value <= alpha, empty)
+    return decide(statistic / n, p_value, alpha, empty)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from kmethods import _checks
 from kmethods.pairwise import kernel_matvec, kernel_sum, map_row_blocks, mask_diagonal
-from kmethods.testing import TestResult, gamma_p_value, permuted_labels, resample_p_value
+from kmethods.testing import decide, gamma_p_value, permuted_labels, resample_p_value
 
 __all__ = ["mmd2", "mmd_test"]
 
@@ -142,7 +142,7 @@ def _mmd_permutation_test(key, x, y, kernel, alpha, *, num_permutations, unbiase
         stats = within_x / n**2 + within_y / m**2 - 2.0 * between / (n * m)
     statistic, null_samples = stats[0], stats[1:]
     p_value = resample_p_value(statistic, null_samples)
-    return TestResult(statistic, p_value, p_value <= alpha, null_samples)
+    return decide(statistic, p_value, alpha, null_samples)
 
 
 @partial(jax.jit, static_argnames=("block_size",))
@@ -164,4 +164,4 @@ def _mmd_gamma_test(x, y, kernel, alpha, *, block_size):
     variance = 2.0 / (m * (m - 1)) * jnp.sum(h2_rows) / (m * (m - 1))  # of MMD_b^2
     p_value = gamma_p_value(statistic, mean, variance * m**2)
     empty = jnp.zeros((0,), x.dtype)
-    return TestResult(statistic / m, p_value, p_value <= alpha, empty)
+    return decide(statistic / m, p_value, alpha, empty)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 __all__ = [
     "TestResult",
+    "decide",
     "gamma_p_value",
     "multinomial_weights",
     "permuted_labels",
@@ -44,16 +45,39 @@ class TestResult(NamedTuple):
 
 
 def resample_p_value(statistic, null_samples):
-    """(1 + #{b : null_b >= statistic}) / (1 + B)."""
+    """(1 + #{b : null_b >= statistic}) / (1 + B), or NaN when the test cannot be decided.
+
+    A NaN or infinite statistic, or a NaN among the resampled statistics (a +inf draw is a
+    legitimate "at least as extreme"), gives p = NaN: counting `null_b >= NaN` as zero would
+    report the smallest p-value, 1 / (1 + B), and reject on garbage.
+    """
     count = jnp.sum(null_samples >= statistic).astype(null_samples.dtype)
-    return (1.0 + count) / (1.0 + null_samples.shape[0])
+    p_value = (1.0 + count) / (1.0 + null_samples.shape[0])
+    defined = jnp.isfinite(statistic) & ~jnp.any(jnp.isnan(null_samples))
+    return jnp.where(defined, p_value, jnp.nan).astype(p_value.dtype)
 
 
 def gamma_p_value(statistic, mean, variance):
-    """Upper tail of the moment-matched gamma law with the given mean and variance."""
-    shape = mean**2 / variance
-    scale = variance / mean
-    return jax.scipy.special.gammaincc(shape, statistic / scale)
+    """Upper tail of the moment-matched gamma law with the given mean and variance.
+
+    A degenerate null (variance or mean not positive: identical or constant samples, where the
+    statistic cannot vary) gives p = 1; a non-finite statistic gives p = NaN.
+    """
+    degenerate = ~((variance > 0) & (mean > 0))
+    safe_mean = jnp.where(degenerate, 1.0, mean)
+    safe_variance = jnp.where(degenerate, 1.0, variance)
+    shape = safe_mean**2 / safe_variance
+    scale = safe_variance / safe_mean
+    p_value = jax.scipy.special.gammaincc(shape, statistic / scale)
+    p_value = jnp.where(degenerate, jnp.ones_like(p_value), p_value)
+    return jnp.where(jnp.isfinite(statistic), p_value, jnp.nan).astype(p_value.dtype)
+
+
+def decide(statistic, p_value, alpha, null_samples) -> TestResult:
+    """The `TestResult` of a test: rejects only when the statistic and p-value are finite and
+    p_value <= alpha. Every test in kmethods builds its result here."""
+    reject = jnp.isfinite(statistic) & jnp.isfinite(p_value) & (p_value <= alpha)
+    return TestResult(statistic, p_value, reject, null_samples)
 
 
 def permuted_labels(key, labels, num_permutations):
@@ -108,5 +132,4 @@ def stein_bootstrap_result(columns, h_columns, *, wild, alpha):
     forms = jnp.einsum("ib,ib->b", columns, h_columns)
     statistic = forms[0] if wild else forms[0] / (float(n) * (n - 1))
     null_samples = forms[1:]
-    p_value = resample_p_value(statistic, null_samples)
-    return TestResult(statistic, p_value, p_value <= alpha, null_samples)
+    return decide(statistic, resample_p_value(statistic, null_samples), alpha, null_samples)
