@@ -9,6 +9,13 @@ as soon as W_t >= 1/alpha, however long the data are monitored. The payoffs here
 witness functions estimated from the history, so the wealth grows under any alternative the
 kernel can detect.
 
+A test rejects only at a finite wealth. Non-finite data (which the eager checks refuse, but
+which reach the compiled steps under `jit`/`vmap`) and kernel values that are not finite give
+that step the payoff NaN; the log-wealth is then NaN for good, and a NaN wealth voids the test:
+`reject` is False and the stopping time is the number of steps, even if the wealth had crossed
+1/alpha before (the eager call would have raised for the whole stream). An online step past the
+capacity of its state voids it the same way and sets `BettingState.overflow`.
+
 Both tests are `(init, step)` state machines over a `BettingState` (fixed-capacity history
 buffers plus running kernel sums), so they run online one observation at a time, inside
 `lax.scan` over a whole stream (`skit`, `mmd_betting_test`) and under `vmap` over many streams.
@@ -91,13 +98,16 @@ class SequentialResult(NamedTuple):
     the two-sample test.
 
     Attributes:
-      reject: bool, whether the wealth reached 1/alpha at some step (H0 rejected).
+      reject: bool, whether the wealth reached 1/alpha at some step (H0 rejected). Never True
+        when some wealth is NaN (non-finite data under `jit`/`vmap`: the test is void).
       stopping_time: int32, tau ∧ T: the first step t (counted from 1) with W_t >= 1/alpha, or T,
         the number of steps, when the wealth never got there (`reject` tells the two apart).
         The normalised stopping time is `stopping_time / T`.
       wealth: (T,) the wealth W_1, ..., W_T after each step. The process is not frozen at the
         stopping time: it shows how the evidence kept growing (or not). It is computed in log
         space; in float32 a very large wealth (above ~3e38) reads as inf, which is still >= 1/alpha.
+        Float32 for float16 / bfloat16 data (which are computed in float32), else the data's
+        dtype. NaN from the first step whose data or kernel values were not finite.
     """
 
     reject: jax.Array
@@ -173,8 +183,12 @@ class BettingState(NamedTuple):
       bettor: the betting strategy's state and the log-wealth.
       payoff: the latest payoff f_t in [-1, 1] (0 before the first step).
       step: t, the number of steps taken (int32).
-      rejected: whether W_s >= 1/alpha at some s <= t.
+      rejected: whether W_s >= 1/alpha at some s <= t (False once the wealth is NaN).
       stopping_time: tau ∧ t (int32), see `SequentialResult`.
+      overflow: whether a step came past the capacity of the history buffers. That can only
+        happen under `jit`/`vmap` (an eager step raises); the state then stops updating, its
+        log-wealth is NaN and `rejected` is False: a wealth computed from a truncated history
+        would be wrong. Create the state with a larger capacity.
     """
 
     witness: HsicWitness | MmdWitness
@@ -183,10 +197,11 @@ class BettingState(NamedTuple):
     step: jax.Array
     rejected: jax.Array
     stopping_time: jax.Array
+    overflow: jax.Array
 
     @property
     def wealth(self):
-        """W_t."""
+        """W_t (NaN once the test is void: non-finite data or a step past the capacity)."""
         return jnp.exp(self.bettor.log_wealth)
 
 
@@ -226,18 +241,55 @@ def _bet(bettor: Bettor, payoff, bet: str, max_bet: float) -> Bettor:
     )
 
 
-def _advance(state: BettingState, witness, payoff, log_threshold, bet, max_bet) -> BettingState:
+def _advance(state: BettingState, witness, payoff, finite, log_threshold, bet, max_bet):
+    """The state after betting on `payoff`; `finite` says whether the step's data were finite.
+
+    A payoff from non-finite data (or a non-finite one: kernel values that overflowed) is NaN,
+    never a number that the clip and the zero-norm guard would make look valid; the log-wealth
+    then stays NaN (NaN + x = NaN) and a NaN wealth never rejects and clears an earlier
+    rejection: the run is void, as the eager call would have raised.
+    """
+    payoff = jnp.where(finite & jnp.isfinite(payoff), payoff, jnp.nan)
     bettor = _bet(state.bettor, payoff, bet, max_bet)
     step = state.step + 1
-    stopping_time = jnp.where(state.rejected, state.stopping_time, step)
-    rejected = state.rejected | (bettor.log_wealth >= log_threshold)
-    return BettingState(witness, bettor, payoff, step, rejected, stopping_time)
+    log_wealth = bettor.log_wealth
+    valid = ~jnp.isnan(log_wealth)
+    crossed = log_wealth >= jnp.asarray(log_threshold).astype(log_wealth.dtype)
+    rejected = (state.rejected | crossed) & valid
+    stopping_time = jnp.where(state.rejected & valid, state.stopping_time, step)
+    return BettingState(witness, bettor, payoff, step, rejected, stopping_time, state.overflow)
+
+
+def _guard_capacity(state: BettingState, new: BettingState, needed: int) -> BettingState:
+    """`new`, or, when the step did not fit in the history buffers, `state` frozen and void.
+
+    Under `jit` the eager capacity check cannot run, and writing past the buffers would drop
+    the new points while the running sums still counted them (a wrong wealth: 2.14 instead of
+    33.9 after 80 points in 4 slots). A void state has log-wealth NaN, `rejected` False and
+    `overflow` True, and stays so.
+    """
+    w = state.witness
+    fits = (w.count + needed <= w.x.shape[0]) & ~state.overflow
+    nan = jnp.full_like(state.bettor.log_wealth, jnp.nan)
+    void = state._replace(
+        bettor=state.bettor._replace(log_wealth=nan),
+        payoff=nan,
+        rejected=jnp.bool_(False),
+        stopping_time=state.step,
+        overflow=jnp.bool_(True),
+    )
+    return jax.tree.map(lambda a, b: jnp.where(fits, a, b), new, void)
+
+
+def _all_finite(*arrays):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
 
 
 def _initial_state(witness, dtype) -> BettingState:
     zero_int = jnp.zeros((), jnp.int32)
+    false = jnp.bool_(False)
     return BettingState(
-        witness, _bettor_init(dtype), jnp.zeros((), dtype), zero_int, jnp.bool_(False), zero_int
+        witness, _bettor_init(dtype), jnp.zeros((), dtype), zero_int, false, zero_int, false
     )
 
 
@@ -330,6 +382,8 @@ def _hsic_update(w: HsicWitness, x_pair, y_pair, kernel_x, kernel_y):
     # at round-off level, gives a zero payoff.
     valid = (m > 0) & (norm2 > jnp.finfo(dtype).eps * (jnp.abs(comoment) + jnp.abs(row_term)))
     payoff = jnp.clip(0.5 * _safe_ratio(numerator, norm2, valid), -1.0, 1.0)
+    # A NaN history (or kernel row) must not read as "witness at round-off level, payoff 0".
+    payoff = jnp.where(jnp.isfinite(numerator) & jnp.isfinite(norm2), payoff, jnp.nan)
 
     # Merge the n_B new kernel entries into the means and the co-moment.
     pair_k = kernel_x.gram(x_pair, x_pair)
@@ -372,9 +426,16 @@ def _hsic_update(w: HsicWitness, x_pair, y_pair, kernel_x, kernel_y):
 
 
 def _float_dtype(dtype):
-    dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
+    """The state's dtype: float32 for float16 / bfloat16, whose running sums over O(m^2) kernel
+    values would overflow or round away (as `kmethods._checks.as_points` does for data)."""
+    try:
+        dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"`dtype` must be a floating dtype, got {dtype!r}.") from None
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"`dtype` must be a floating dtype, got {dtype}.")
+    if jnp.finfo(dtype).bits < 32:
+        dtype = jnp.dtype(jnp.float32)
     return dtype
 
 
@@ -385,7 +446,8 @@ def skit_init(num_pairs, x_dim, y_dim, *, dtype=None) -> BettingState:
       num_pairs: the most pairs the state will see (the history buffers hold 2 * num_pairs
         points; a step beyond that raises).
       x_dim, y_dim: dimensions of x and y.
-      dtype: floating dtype of the buffers and sums (default: float32, or float64 in x64 mode).
+      dtype: floating dtype of the buffers and sums (default: float32, or float64 in x64 mode;
+        float16 and bfloat16 give float32).
 
     Returns:
       A `BettingState` with an `HsicWitness` history, for `skit_step`.
@@ -417,7 +479,13 @@ def _check_bet(bet, max_bet) -> float:
 
 
 def _log_threshold(alpha):
-    return -math.log(_checks.probability(alpha, "alpha"))
+    """log(1 / alpha). A traced alpha (a level vmapped over) is supported: it only enters the
+    comparison with the log-wealth; outside (0, 1) its threshold is NaN, which never rejects."""
+    alpha = _checks.probability(alpha, "alpha", traced_ok=True)
+    if isinstance(alpha, float):
+        return -math.log(alpha)
+    inside = (alpha > 0) & (alpha < 1)
+    return jnp.where(inside, -jnp.log(jnp.where(inside, alpha, 0.5)), jnp.nan)
 
 
 def _check_step(state, witness_type, name, kernels, alpha, bet, max_bet):
@@ -446,6 +514,7 @@ def _step_points(points, name, buffer, rows: int):
 
 
 def _check_capacity(count, needed, capacity, what):
+    """Eager only; under `jit`/`vmap` the step voids the state instead (`_guard_capacity`)."""
     if _checks.is_concrete(count) and int(count) + needed > capacity:
         raise ValueError(
             f"the state's history is full ({capacity} points); create it with a larger `{what}`."
@@ -470,11 +539,17 @@ def skit_step(
     kernel evaluations for m history points. Composable with `jit` (pass the options as static
     or closed-over values) and `vmap`.
 
+    Eagerly, a step past the state's capacity or with non-finite points raises. Under
+    `jit`/`vmap`, where those checks cannot run, such a step voids the state instead: NaN
+    wealth, `rejected` False; past the capacity the state also stops updating and sets
+    `overflow` (see `BettingState`).
+
     Args:
       state: from `skit_init` or a previous step.
       x_pair: (2, d_x) the next two x's. y_pair: (2, d_y) the next two y's.
       kernel_x, kernel_y: kernels on x and y (the same at every step).
-      alpha: level; the state records the first step with W_t >= 1/alpha.
+      alpha: level in (0, 1); the state records the first step with W_t >= 1/alpha. May be
+        traced (e.g. vmapped over).
       bet: "ons" or "agrapa".
       max_bet: truncation of the betting fraction, in (0, 1) (default 0.5 for ONS, 0.9 for
         aGRAPA).
@@ -488,12 +563,14 @@ def skit_step(
     x_pair = _step_points(x_pair, "x_pair", w.x, 2)
     y_pair = _step_points(y_pair, "y_pair", w.y, 2)
     _check_capacity(w.count, 2, w.x.shape[0], "num_pairs")
-    return _skit_step(state, x_pair, y_pair, kernel_x, kernel_y, log_threshold, bet, max_bet)
+    new = _skit_step(state, x_pair, y_pair, kernel_x, kernel_y, log_threshold, bet, max_bet)
+    return _guard_capacity(state, new, 2)
 
 
 def _skit_step(state, x_pair, y_pair, kernel_x, kernel_y, log_threshold, bet, max_bet):
     payoff, witness = _hsic_update(state.witness, x_pair, y_pair, kernel_x, kernel_y)
-    return _advance(state, witness, payoff, log_threshold, bet, max_bet)
+    finite = _all_finite(x_pair, y_pair)
+    return _advance(state, witness, payoff, finite, log_threshold, bet, max_bet)
 
 
 def _stream(x, y, *, min_length: int, what: str):
@@ -538,13 +615,16 @@ def skit(key, x, y, kernel_x, kernel_y, *, alpha=0.05, bet="ons", max_bet=None):
         the signature of the library's other tests.
       x: (n, d_x). y: (n, d_y): the stream, in arrival order; n >= 4 (two pairs).
       kernel_x, kernel_y: kernels on x and y, fixed in advance (not from the data).
-      alpha: level in (0, 1).
+      alpha: level in (0, 1); may be traced (e.g. vmapped over).
       bet: betting strategy, "ons" (online Newton step) or "agrapa".
       max_bet: truncation of the betting fraction in (0, 1) (default 0.5 for ONS, 0.9 for
         aGRAPA, as in the reference code).
 
     Returns:
-      `SequentialResult(reject, stopping_time, wealth)`, with T = n // 2 steps (pairs).
+      `SequentialResult(reject, stopping_time, wealth)`, with T = n // 2 steps (pairs); the
+      wealth is float32 for float16 / bfloat16 data, else of the data's dtype. Non-finite data
+      (only possible under `jit`/`vmap`; eagerly they raise) void the test: NaN wealth from the
+      first such pair on, `reject` False.
 
     References:
       Podkopaev, Bloebaum, Kasiviswanathan & Ramdas, "Sequential Kernelized Independence
@@ -636,6 +716,8 @@ def _mmd_update(w: MmdWitness, x_new, y_new, kernel):
     # never depends on its accuracy.
     valid = (m > 0) & (norm2 > 0)
     payoff = jnp.clip(0.5 * _safe_ratio(h_row, norm2, valid), -1.0, 1.0)
+    # A NaN history (or kernel row) must not read as "witness of norm 0, payoff 0".
+    payoff = jnp.where(jnp.isfinite(h_row) & jnp.isfinite(norm2), payoff, jnp.nan)
     pair = kernel.gram(z, z)
     h_self = (pair[0, 0] - pair[0, 1]) + (pair[1, 1] - pair[1, 0])
     new = MmdWitness(
@@ -653,7 +735,8 @@ def mmd_betting_init(num_steps, dim, *, dtype=None) -> BettingState:
     Args:
       num_steps: the most observations (x_t, y_t) the state will see (buffer capacity).
       dim: dimension d of x and y.
-      dtype: floating dtype (default: float32, or float64 in x64 mode).
+      dtype: floating dtype (default: float32, or float64 in x64 mode; float16 and bfloat16
+        give float32).
 
     Returns:
       A `BettingState` with an `MmdWitness` history, for `mmd_betting_step`.
@@ -681,6 +764,9 @@ def mmd_betting_step(
       kernel: the kernel of the MMD.
       alpha, bet, max_bet: as in `mmd_betting_test`.
 
+    Eagerly, a step past the state's capacity or with non-finite points raises; under
+    `jit`/`vmap` it voids the state instead, as in `skit_step`.
+
     Returns:
       The next `BettingState`.
     """
@@ -691,12 +777,14 @@ def mmd_betting_step(
     x_new = _step_points(x_new, "x_new", w.x, 1)
     y_new = _step_points(y_new, "y_new", w.y, 1)
     _check_capacity(w.count, 1, w.x.shape[0], "num_steps")
-    return _mmd_betting_step(state, x_new, y_new, kernel, log_threshold, bet, max_bet)
+    new = _mmd_betting_step(state, x_new, y_new, kernel, log_threshold, bet, max_bet)
+    return _guard_capacity(state, new, 1)
 
 
 def _mmd_betting_step(state, x_new, y_new, kernel, log_threshold, bet, max_bet):
     payoff, witness = _mmd_update(state.witness, x_new, y_new, kernel)
-    return _advance(state, witness, payoff, log_threshold, bet, max_bet)
+    finite = _all_finite(x_new, y_new)
+    return _advance(state, witness, payoff, finite, log_threshold, bet, max_bet)
 
 
 def mmd_betting_test(key, x, y, kernel, *, alpha=0.05, bet="ons", max_bet=None):
@@ -717,12 +805,14 @@ def mmd_betting_test(key, x, y, kernel, *, alpha=0.05, bet="ons", max_bet=None):
       key: PRNG key; the payoff is deterministic, so it is not consumed (uniform signature).
       x: (T, d) the observations from P, in arrival order. y: (T, d) those from Q; T >= 2.
       kernel: a kernel fixed in advance (e.g. `Gaussian(bandwidth)`).
-      alpha: level in (0, 1).
+      alpha: level in (0, 1); may be traced (e.g. vmapped over).
       bet: "ons" or "agrapa".
       max_bet: truncation of the betting fraction in (0, 1) (default 0.5 / 0.9).
 
     Returns:
-      `SequentialResult(reject, stopping_time, wealth)` over T steps.
+      `SequentialResult(reject, stopping_time, wealth)` over T steps; the wealth is float32 for
+      float16 / bfloat16 data, else of the data's dtype. Non-finite data (only possible under
+      `jit`/`vmap`) void the test as in `skit`.
 
     References:
       Shekhar & Ramdas, "Nonparametric Two-Sample Testing by Betting", IEEE Transactions on
