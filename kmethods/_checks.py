@@ -20,7 +20,10 @@ def is_concrete(x) -> bool:
 def as_points(x, name: str, *, min_points: int = 2) -> jax.Array:
     """Validates a sample of points: a floating (n, d) array of finite values, n >= min_points.
 
-    A 1-d array of length n is read as n points in one dimension.
+    A 1-d array of length n is read as n points in one dimension. Half-precision samples
+    (float16, bfloat16) are cast to float32: every statistic sums O(n^2) terms, which float16
+    overflows (n(n - 1) > 65504 at n = 257) and bfloat16's 8-bit mantissa rounds away, so the
+    library computes and returns float32 for them (as flax's `dtype` for computation).
     """
     if isinstance(x, (str, bytes)) or x is None:
         raise TypeError(f"`{name}` must be an array of shape (n, d), got {type(x).__name__}.")
@@ -32,6 +35,7 @@ def as_points(x, name: str, *, min_points: int = 2) -> jax.Array:
             x = x.astype(jnp.result_type(float))
         else:
             raise TypeError(f"`{name}` must hold real floating values, got dtype {x.dtype}.")
+    x = at_least_float32(x)
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim != 2:
@@ -44,6 +48,13 @@ def as_points(x, name: str, *, min_points: int = 2) -> jax.Array:
     return x
 
 
+def at_least_float32(x):
+    """`x` cast to float32 when it is a narrower float (float16, bfloat16), else unchanged."""
+    if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32:
+        return x.astype(jnp.float32)
+    return x
+
+
 def promote(*arrays):
     """Casts arrays to their common dtype (samples of mixed precision compare as one)."""
     dtype = jnp.result_type(*arrays)
@@ -53,6 +64,14 @@ def promote(*arrays):
 def check_finite(x, name: str) -> None:
     if is_concrete(x) and not bool(np.all(np.isfinite(np.asarray(x)))):
         raise ValueError(f"`{name}` contains NaN or inf values.")
+
+
+def nan_unless_finite(value, *arrays):
+    """`value` where every entry of `arrays` is finite, else NaN: the in-jit counterpart of
+    `check_finite`, for statistics that a non-finite input could leave finite (an inf point
+    is merely "far" to a kernel, and masked diagonals drop NaNs)."""
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
+    return jnp.where(finite, value, jnp.nan).astype(value.dtype)
 
 
 def check_positive(value, name: str) -> None:
@@ -93,12 +112,40 @@ def positive_int(value, name: str, *, minimum: int = 1) -> int:
     return int(value)
 
 
-def probability(value, name: str) -> float:
+def probability(value, name: str, *, traced_ok: bool = False):
+    """A float in (0, 1). With `traced_ok`, a traced scalar (e.g. a level vmapped over) passes
+    through unchecked: the caller uses it only inside compiled code."""
+    if traced_ok and isinstance(value, jax.core.Tracer):
+        if value.shape != () or not jnp.issubdtype(value.dtype, jnp.floating):
+            raise TypeError(f"`{name}` must be a scalar float, got {value.dtype}{value.shape}.")
+        return value
+    if isinstance(value, (jax.Array, np.ndarray)) and value.shape == () and is_concrete(value):
+        if jnp.issubdtype(value.dtype, jnp.floating):
+            value = float(value)
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(
+            f"`{name}` must be a Python float, not a traced value: it fixes a static part of "
+            "the computation; loop over its values in Python instead of jit/vmap."
+        )
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
         raise TypeError(f"`{name}` must be a float in (0, 1), got {type(value).__name__}.")
     if not 0.0 < float(value) < 1.0:
         raise ValueError(f"`{name}` must lie in (0, 1), got {value}.")
     return float(value)
+
+
+def flag(value, name: str) -> bool:
+    """A Python bool (a string such as "no" is truthy, so it is refused, not read as True)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+    return bool(value)
+
+
+def block_size(value, name: str = "block_size") -> int | None:
+    """None (the default size) or a positive int: rows of a pairwise matrix held at once."""
+    if value is None:
+        return None
+    return positive_int(value, name)
 
 
 def check_kernel(kernel, name: str = "kernel") -> None:

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kmethods._checks import as_points, check_positive, positive_int
-from kmethods.pairwise import sqdist
+from kmethods.pairwise import centring_point, sqdist
 
 __all__ = [
     "IMQ",
@@ -126,6 +126,10 @@ class RadialKernel(Kernel):
         return self.profile(sqdist(x, y))
 
     def stein_gram(self, x, sx, y, sy):
+        # The cross term below is expanded into inner products, which cancel on data far from
+        # the origin; it depends only on x - y, so both sides are shifted by one point first.
+        c = centring_point(y)
+        x, y = x - c, y - c
         r2 = sqdist(x, y)
         g, g1_over_r, g2 = self.radial_derivatives(r2)
         d = x.shape[-1]
@@ -139,10 +143,35 @@ class RadialKernel(Kernel):
         return g * (sx @ sy.T) + g1_over_r * cross - ((d - 1) * g1_over_r + g2)
 
 
+# A bandwidth h enters as r^2 / h^2; outside this range h^2 under- or overflows float32 (the
+# profiles divide by h twice, so the kernel itself stays finite, but a kernel that is the
+# identity matrix or all ones is a misplaced scale, not a choice).
+_BANDWIDTH_RANGE = (1e-18, 1e18)
+
+
 def _check_bandwidth(bandwidth, name="bandwidth"):
     if isinstance(bandwidth, (str, bytes)) or bandwidth is None:
         raise TypeError(f"`{name}` must be a positive number, got {bandwidth!r}.")
+    if isinstance(bandwidth, complex) or (
+        hasattr(bandwidth, "dtype") and jnp.issubdtype(bandwidth.dtype, jnp.complexfloating)
+    ):
+        raise TypeError(f"`{name}` must be a real positive number, got {bandwidth!r}.")
     check_positive(bandwidth, name)
+    if bandwidth is not None and not isinstance(bandwidth, jax.core.Tracer):
+        arr = np.asarray(bandwidth)
+        low, high = _BANDWIDTH_RANGE
+        if np.any(arr < low) or np.any(arr > high):
+            raise ValueError(
+                f"`{name}` must lie in [{low:g}, {high:g}], got {bandwidth!r}: its square "
+                "under- or overflows float32. Rescale the data instead."
+            )
+
+
+def _squared(bandwidth, like):
+    """h^2, kept at or above the smallest normal float of `like`'s dtype. A traced bandwidth
+    skips the eager range check, and h^2 = 0 would make the kernel 0/0 = NaN at r = 0; with
+    the floor it is the identity matrix, the kernel's limit as h -> 0."""
+    return jnp.maximum(jnp.square(bandwidth), jnp.finfo(jnp.result_type(like)).tiny)
 
 
 class Gaussian(RadialKernel):
@@ -154,7 +183,7 @@ class Gaussian(RadialKernel):
         _check_bandwidth(self.bandwidth)
 
     def profile(self, r2):
-        return jnp.exp(-r2 / (2.0 * self.bandwidth**2))
+        return jnp.exp(-0.5 * r2 / _squared(self.bandwidth, r2))
 
 
 class IMQ(RadialKernel):
@@ -175,7 +204,7 @@ class IMQ(RadialKernel):
                 raise ValueError(f"`beta` must be negative, got {self.beta!r}.")
 
     def profile(self, r2):
-        return (self.c**2 + r2 / self.bandwidth**2) ** self.beta
+        return (self.c**2 + r2 / _squared(self.bandwidth, r2)) ** self.beta
 
 
 # Trapezoid nodes for K_nu(x) = int_0^inf exp(-x cosh t) cosh(nu t) dt (the integrand decays

@@ -51,7 +51,7 @@ def _scores(x, score):
                 f"log p per point), got shape {s.shape}."
             )
     _checks.check_finite(s, "score")
-    dtype = jnp.result_type(x, s)
+    dtype = jnp.promote_types(x.dtype, _checks.at_least_float32(s).dtype)
     return x.astype(dtype), s.astype(dtype)
 
 
@@ -76,13 +76,20 @@ def ksd2(x, score, kernel, *, unbiased=True, block_size=None):
     """
     x = _checks.as_points(x, "x")
     _checks.check_kernel(kernel)
+    unbiased = _checks.flag(unbiased, "unbiased")
+    block_size = _checks.block_size(block_size)
     if callable(score):
         _check_score_function(x, score)
-        return _ksd2_with_function(
-            x, kernel, score=score, unbiased=bool(unbiased), block_size=block_size
+        value = _ksd2_with_function(
+            x, kernel, score=score, unbiased=unbiased, block_size=block_size
         )
+        if _checks.is_concrete(value) and not bool(jnp.isfinite(value)):
+            # Diagnosed only on this (rare) path, so the common one evaluates the score once
+            # and stays differentiable through it; raises as the array path does.
+            _scores(x, score)
+        return value
     x, scores = _scores(x, score)
-    return _ksd2(x, scores, kernel, unbiased=bool(unbiased), block_size=block_size)
+    return _ksd2(x, scores, kernel, unbiased=unbiased, block_size=block_size)
 
 
 @partial(jax.jit, static_argnames=("unbiased", "block_size"))
@@ -92,7 +99,8 @@ def _ksd2(x, scores, kernel, *, unbiased, block_size):
     u_rows = langevin_stein_matvec(
         kernel, x, scores, ones, exclude_diagonal=unbiased, block_size=block_size
     )
-    return jnp.sum(u_rows) / (n * (n - 1) if unbiased else n**2)
+    value = jnp.sum(u_rows) / (n * (n - 1) if unbiased else n**2)
+    return _checks.nan_unless_finite(value, x, scores)
 
 
 @partial(jax.jit, static_argnames=("score", "unbiased", "block_size"))
@@ -142,8 +150,9 @@ def ksd_test(
     _checks.check_kernel(kernel)
     x, scores = _scores(x, score)
     num_bootstrap = _checks.positive_int(num_bootstrap, "num_bootstrap")
-    alpha = _checks.probability(alpha, "alpha")
-    flip_probability = _checks.probability(flip_probability, "flip_probability")
+    alpha = _checks.probability(alpha, "alpha", traced_ok=True)
+    flip_probability = _checks.probability(flip_probability, "flip_probability", traced_ok=True)
+    block_size = _checks.block_size(block_size)
     return _ksd_bootstrap_test(
         key,
         x,

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from kmethods import _checks
-from kmethods.pairwise import kernel_matvec, kernel_sum, map_row_blocks, mask_diagonal
+from kmethods.pairwise import gram_matvec, kernel_sum, map_row_blocks, mask_diagonal
 from kmethods.testing import decide, gamma_p_value, permuted_labels, resample_p_value
 
 __all__ = ["mmd2", "mmd_test"]
@@ -40,8 +40,10 @@ def mmd2(x, y, kernel, *, unbiased=True, block_size=None):
     y = _checks.as_points(y, "y")
     _checks.same_dimension(x, y, "x", "y")
     _checks.check_kernel(kernel)
+    unbiased = _checks.flag(unbiased, "unbiased")
+    block_size = _checks.block_size(block_size)
     x, y = _checks.promote(x, y)
-    return _mmd2(x, y, kernel, unbiased=bool(unbiased), block_size=block_size)
+    return _mmd2(x, y, kernel, unbiased=unbiased, block_size=block_size)
 
 
 @partial(jax.jit, static_argnames=("unbiased", "block_size"))
@@ -51,8 +53,10 @@ def _mmd2(x, y, kernel, *, unbiased, block_size):
     kyy = kernel_sum(kernel, y, y, exclude_diagonal=unbiased, block_size=block_size)
     kxy = kernel_sum(kernel, x, y, block_size=block_size)
     if unbiased:
-        return kxx / (n * (n - 1)) + kyy / (m * (m - 1)) - 2.0 * kxy / (n * m)
-    return kxx / n**2 + kyy / m**2 - 2.0 * kxy / (n * m)
+        value = kxx / (n * (n - 1)) + kyy / (m * (m - 1)) - 2.0 * kxy / (n * m)
+    else:
+        value = kxx / n**2 + kyy / m**2 - 2.0 * kxy / (n * m)
+    return _checks.nan_unless_finite(value, x, y)
 
 
 def mmd_test(
@@ -98,7 +102,9 @@ def mmd_test(
     _checks.same_dimension(x, y, "x", "y")
     _checks.check_kernel(kernel)
     _checks.choice(null, "null", ("permutation", "gamma"))
-    alpha = _checks.probability(alpha, "alpha")
+    alpha = _checks.probability(alpha, "alpha", traced_ok=True)
+    unbiased = _checks.flag(unbiased, "unbiased")
+    block_size = _checks.block_size(block_size)
     x, y = _checks.promote(x, y)
     if null == "gamma":
         _checks.same_length(x, y, "x", "y")
@@ -111,7 +117,7 @@ def mmd_test(
         kernel,
         alpha,
         num_permutations=num_permutations,
-        unbiased=bool(unbiased),
+        unbiased=unbiased,
         block_size=block_size,
     )
 
@@ -125,8 +131,16 @@ def _mmd_permutation_test(key, x, y, kernel, alpha, *, num_permutations, unbiase
     labels = jnp.concatenate([observed[None], permuted_labels(key, observed, num_permutations)])
     # Columns: the label indicator e of each labelling, then the all-ones vector.
     columns = jnp.concatenate([labels.T, jnp.ones((n + m, 1), dtype)], axis=1)
-    k_columns = kernel_matvec(
-        kernel, z, z, columns, exclude_diagonal=unbiased, block_size=block_size
+    # MMD^2 (U and V) is unchanged by K -> K - c, and every statistic is a difference of sums
+    # of K: shifted by one of its entries, a nearly constant kernel keeps the digits that the
+    # statistics differ in (with K ~ 1 - 1e-8 they were rounded away in the sums).
+    shift = kernel(z[0], z[-1])
+    k_columns = gram_matvec(
+        lambda zb: kernel.gram(zb, z) - shift,
+        (z,),
+        columns,
+        exclude_diagonal=unbiased,
+        block_size=block_size,
     )
     k_e, k_one = k_columns[:, :-1], k_columns[:, -1]
     total = jnp.sum(k_one)
@@ -134,14 +148,15 @@ def _mmd_permutation_test(key, x, y, kernel, alpha, *, num_permutations, unbiase
     x_to_all = labels @ k_one  # e' K 1
     within_y = total - 2.0 * x_to_all + within_x  # f' K f with f = 1 - e
     between = x_to_all - within_x  # e' K f
-    if unbiased:
-        n, m = float(n), float(m)
-        stats = within_x / (n * (n - 1)) + within_y / (m * (m - 1)) - 2.0 * between / (n * m)
-    else:
-        n, m = float(n), float(m)
-        stats = within_x / n**2 + within_y / m**2 - 2.0 * between / (n * m)
-    statistic, null_samples = stats[0], stats[1:]
-    p_value = resample_p_value(statistic, null_samples)
+    n, m = float(n), float(m)
+    cx, cy = (n * (n - 1), m * (m - 1)) if unbiased else (n**2, m**2)
+    stats = within_x / cx + within_y / cy - 2.0 * between / (n * m)
+    # The size of the sums each statistic is a difference of: the scale of its rounding.
+    scale = jnp.max(
+        jnp.abs(within_x) / cx + jnp.abs(within_y) / cy + 2.0 * jnp.abs(between) / (n * m)
+    )
+    statistic, null_samples = _checks.nan_unless_finite(stats[0], x, y), stats[1:]
+    p_value = resample_p_value(statistic, null_samples, scale=scale)
     return decide(statistic, p_value, alpha, null_samples)
 
 
@@ -162,6 +177,7 @@ def _mmd_gamma_test(x, y, kernel, alpha, *, block_size):
     # E[m MMD_b^2] under H0 (Gretton et al. 2012, Sec. 5), written for kernels with any k(z, z).
     mean = jnp.mean(kernel.diag(x)) + jnp.mean(kernel.diag(y)) - 2.0 * jnp.mean(diag_xy)
     variance = 2.0 / (m * (m - 1)) * jnp.sum(h2_rows) / (m * (m - 1))  # of MMD_b^2
+    statistic = _checks.nan_unless_finite(statistic, x, y)
     p_value = gamma_p_value(statistic, mean, variance * m**2)
     empty = jnp.zeros((0,), x.dtype)
     return decide(statistic / m, p_value, alpha, empty)

@@ -9,7 +9,10 @@ under `grad` too.
 Squared distances are accumulated one coordinate at a time for small d (one fused loop, no
 (n, m, d) temporary; about 10x faster on a CPU than `((x[:, None] - y[None]) ** 2).sum(-1)`),
 and through the Gram form ||x||^2 + ||y||^2 - 2<x, y> for large d, where the matrix product
-wins.
+wins. The Gram form cancels catastrophically on data far from the origin (float32, offset
+1000, spread 0.1, d = 17: an error of 7.8 on a distance of 0.38), so both sides are first
+shifted by one of the points (`centring_point`): distances are translation invariant, and the
+shift costs O((n + m) d) against the product's O(nmd).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
+    "centring_point",
     "default_block_size",
     "gram_matvec",
     "kernel_matvec",
@@ -34,6 +38,13 @@ _COORDINATEWISE_MAX_DIM = 16
 _BLOCK_ELEMENTS = 2**21
 
 
+def centring_point(y):
+    """The first point of the sample y, shape (1, d): both sides of a pairwise computation are
+    shifted by it before a translation-invariant quantity is expanded into inner products.
+    The result does not depend on the shift, so its gradient is stopped (it is exactly 0)."""
+    return jax.lax.stop_gradient(y[:1])
+
+
 def sqdist(x, y):
     """Squared Euclidean distances, shape (n, m), for x of shape (n, d) and y of shape (m, d)."""
     d = x.shape[-1]
@@ -42,6 +53,8 @@ def sqdist(x, y):
         for j in range(1, d):
             out = out + (x[:, j, None] - y[None, :, j]) ** 2
         return out
+    c = centring_point(y)
+    x, y = x - c, y - c
     xx = jnp.sum(x * x, axis=-1)
     yy = jnp.sum(y * y, axis=-1)
     return jnp.maximum(xx[:, None] + yy[None, :] - 2.0 * (x @ y.T), 0.0)
@@ -71,6 +84,8 @@ def map_row_blocks(fn, *arrays, block_size: int | None = None, num_columns: int 
     n = arrays[0].shape[0]
     if block_size is None:
         block_size = default_block_size(n, num_columns or n)
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"`block_size` must be a positive int, got {block_size!r}.")
     b = int(min(block_size, n))
     num_blocks = -(-n // b)
     if num_blocks == 1:

@@ -44,14 +44,29 @@ class TestResult(NamedTuple):
     __test__ = False  # not a pytest test class
 
 
-def resample_p_value(statistic, null_samples):
+# Resampled statistics within this many units of rounding of the statistic count as ties.
+_TIE_ULPS = 64
+
+
+def resample_p_value(statistic, null_samples, *, scale=None):
     """(1 + #{b : null_b >= statistic}) / (1 + B), or NaN when the test cannot be decided.
 
     A NaN or infinite statistic, or a NaN among the resampled statistics (a +inf draw is a
     legitimate "at least as extreme"), gives p = NaN: counting `null_b >= NaN` as zero would
     report the smallest p-value, 1 / (1 + B), and reject on garbage.
+
+    `scale` is the size of the terms the statistics are sums of (not of the statistics, which
+    may be differences of large sums). Draws within `_TIE_ULPS` roundings of that size below
+    the statistic count as ties: with a nearly constant kernel every statistic is equal in
+    exact arithmetic, and rounding (which differs between rows of one batched program) must
+    not decide the test. Counting near-ties as exceedances is conservative, and changes
+    nothing when the statistics are spread wider than rounding, as on ordinary data (the same
+    device as `scipy.stats.permutation_test`'s relative tolerance).
     """
-    count = jnp.sum(null_samples >= statistic).astype(null_samples.dtype)
+    tolerance = 0.0
+    if scale is not None:
+        tolerance = _TIE_ULPS * jnp.finfo(null_samples.dtype).eps * jnp.abs(scale)
+    count = jnp.sum(null_samples >= statistic - tolerance).astype(null_samples.dtype)
     p_value = (1.0 + count) / (1.0 + null_samples.shape[0])
     defined = jnp.isfinite(statistic) & ~jnp.any(jnp.isnan(null_samples))
     return jnp.where(defined, p_value, jnp.nan).astype(p_value.dtype)
@@ -130,6 +145,9 @@ def stein_bootstrap_result(columns, h_columns, *, wild, alpha):
     """`TestResult` from the columns of `stein_bootstrap_columns` and H times them."""
     n = columns.shape[0]
     forms = jnp.einsum("ib,ib->b", columns, h_columns)
+    # A non-finite entry of H (a NaN score or point that jit let through) can vanish from the
+    # forms (masked diagonals); it must not leave a finite statistic behind.
+    forms = forms.at[0].set(jnp.where(jnp.all(jnp.isfinite(h_columns)), forms[0], jnp.nan))
     statistic = forms[0] if wild else forms[0] / (float(n) * (n - 1))
     null_samples = forms[1:]
     return decide(statistic, resample_p_value(statistic, null_samples), alpha, null_samples)
