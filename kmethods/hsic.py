@@ -48,7 +48,9 @@ def hsic(x, y, kernel_x, kernel_y, *, unbiased=False, block_size=None):
       block_size: rows held at once (memory O(block_size * n)).
 
     Returns:
-      A scalar, differentiable with respect to x, y and the kernels' parameters.
+      A scalar, float32 for half-precision (float16, bfloat16) input, which is computed in float32,
+      else the input's dtype; NaN if a sample holds NaN or inf values that `jit` let through.
+      Differentiable with respect to x, y and the kernels' parameters.
     """
     x, y = _paired_inputs(x, y, kernel_x, kernel_y)
     unbiased = _checks.flag(unbiased, "unbiased")
@@ -123,7 +125,9 @@ def hsic_test(
         entries per batch).
 
     Returns:
-      `TestResult(statistic, p_value, reject, null_samples)`.
+      `TestResult(statistic, p_value, reject, null_samples)`, float32 for half-precision (float16,
+      bfloat16) input, which is computed in float32, else the input's dtype. A non-finite statistic
+      gives p = NaN and reject = False.
     """
     x, y = _paired_inputs(x, y, kernel_x, kernel_y)
     _checks.choice(null, "null", ("permutation", "gamma"))

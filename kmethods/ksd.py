@@ -71,8 +71,10 @@ def ksd2(x, score, kernel, *, unbiased=True, block_size=None):
       block_size: rows held at once (memory O(block_size * n)).
 
     Returns:
-      A scalar, differentiable with respect to x (through the scores too, when `score` is a
-      function) and the kernel's parameters.
+      A scalar, float32 for half-precision (float16, bfloat16) input, which is computed in float32,
+      else the input's dtype; NaN if x or the scores hold NaN or inf values that `jit` let through
+      (eagerly, a score function returning them raises). Differentiable with respect to x (through
+      the scores too, when `score` is a function) and the kernel's parameters.
     """
     x = _checks.as_points(x, "x")
     _checks.check_kernel(kernel)
@@ -143,7 +145,9 @@ def ksd_test(
       block_size: rows held at once.
 
     Returns:
-      `TestResult(statistic, p_value, reject, null_samples)`.
+      `TestResult(statistic, p_value, reject, null_samples)`, float32 for half-precision (float16,
+      bfloat16) input, which is computed in float32, else the input's dtype. A non-finite statistic
+      gives p = NaN and reject = False.
     """
     _checks.choice(bootstrap, "bootstrap", ("multinomial", "wild"))
     x = _checks.as_points(x, "x")

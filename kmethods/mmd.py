@@ -34,7 +34,9 @@ def mmd2(x, y, kernel, *, unbiased=True, block_size=None):
       block_size: rows held at once in the blocked reductions (memory O(block_size * n)).
 
     Returns:
-      A scalar. Differentiable with respect to `x`, `y` and the kernel's parameters.
+      A scalar, float32 for half-precision (float16, bfloat16) input, which is computed in float32,
+      else the input's dtype; NaN if a sample holds NaN or inf values that `jit` let through.
+      Differentiable with respect to `x`, `y` and the kernel's parameters.
     """
     x = _checks.as_points(x, "x")
     y = _checks.as_points(y, "y")
@@ -94,8 +96,10 @@ def mmd_test(
       block_size: rows held at once in the blocked reductions.
 
     Returns:
-      `TestResult(statistic, p_value, reject, null_samples)`. A jitted core is compiled once
-      per shape and option set; new keys, data and kernel parameters reuse it.
+      `TestResult(statistic, p_value, reject, null_samples)`, float32 for half-precision (float16,
+      bfloat16) input, which is computed in float32, else the input's dtype. A non-finite statistic
+      gives p = NaN and reject = False. A jitted core is compiled once per shape and option set; new
+      keys, data and kernel parameters reuse it.
     """
     x = _checks.as_points(x, "x")
     y = _checks.as_points(y, "y")

@@ -423,7 +423,7 @@ def kernel_thin(key, x, kernel, *, out_size=None, split_kernel=None, delta=0.5, 
         delta,
         out_size=out_size,
         m=m,
-        swap=bool(swap),
+        swap=_checks.flag(swap, "swap"),
     )
 
 
