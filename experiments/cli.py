@@ -12,11 +12,18 @@ machine with two processes,
         kseq run configs/quickstart.yaml --set devices.distributed=true --out runs
 
 (on a cluster, JAX detects these from the scheduler). Process 0 writes the run folder.
+
+Errors. A foreseeable fault (a config or override that does not fit its schema, an `--out`
+that cannot hold a run folder, a corrupt file, a missing optional package, Ctrl-C) prints one
+line, `kseq <command>: error: <message>` naming the key, file or package, and exits non-zero
+(2: config or usage, 1: other, 130: Ctrl-C, after which the message gives the
+`kseq run --resume` command). `KSEQ_TRACEBACK=1` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import sys
 
@@ -54,27 +61,55 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def list_configs(folder) -> str:
-    """One line per config in `folder`: file, name, task and its run command."""
+    """One line per config in `folder`: file, name, task and its run command. A file that
+    cannot be read or is not a YAML mapping is skipped with a warning on stderr."""
     folder = pathlib.Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no config folder {folder}")
     lines = []
     for path in sorted(folder.glob("*.yaml")):
-        text = path.read_text()
+        try:
+            text = path.read_text()
+            raw = yaml.safe_load(text) or {}
+            if not isinstance(raw, dict):
+                raise ValueError("not a mapping at the top level")
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as err:
+            print(f"kseq list: warning: skipping {path}: {_one_line(err)}", file=sys.stderr)
+            continue
         first = text.splitlines()[0] if text else ""
         command = first.lstrip("# ").strip() if first.startswith("#") else ""
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError:
-            raw = {}
-        lines.append(f"{path.name:<24} task={raw.get('task', '?'):<14} {command}")
+        lines.append(f"{path.name:<24} task={raw.get('task', '?')!s:<14} {command}")
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    from experiments.config import ConfigError, load_config
+def _one_line(err: BaseException) -> str:
+    """An error's message on one line (YAML errors span several)."""
+    text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return text or type(err).__name__
 
+
+def _error(command: str, err: BaseException | str) -> None:
+    message = err if isinstance(err, str) else _one_line(err)
+    print(f"kseq {command}: error: {message}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    """Runs the command; returns the exit status: 0, 1 for a failure with a reason (a file, a
+    package, a folder), 2 for a config or usage error, 130 after Ctrl-C.
+
+    Foreseeable faults print `kseq <command>: error: <message>` on one line, without a
+    traceback; set KSEQ_TRACEBACK=1 to see one."""
+    args = _parser().parse_args(argv)  # usage errors: argparse prints them and exits 2
+    from experiments.config import ConfigError, load_config
+    from experiments.runner import RunError
+
+    expected_errors: tuple[type[BaseException], ...] = (
+        OSError,  # a read-only or missing path, a file in the way, a full disk
+        ValueError,  # checks of values, corrupt JSON (JSONDecodeError is one)
+        TypeError,
+        KeyError,
+        yaml.YAMLError,
+    )
     try:
         if args.command == "run":
             from experiments.runner import resume_experiment, run_experiment
@@ -94,9 +129,29 @@ def main(argv=None) -> int:
             from experiments.runner import show_run
 
             print(show_run(args.run_dir))
+    except KeyboardInterrupt as err:
+        run_dir = getattr(err, "run_dir", None)
+        if run_dir is not None:
+            _error(
+                args.command,
+                f"interrupted (Ctrl-C); finish the run with: kseq run --resume {run_dir}",
+            )
+        else:
+            _error(
+                args.command,
+                "interrupted (Ctrl-C) before the run started; nothing to resume.",
+            )
+        return 130
     except (ConfigError, FileNotFoundError) as err:
-        print(f"kseq {args.command}: error: {err}", file=sys.stderr)
+        if os.environ.get("KSEQ_TRACEBACK") == "1":
+            raise
+        _error(args.command, err)
         return 2
+    except (RunError, *expected_errors) as err:
+        if os.environ.get("KSEQ_TRACEBACK") == "1":
+            raise
+        _error(args.command, err)
+        return 1
     return 0
 
 

@@ -28,16 +28,19 @@ from typing import Any, Literal
 import yaml
 
 __all__ = [
+    "MAX_SEED",
     "ConfigError",
     "ConfigTypeError",
     "DevicesConfig",
     "RunConfig",
     "apply_overrides",
     "build_dataclass",
+    "check_folder_name",
     "config_to_dict",
     "load_config",
     "parse_config",
     "require_at_least",
+    "resolved_dict",
 ]
 
 
@@ -149,9 +152,10 @@ class RunConfig:
     """A resolved experiment: which task, with which parameters.
 
     Attributes:
-      name: run name; runs go to `<out>/<name>/<timestamp>/`.
+      name: run name; runs go to `<out>/<name>/<timestamp>/`. A plain folder name (no `/`,
+        `..` or absolute path), so that a run never writes outside `--out`.
       task: the task module, one of `experiments.tasks.TASKS`.
-      seed: the root of every PRNG key of the run.
+      seed: the root of every PRNG key of the run, in [0, 2**32 - 1].
       params: the task's own frozen `Config` dataclass.
       devices: the devices section (`DevicesConfig`).
     """
@@ -161,6 +165,34 @@ class RunConfig:
     seed: int = 0
     params: Any = None
     devices: DevicesConfig = DevicesConfig()
+
+    def __post_init__(self):
+        check_folder_name(self.name, "name")
+        # `jax.random.key` keeps only the low 32 bits of a seed without x64 (2**32 gives the
+        # key of 0, -1 that of 2**32 - 1) and overflows past 64 bits: outside this range two
+        # configs would silently share their random numbers, or the run would crash
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"`seed` must be an integer in [0, {MAX_SEED}], got {self.seed}.")
+
+
+MAX_SEED = 2**32 - 1
+
+
+def check_folder_name(name: str, key: str) -> None:
+    """`name` must be a plain folder name: one path component, not `.` or `..`, not hidden,
+    no path separator of any platform and no NUL."""
+    bad = (
+        not name
+        or name in (".", "..")
+        or name.startswith(".")
+        or any(c in name for c in "/\\\0")
+        or name != name.strip()
+    )
+    if bad:
+        raise ConfigError(
+            f"`{key}` must be a plain folder name (no `/` or `\\`, no absolute path, not `..`, "
+            f"no leading `.` or surrounding spaces), got {name!r}."
+        )
 
 
 def load_config(path, overrides: Sequence[str] = ()) -> RunConfig:
@@ -356,13 +388,19 @@ def config_to_dict(cfg) -> dict:
 _LAUNCH_FIELDS = ("coordinator", "num_processes", "process_id")
 
 
-def dump_config(cfg: RunConfig) -> str:
-    """The resolved config as YAML (after overrides), headed by a comment naming its task.
-
-    The launch fields of `devices` (`coordinator`, `num_processes`, `process_id`) are left
-    out: they differ between the processes of one run and between a run and its resumption."""
+def resolved_dict(cfg: RunConfig) -> dict:
+    """The resolved config as plain values, without the launch fields of `devices`
+    (`coordinator`, `num_processes`, `process_id`): they differ between the processes of one
+    run and between a run and its resumption."""
     plain = config_to_dict(cfg)
     for name in _LAUNCH_FIELDS:
         plain.get("devices", {}).pop(name, None)
+    return plain
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML (after overrides, see `resolved_dict`), headed by a comment
+    naming its task."""
+    plain = resolved_dict(cfg)
     body = yaml.safe_dump(plain, sort_keys=False, default_flow_style=None)
     return f"# resolved config of a `kseq run` ({cfg.task})\n{body}"

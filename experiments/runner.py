@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import datetime as _dt
+import itertools
 import json
 import math
 import os
@@ -51,14 +52,17 @@ from typing import Any
 
 import numpy as np
 
-from experiments.config import ConfigError, RunConfig, dump_config
+from experiments.config import ConfigError, RunConfig, dump_config, resolved_dict
 
 __all__ = [
     "RunContext",
+    "RunError",
+    "RunInterrupted",
     "atomic_write_text",
     "build_mesh",
     "host_array",
     "is_writer",
+    "read_json",
     "resume_experiment",
     "run_experiment",
     "show_run",
@@ -92,8 +96,41 @@ def to_jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def atomic_write_text(path: pathlib.Path, text: str) -> None:
-    """Writes `text` to `path` via a temporary file in the same folder and a rename."""
+class RunError(Exception):
+    """A run that cannot start, resume or be shown as asked (a run folder that cannot be made,
+    a corrupt file, a missing optional package); the message names the file or package and
+    says what to do. The command line prints it without a traceback."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: a `KeyboardInterrupt` that knows the run folder (None when it was
+    not made yet), so that the command line can print how to finish the run."""
+
+    def __init__(self, run_dir: pathlib.Path | None):
+        super().__init__(str(run_dir) if run_dir is not None else "")
+        self.run_dir = run_dir
+
+
+def _umask() -> int:
+    """The process's umask, read from /proc where it can be (setting it to read it back, the
+    only portable way, briefly changes it for every thread)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_text(path: pathlib.Path, text: str, *, mode: int = 0o666) -> None:
+    """Writes `text` to `path` via a temporary file in the same folder and a rename.
+
+    The file gets `mode` less the umask, as `open` would give it (`mkstemp` makes its
+    temporary file 0600, which the rename would otherwise keep)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -101,12 +138,23 @@ def atomic_write_text(path: pathlib.Path, text: str) -> None:
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
+            os.fchmod(f.fileno(), mode & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def read_json(path: pathlib.Path, *, what: str):
+    """The JSON value in `path`; a `RunError` naming the file (and `what` to do about it) when
+    it is not valid JSON."""
+    path = pathlib.Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise RunError(f"{path} is not valid JSON ({err}); {what}") from None
 
 
 # ----------------------------------------------------------------------------- processes
@@ -272,6 +320,7 @@ def split_leading_axis(x, mesh, axes=None):
 # ----------------------------------------------------------------------------- the context
 
 _MAP_PROGRAMS_KEPT = 16  # programs of `RunContext.map` kept per run
+_UNIT_HINT = "delete it and resume again to recompute that unit."
 
 
 class RunContext:
@@ -324,7 +373,7 @@ class RunContext:
             return self._unit_results[name]
         path = self.out_dir / "units" / f"{name}.json"
         if name in self._stored_units:
-            result = json.loads(path.read_text())
+            result = read_json(path, what=_UNIT_HINT)
             self.reused_units.append(name)
         else:
             result = json.loads(json.dumps(to_jsonable(compute())))
@@ -494,6 +543,7 @@ class RunContext:
         os.close(fd)
         try:
             fig.savefig(tmp, dpi=120, bbox_inches="tight")
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600, as `open` would have made it
             os.replace(tmp, path)
         finally:
             plt.close(fig)
@@ -513,27 +563,93 @@ class RunContext:
 # ----------------------------------------------------------------------------- runs
 
 
+# The run's record, written once when the run starts and never rewritten: when it started and
+# the resolved config it started with (what `resume_experiment` checks `config.yaml` against).
+RUN_RECORD = ".run.json"
+
+
+def _now() -> str:
+    return _dt.datetime.now().isoformat(timespec="seconds")
+
+
 def _new_run_dir(out_root, name: str) -> pathlib.Path:
     """A fresh `<out_root>/<name>/<timestamp>[-i]/`, made by process 0; its path is broadcast,
-    so every process of a distributed run uses process 0's folder."""
-    run_dir = None
+    so every process of a distributed run uses process 0's folder.
+
+    Collision-free: the folder is claimed by `mkdir` itself (which fails when another run made
+    it first, even a moment ago), then `-1`, `-2`, ... are tried; checking for it beforehand
+    would leave a race between two runs started in the same second."""
+    run_dir, failure = None, None
     if is_writer():
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         base = pathlib.Path(out_root) / name
-        run_dir, i = base / stamp, 1
-        while run_dir.exists():
-            run_dir, i = base / f"{stamp}-{i}", i + 1
-        run_dir.mkdir(parents=True)
-    return pathlib.Path(_broadcast_text(None if run_dir is None else str(run_dir)))
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            for i in itertools.count():
+                candidate = base / (stamp if i == 0 else f"{stamp}-{i}")
+                try:
+                    candidate.mkdir()
+                except FileExistsError:
+                    continue
+                run_dir = candidate
+                break
+        except OSError as err:  # read-only, a file in the way, no space, ...
+            reason = err.strerror or str(err)
+            where = f" ({err.filename})" if err.filename else ""
+            failure = f"cannot make a run folder in {base} (--out {out_root}): {reason}{where}"
+    shared = _broadcast_text("" if run_dir is None else str(run_dir))
+    if failure is not None:
+        raise RunError(failure)
+    if not shared:
+        raise RunError(f"process 0 could not make a run folder in {out_root}.")
+    return pathlib.Path(shared)
+
+
+def _prepare(cfg: RunConfig):
+    """Every check a run needs before it writes anything: the task's optional packages, the
+    processes and the device mesh. Returns (task module, mesh)."""
+    from experiments.tasks import get_task
+
+    task = get_task(cfg.task)
+    check_requirements(cfg.task, task)
+    start_distributed(cfg.devices)
+    return task, build_mesh(cfg.devices)
+
+
+def check_requirements(name: str, task) -> None:
+    """Raises a `RunError` naming each optional package the task declares in `REQUIRES`
+    (package -> how to install it) that cannot be imported."""
+    import importlib
+
+    missing = []
+    for package, hint in getattr(task, "REQUIRES", {}).items():
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            missing.append(f"{package} ({hint})")
+    if missing:
+        raise RunError(
+            f"task {name!r} needs packages that are not installed: {', '.join(missing)}."
+        )
 
 
 def run_experiment(cfg: RunConfig, out_root="runs", *, quiet: bool = False) -> pathlib.Path:
-    """Runs `cfg`'s task into a fresh `<out_root>/<name>/<timestamp>/` and returns that folder."""
-    start_distributed(cfg.devices)
+    """Runs `cfg`'s task into a fresh `<out_root>/<name>/<timestamp>/` and returns that folder.
+
+    The folder is made only after every check (config, packages, devices) has passed. Ctrl-C
+    raises `RunInterrupted`, which names the folder to resume."""
+    task, mesh = _prepare(cfg)
     run_dir = _new_run_dir(out_root, cfg.name)
-    if is_writer():
-        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    _run_in(cfg, run_dir, quiet)
+    try:
+        started = _now()
+        if is_writer():
+            record = {"started": started, "config": resolved_dict(cfg)}
+            # read-only: a hint that it is the reference, not a file to edit
+            atomic_write_text(run_dir / RUN_RECORD, json.dumps(record, indent=2) + "\n", mode=0o444)
+            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+        _run_in(cfg, run_dir, quiet, task=task, mesh=mesh, started=started)
+    except KeyboardInterrupt:
+        raise RunInterrupted(run_dir if (run_dir / "config.yaml").is_file() else None) from None
     return run_dir
 
 
@@ -544,7 +660,14 @@ def resume_experiment(
     finished units (`units/*.json`) are read back, training loops restored from their latest
     checkpoints, the rest computed, then `results.json` written as an uninterrupted run would
     have written it. `overrides` may set `devices.*` only (how this launch computes, e.g. the
-    process id of a distributed resume), never the experiment."""
+    process id of a distributed resume), never the experiment.
+
+    Refused (`ConfigError`, naming the dotted keys) when `config.yaml` no longer holds the
+    config the run started with (its `.run.json`; runs made before that file existed are not
+    checked), since finished units would be reused under the new values; refused
+    (`RunError`) when a finished unit or `results.json` is not valid JSON. A run that had
+    finished (`results.json` present) is not computed again: its results, `started` and
+    `wall_seconds` stay, and the resume is recorded in `meta.resumed`."""
     from experiments.config import load_config
 
     for item in overrides:
@@ -554,9 +677,78 @@ def resume_experiment(
             )
     run_dir = pathlib.Path(run_dir)
     cfg = load_config(run_dir / "config.yaml", overrides)
-    start_distributed(cfg.devices)
-    _run_in(cfg, run_dir, quiet)
+    record = _read_record(run_dir)
+    if record is not None:
+        _check_unchanged(run_dir, record["config"], cfg)
+    results_path = run_dir / "results.json"
+    finished = None
+    if results_path.is_file():
+        finished = read_json(results_path, what="delete it to finish the run again.")
+    resumed_at = _now()
+    try:
+        if finished is not None:
+            start_distributed(cfg.devices)
+            meta = finished.setdefault("meta", {}) if isinstance(finished, dict) else None
+            if meta is None or not isinstance(meta, dict):
+                raise RunError(
+                    f"{results_path} holds no `meta` mapping; delete it to finish the run again."
+                )
+            meta["resumed"] = [*meta.get("resumed", []), resumed_at]
+            if is_writer():
+                atomic_write_text(results_path, json.dumps(finished, indent=2) + "\n")
+            return run_dir
+        task, mesh = _prepare(cfg)
+        units = run_dir / "units"
+        for path in sorted(units.glob("*.json")) if units.is_dir() else ():
+            read_json(path, what=_UNIT_HINT)  # before anything runs, not midway
+        started = record.get("started") if record is not None else None
+        _run_in(cfg, run_dir, quiet, task=task, mesh=mesh, started=started, resumed=[resumed_at])
+    except KeyboardInterrupt:
+        raise RunInterrupted(run_dir) from None
     return run_dir
+
+
+def _read_record(run_dir: pathlib.Path) -> dict | None:
+    path = run_dir / RUN_RECORD
+    if not path.is_file():
+        return None  # a run folder made before the record existed: nothing to check against
+    record = read_json(path, what="it is the record of how the run started; restore it.")
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise RunError(f"{path} holds no `config` mapping; restore the file.")
+    return record
+
+
+def _dotted(prefix: str, obj, out: dict) -> dict:
+    if isinstance(obj, dict) and obj:
+        for k, v in obj.items():
+            _dotted(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = obj
+    return out
+
+
+def _check_unchanged(run_dir: pathlib.Path, original: dict, cfg: RunConfig) -> None:
+    """`ConfigError` naming every dotted key whose value differs between the config the run
+    started with and `cfg` (the `devices` section aside: it says how a launch computes, which
+    a resume may change)."""
+    before = {k: v for k, v in _dotted("", original, {}).items() if not k.startswith("devices.")}
+    now = {
+        k: v for k, v in _dotted("", resolved_dict(cfg), {}).items() if not k.startswith("devices.")
+    }
+    # compared as canonical JSON: a NaN equals itself, a tuple its list
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    changed = [
+        f"{k} ({before.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r})"
+        for k in sorted(set(before) | set(now))
+        if k not in before or k not in now or not same(before[k], now[k])
+    ]
+    if changed:
+        raise ConfigError(
+            f"{run_dir / 'config.yaml'} differs from the config the run started with: "
+            + ", ".join(changed)
+            + ". A resumed run would reuse units computed with the old values; undo the edit, "
+            "or start a new run with `kseq run` on the edited config."
+        )
 
 
 def _mesh_shape(devices, available: int) -> tuple[int, ...]:
@@ -613,13 +805,22 @@ def build_mesh(devices):
     )
 
 
-def _run_in(cfg: RunConfig, run_dir: pathlib.Path, quiet: bool) -> RunContext:
+def _run_in(
+    cfg: RunConfig,
+    run_dir: pathlib.Path,
+    quiet: bool,
+    *,
+    task,
+    mesh,
+    started: str | None = None,
+    resumed: Sequence[str] = (),
+) -> RunContext:
+    """Runs the task in `run_dir` and writes `results.json`. Its `meta.started` is when the run
+    first started (`started`; this launch when unknown), `wall_seconds` the time this launch
+    computed (a resumed run's earlier launches are not counted: their ends are unknown), and
+    `resumed` the times of the resumes (`resumed`, when any)."""
     import jax
 
-    from experiments.tasks import get_task
-
-    task = get_task(cfg.task)
-    mesh = build_mesh(cfg.devices)
     data_axes = None if mesh is None else cfg.devices.split_axes
     ctx = RunContext(run_dir, seed=cfg.seed, quiet=quiet, mesh=mesh, data_axes=data_axes)
     start = time.time()
@@ -629,7 +830,7 @@ def _run_in(cfg: RunConfig, run_dir: pathlib.Path, quiet: bool) -> RunContext:
         "task": cfg.task,
         "name": cfg.name,
         "seed": cfg.seed,
-        "started": _dt.datetime.fromtimestamp(start).isoformat(timespec="seconds"),
+        "started": started or _dt.datetime.fromtimestamp(start).isoformat(timespec="seconds"),
         "finished": _dt.datetime.fromtimestamp(end).isoformat(timespec="seconds"),
         "wall_seconds": round(end - start, 3),
         "jax_version": jax.__version__,
@@ -639,6 +840,8 @@ def _run_in(cfg: RunConfig, run_dir: pathlib.Path, quiet: bool) -> RunContext:
         "mesh": {} if ctx.mesh is None else dict(ctx.mesh.shape),
         "process_count": jax.process_count(),
     }
+    if resumed:
+        meta["resumed"] = list(resumed)
     if ctx.reused_units:
         meta["resumed_units"] = len(ctx.reused_units)
     ctx.write_json("results.json", {"meta": meta, "results": results})
@@ -680,7 +883,9 @@ def show_run(run_dir) -> str:
     path = pathlib.Path(run_dir) / "results.json"
     if not path.is_file():
         raise FileNotFoundError(f"no results.json in {run_dir} (has the run finished?)")
-    data = json.loads(path.read_text())
+    data = read_json(
+        path, what="the run can be finished again with `kseq run --resume` after deleting it."
+    )
     rows: list = []
     _flatten("", data, rows)
     scalars = [(k, v) for k, v in rows if not _is_records(v)]

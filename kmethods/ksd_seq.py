@@ -225,7 +225,14 @@ def _balance(log_ratio, sqrt_balance):
 
 
 def _neighbours(x, length, log_prob, *, num_states, neighbourhood, window, balance, dtype):
-    """`Neighbours` of one zero-padded sequence x (W + 1,), without input checks."""
+    """`Neighbours` of one zero-padded sequence x (W + 1,), without input checks.
+
+    The weights are all NaN when the input is garbage that only the eager checks would catch:
+    log p(x) not finite, log p NaN or +inf at a neighbour (-inf is fine: outside the support,
+    weight 0), a length outside [0, W] or a token outside [0, num_states). A NaN weight makes
+    the Stein kernel, and so the statistic, NaN, which never rejects; dropping such a neighbour
+    instead (NaN > -inf is False) gave a finite, wrong statistic.
+    """
     seqs, lengths, valid = _edit_candidates(
         x, length, num_states=num_states, neighbourhood=neighbourhood, window=window
     )
@@ -234,6 +241,16 @@ def _neighbours(x, length, log_prob, *, num_states, neighbourhood, window, balan
     possible = valid & (log_py > -jnp.inf)
     log_ratio = jnp.where(possible, log_py - log_px, 0.0)
     weights = jnp.where(possible, _balance(log_ratio, balance), 0.0)
+    t = jnp.arange(x.shape[0], dtype=jnp.int32)
+    tokens_ok = jnp.all((t >= length) | ((x >= 0) & (x < num_states)))
+    ok = (
+        jnp.isfinite(log_px)
+        & ~jnp.any(valid & (jnp.isnan(log_py) | (log_py == jnp.inf)))
+        & (length >= 0)
+        & (length < x.shape[0])
+        & tokens_ok
+    )
+    weights = jnp.where(ok, weights, jnp.nan)
     return Neighbours(seqs, lengths, weights)
 
 
@@ -262,7 +279,10 @@ def zs_neighbours(
       balance: "barker" (t / (1 + t)) or "sqrt".
 
     Returns:
-      `Neighbours` with arrays of width W + 1 and N = `num_neighbours(W, S, ...)` slots.
+      `Neighbours` with arrays of width W + 1 and N = `num_neighbours(W, S, ...)` slots; the
+      weights are float32 (float64 in x64 mode) whatever dtype `log_prob` returns. Eagerly, a
+      `log_prob` that is not finite at `seq`, or NaN or +inf at a neighbour, raises; under
+      `jit`/`vmap` every weight is NaN then.
     """
     num_states, options = _check_options(num_states, neighbourhood, window, balance)
     if not callable(log_prob):
@@ -272,8 +292,21 @@ def zs_neighbours(
     if length.ndim != 0 or not jnp.issubdtype(length.dtype, jnp.integer):
         raise ValueError(f"`length` must be an integer scalar, got {length.dtype} {length.shape}.")
     length = length.astype(jnp.int32)
+    if _checks.is_concrete(length) and not 0 <= int(length) <= seq.shape[0]:
+        raise ValueError(f"`length` must lie in [0, W] = [0, {seq.shape[0]}], got {int(length)}.")
+    if _checks.is_concrete(seq) and _checks.is_concrete(length):
+        used = np.asarray(seq)[: int(length)]
+        if ((used < 0) | (used >= num_states)).any():
+            raise ValueError(
+                f"`seq` must hold tokens in [0, num_states) = [0, {num_states}) before its "
+                f"length, got {used.tolist()}."
+            )
     x = _pad_sequences(seq, length, seq.shape[0] + 1)
-    return _neighbours(x, length, log_prob, dtype=_float_dtype(), **options)
+    out = _neighbours(x, length, log_prob, dtype=_float_dtype(), **options)
+    if _checks.is_concrete(out.weights) and np.isnan(np.asarray(out.weights)).any():
+        arrays, static = _split_function(log_prob)
+        _raise_log_prob_problem(seq[None], length[None], arrays, static, options)
+    return out
 
 
 # ------------------------------------------------------------------------------------- kernels
@@ -812,7 +845,8 @@ def _as_integer_array(x, name, ndim, shape_text):
 
 
 def _check_sequences(seqs, lengths, num_states):
-    """Validates a padded batch; value checks run on concrete arrays only."""
+    """Validates a padded batch; value checks run on concrete arrays only (under `jit`/`vmap`
+    a sequence that fails them gets NaN weights, see `_neighbours`)."""
     seqs = _as_integer_array(seqs, "seqs", 2, "(n, W)")
     lengths = _as_integer_array(lengths, "lengths", 1, "(n,)")
     n, width = seqs.shape
@@ -896,13 +930,67 @@ def _check_log_prob(log_prob, seqs, lengths):
         and all(_checks.is_concrete(a) for a in arrays)
     ):
         values = np.asarray(_log_probs_fn(static)(arrays, seqs, lengths))
-        if np.isnan(values).any() or (values == -np.inf).any():
-            i = int(np.flatnonzero(np.isnan(values) | (values == -np.inf))[0])
+        if not np.isfinite(values).all():
+            i = int(np.flatnonzero(~np.isfinite(values))[0])
             raise ValueError(
-                f"`log_prob` is {values[i]} at seqs[{i}] (length {int(lengths[i])}): every "
-                "sequence of the sample must lie in the support of the model."
+                f"`log_prob` is {values[i]} at seqs[{i}] (length {int(lengths[i])}): it must be "
+                "finite at every sequence of the sample (which must lie in the support of the "
+                "model)."
             )
     return arrays, static
+
+
+@partial(jax.jit, static_argnames=("log_prob_static", "num_states", "neighbourhood", "window"))
+def _neighbour_log_probs(
+    seqs, lengths, arrays, *, log_prob_static, num_states, neighbourhood, window
+):
+    """Per sequence, the first neighbour slot where log p is NaN or +inf: (any, slot, its
+    sequence, its length, the value). Runs only to explain a non-finite result."""
+    log_prob = _merge_function(arrays, log_prob_static)
+    x = _pad_sequences(seqs, lengths, seqs.shape[1] + 1)
+
+    def one(x, length):
+        cand, cand_lengths, valid = _edit_candidates(
+            x, length, num_states=num_states, neighbourhood=neighbourhood, window=window
+        )
+        lp = jax.vmap(log_prob)(cand, cand_lengths).astype(_float_dtype())
+        bad = valid & (jnp.isnan(lp) | (lp == jnp.inf))
+        j = jnp.argmax(bad)
+        return jnp.any(bad), j, cand[j], cand_lengths[j], lp[j]
+
+    return jax.vmap(one)(x, lengths)
+
+
+def _raise_log_prob_problem(seqs, lengths, arrays, static, options):
+    """Raises a ValueError naming `log_prob` when it is NaN or +inf at a neighbour of the
+    sample (eager calls only, after a non-finite result); returns when it is not."""
+    if not all(_checks.is_concrete(a) for a in (seqs, lengths, *arrays)):
+        return
+    found, slot, cand, cand_length, value = _neighbour_log_probs(
+        seqs,
+        lengths,
+        arrays,
+        log_prob_static=static,
+        num_states=options["num_states"],
+        neighbourhood=options["neighbourhood"],
+        window=options["window"],
+    )
+    found = np.asarray(found)
+    if not found.any():
+        return
+    i = int(np.flatnonzero(found)[0])
+    length = int(cand_length[i])
+    raise ValueError(
+        f"`log_prob` is {float(value[i])} at a neighbour of seqs[{i}] (the edit in slot "
+        f"{int(slot[i])}: {np.asarray(cand[i])[:length].tolist()}, length {length}): it must be "
+        "finite at every neighbour, or -inf outside the model's support."
+    )
+
+
+def _check_result(value, seqs, lengths, arrays, static, options):
+    """A non-finite result of an eager call whose cause is `log_prob` raises naming it."""
+    if _checks.is_concrete(value) and not np.isfinite(np.asarray(value)).all():
+        _raise_log_prob_problem(seqs, lengths, arrays, static, options)
 
 
 def _prepare(seqs, lengths, log_prob, kernel, num_states, neighbourhood, window, balance):
@@ -945,27 +1033,34 @@ def zs_stein_matvec(
       block_size: rows of H held at once.
 
     Returns:
-      (n,) or (n, p).
+      (n,) or (n, p), float32 (float64 in x64 mode). Eagerly, a `log_prob` that is NaN or +inf
+      at a neighbour raises; under `jit`/`vmap` the rows of such sequences are NaN.
     """
     seqs, lengths, arrays, static, options = _prepare(
         seqs, lengths, log_prob, kernel, num_states, neighbourhood, window, balance
     )
+    exclude_diagonal = _checks.flag(exclude_diagonal, "exclude_diagonal")
+    block_size = _checks.block_size(block_size)
     v = jnp.asarray(v)
-    if v.shape[0] != seqs.shape[0] or v.ndim not in (1, 2):
+    if v.ndim not in (1, 2) or v.shape[0] != seqs.shape[0]:
         raise ValueError(
             f"`v` must have shape (n,) or (n, p) with n = {seqs.shape[0]}, got {v.shape}."
         )
-    return _zs_stein_matvec(
+    if not (jnp.issubdtype(v.dtype, jnp.floating) or jnp.issubdtype(v.dtype, jnp.integer)):
+        raise TypeError(f"`v` must hold real numbers, got dtype {v.dtype}.")
+    out = _zs_stein_matvec(
         seqs,
         lengths,
         arrays,
         kernel,
         v.astype(_float_dtype()),
         log_prob_static=static,
-        exclude_diagonal=bool(exclude_diagonal),
+        exclude_diagonal=exclude_diagonal,
         block_size=block_size,
         **options,
     )
+    _check_result(out, seqs, lengths, arrays, static, options)
+    return out
 
 
 _STATIC = ("log_prob_static", "num_states", "neighbourhood", "window", "block_size")
@@ -1042,25 +1137,32 @@ def ksd2_seq(
       neighbourhood: "zs" (ZS_J, the default), "zs_inf" or "substitution" (ZS').
       window: J, the trailing positions edited by "zs" and "substitution" (None: all).
       balance: "barker" (default) or "sqrt".
-      unbiased: U-statistic (default) or V-statistic.
+      unbiased: U-statistic (default) or V-statistic (a bool).
       block_size: rows of the Stein kernel matrix held at once (memory O(block_size * n)).
 
     Returns:
-      A scalar.
+      A scalar, float32 (float64 in x64 mode) whatever dtype `log_prob` returns. Eagerly, a
+      `log_prob` that is not finite at a sample sequence, or NaN or +inf at a neighbour,
+      raises a ValueError naming it; under `jit`/`vmap`, where the checks cannot run, such
+      input (and tokens or lengths out of range) gives NaN.
     """
+    unbiased = _checks.flag(unbiased, "unbiased")
+    block_size = _checks.block_size(block_size)
     seqs, lengths, arrays, static, options = _prepare(
         seqs, lengths, log_prob, kernel, num_states, neighbourhood, window, balance
     )
-    return _ksd_seq(
+    value = _ksd_seq(
         seqs,
         lengths,
         arrays,
         kernel,
         log_prob_static=static,
-        unbiased=bool(unbiased),
+        unbiased=unbiased,
         block_size=block_size,
         **options,
     )
+    _check_result(value, seqs, lengths, arrays, static, options)
+    return value
 
 
 @partial(jax.jit, static_argnames=(*_STATIC, "unbiased"))
@@ -1135,7 +1237,7 @@ def ksd_seq_test(
       seqs, lengths, log_prob, kernel: as in `ksd2_seq`.
       num_states, neighbourhood, window, balance: as in `ksd2_seq`.
       num_bootstrap: B.
-      alpha: level.
+      alpha: level in (0, 1); may be traced (e.g. vmapped over).
       bootstrap: "wild" (the default) or "multinomial". With the paper's small samples
         (n = 8-30) the multinomial bootstrap over-rejects (measured 0.087 at n = 20, alpha =
         0.05, 1000 replicates; in the 99% interval at n = 200); the wild bootstrap holds its
@@ -1144,16 +1246,21 @@ def ksd_seq_test(
       block_size: rows of the Stein kernel matrix held at once.
 
     Returns:
-      `TestResult(statistic, p_value, reject, null_samples)`.
+      `TestResult(statistic, p_value, reject, null_samples)`, float32 (float64 in x64 mode).
+      It rejects only when the statistic and p-value are finite. Eagerly, a `log_prob` that is
+      not finite at a sample sequence, or NaN or +inf at a neighbour, raises a ValueError
+      naming it; under `jit`/`vmap` such input (and tokens or lengths out of range) gives a
+      NaN statistic and p-value and no rejection.
     """
     _checks.choice(bootstrap, "bootstrap", ("multinomial", "wild"))
     num_bootstrap = _checks.positive_int(num_bootstrap, "num_bootstrap")
-    alpha = _checks.probability(alpha, "alpha")
-    flip_probability = _checks.probability(flip_probability, "flip_probability")
+    alpha = _checks.probability(alpha, "alpha", traced_ok=True)
+    flip_probability = _checks.probability(flip_probability, "flip_probability", traced_ok=True)
+    block_size = _checks.block_size(block_size)
     seqs, lengths, arrays, static, options = _prepare(
         seqs, lengths, log_prob, kernel, num_states, neighbourhood, window, balance
     )
-    return _ksd_seq_bootstrap_test(
+    result = _ksd_seq_bootstrap_test(
         key,
         seqs,
         lengths,
@@ -1167,6 +1274,8 @@ def ksd_seq_test(
         block_size=block_size,
         **options,
     )
+    _check_result(result.statistic, seqs, lengths, arrays, static, options)
+    return result
 
 
 @partial(jax.jit, static_argnames=(*_STATIC, "num_bootstrap", "wild"))

@@ -1,5 +1,14 @@
 """The experiment tasks. Each module defines a frozen dataclass `Config` and
-`run(cfg: Config, ctx: RunContext) -> dict`; modules are imported only when used."""
+`run(cfg: Config, ctx: RunContext) -> dict`; modules are imported only when used.
+
+A task that needs an optional package (a comparator library) names it in a module-level
+`REQUIRES = {package: how to install it}`: the runner checks that each imports before it makes
+the run folder (`experiments.runner.check_requirements`).
+
+Tasks that run hypothesis tests report, next to each rejection rate, how many replicates were
+not finite (`num_nonfinite`): a test whose statistic or p-value is not finite does not reject
+(`kmethods.testing.decide`), so such replicates lower the rate rather than raise it, and the
+count says how many there were."""
 
 from __future__ import annotations
 
@@ -27,3 +36,20 @@ def get_task(name: str) -> types.ModuleType:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
     return importlib.import_module(TASKS[name])
+
+
+def nonfinite(result):
+    """Whether each test of `result` (a `kmethods.TestResult`, or a vmapped batch of them) had
+    a statistic or p-value that is not finite: the replicates a task counts as `num_nonfinite`
+    (works on traced values, inside `jit` / `vmap`)."""
+    import jax.numpy as jnp
+
+    return ~(jnp.isfinite(result.statistic) & jnp.isfinite(result.p_value))
+
+
+def nonfinite_streams(result):
+    """How many streams of a vmapped `kmethods.sequential.SequentialResult` have a NaN wealth
+    (a +inf wealth is a float32 overflow of a large one, and counts as finite evidence)."""
+    import jax.numpy as jnp
+
+    return int(jnp.sum(jnp.any(jnp.isnan(result.wealth), axis=-1)))

@@ -10,7 +10,8 @@ shift (MMD):
   approximation for n > 20).
 
 kseq is timed on its first call (compilation included) and warm (median of `repeats` calls
-with new keys); hyppo once per repeat, median. Above `hyppo_permutation_max_n` hyppo's
+with new keys; `kseq_num_nonfinite` counts those calls whose statistic or p-value was not
+finite); hyppo once per repeat, median. Above `hyppo_permutation_max_n` hyppo's
 permutation test runs `hyppo_reps_large` permutations and its time is scaled linearly to B
 (flagged `extrapolated`).
 
@@ -40,7 +41,11 @@ import numpy as np
 
 import kmethods as km
 from experiments.config import ConfigError, require_at_least
+from experiments.tasks import nonfinite
 from experiments.timing import timed
+
+# The comparator, an optional package: checked by the runner before the run folder is made.
+REQUIRES = {"hyppo": "pip install hyppo, or pip install -e '.[dev]'"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,10 +139,13 @@ def _hyppo_test(test):
 
 
 def _bench_kseq(key, test, x, y, null, cfg):
+    """(first call's seconds, median warm seconds, first result, how many of the calls had a
+    statistic or p-value that is not finite)."""
     call = _kseq_call(test, x, y, null, cfg)
     first, res = timed(lambda: call(key))
-    warm = [timed(lambda i=i: call(jax.random.fold_in(key, i + 1)))[0] for i in range(cfg.repeats)]
-    return first, statistics.median(warm), res
+    runs = [timed(lambda i=i: call(jax.random.fold_in(key, i + 1))) for i in range(cfg.repeats)]
+    bad = sum(bool(nonfinite(r)) for r in [res, *(r for _, r in runs)])
+    return first, statistics.median(t for t, _ in runs), res, bad
 
 
 def _bench_unit(key, test, n, cfg) -> list[dict]:
@@ -150,7 +158,7 @@ def _bench_unit(key, test, n, cfg) -> list[dict]:
 
     # Permutation nulls. hyppo's takes minutes, so it is timed once; a fresh instance for every
     # call, since its test(auto=False) mutates the instance.
-    first, warm, res = _bench_kseq(key, test, x, y, "permutation", cfg)
+    first, warm, res, bad = _bench_kseq(key, test, x, y, "permutation", cfg)
     extrapolated = n > cfg.hyppo_permutation_max_n
     reps = cfg.hyppo_reps_large if extrapolated else cfg.num_permutations
     seconds, out = timed(lambda: _hyppo_test(test).test(xn, yn, reps=reps, auto=False))
@@ -166,6 +174,7 @@ def _bench_unit(key, test, n, cfg) -> list[dict]:
         "ratio_warm": hyppo_time / warm,
         "ratio_first": hyppo_time / first,
         "kseq_p": float(res.p_value),
+        "kseq_num_nonfinite": bad,
         "hyppo_p": float(out[1]),
         "kseq_statistic": float(res.statistic),
         "hyppo_statistic": reference_stat,
@@ -174,7 +183,7 @@ def _bench_unit(key, test, n, cfg) -> list[dict]:
     }
 
     # Fast nulls: kseq's gamma approximation against hyppo's default (chi-square) path.
-    first, warm, res = _bench_kseq(key, test, x, y, "gamma", cfg)
+    first, warm, res, bad = _bench_kseq(key, test, x, y, "gamma", cfg)
     runs = [timed(lambda: _hyppo_test(test).test(xn, yn)) for _ in range(cfg.repeats)]
     hyppo_time = statistics.median(t for t, _ in runs)
     fast = {
@@ -188,6 +197,7 @@ def _bench_unit(key, test, n, cfg) -> list[dict]:
         "ratio_warm": hyppo_time / warm,
         "ratio_first": hyppo_time / first,
         "kseq_p": float(res.p_value),
+        "kseq_num_nonfinite": bad,
         "hyppo_p": float(runs[-1][1][1]),
     }
     return [perm, fast]
@@ -195,10 +205,6 @@ def _bench_unit(key, test, n, cfg) -> list[dict]:
 
 def run(cfg: Config, ctx) -> dict:
     """Times both libraries on every (test, n); returns one record per (test, n, null)."""
-    try:
-        import hyppo  # noqa: F401
-    except ImportError as err:  # pragma: no cover - dev extra
-        raise ImportError("bench_tests needs hyppo: pip install -e '.[dev]'") from err
     import warnings
 
     records = []

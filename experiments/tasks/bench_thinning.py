@@ -46,6 +46,10 @@ from experiments.timing import timed
 Method = Literal["kt", "compresspp"]
 
 
+# The comparator, an optional package: checked by the runner before the run folder is made.
+REQUIRES = {"goodpoints": "pip install goodpoints, or pip install -e '.[dev]'"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Parameters of the benchmark.
@@ -264,10 +268,6 @@ def _bench_unit(method: str, n: int, d: int, cfg: Config, seed0: int, compare: b
 
 def run(cfg: Config, ctx) -> dict:
     """Times and scores both libraries on every (method, d, n); one record each."""
-    try:
-        import goodpoints  # noqa: F401
-    except ImportError as err:  # pragma: no cover - dev extra
-        raise ImportError("bench_thinning needs goodpoints: pip install -e '.[dev]'") from err
     units = [(m, n, d, True) for m in cfg.methods for d in cfg.dims for n in cfg.sample_sizes]
     units += [
         (m, n, d, False)

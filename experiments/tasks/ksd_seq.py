@@ -18,8 +18,9 @@ wild (default) or multinomial bootstrap. Kernels: "csk" the contiguous-subsequen
 substrings of length 3 (the authors' choice for a second-order chain), "length" a Gaussian
 kernel on the lengths alone (bandwidth 3), "hamming" the exponentiated Hamming kernel (length-
 normalised, the paper's; slowest here).
-Reported: the rejection rate with a 95% binomial half-width per (kernel, scenario, n), and the
-seconds per (kernel, n) (compilation included).
+Reported: the rejection rate with a 95% binomial half-width per (kernel, scenario, n), the
+number of tests whose statistic or p-value was not finite (`num_nonfinite`; they count as not
+rejecting), and the seconds per (kernel, n) (compilation included).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import numpy as np
 
 from experiments.config import ConfigError, require_at_least
 from experiments.plots import binomial_halfwidth, rejection_plot
+from experiments.tasks import nonfinite
 from kmethods import ksd_seq as ks
 
 Kernel = Literal["csk", "length", "hamming"]
@@ -125,12 +127,13 @@ def models(cfg: Config) -> dict:
 
 
 def _rejections(cfg: Config, kernel, n: int):
-    """(keys, sampling model, model) -> rejections, one test per key (vmapped)."""
+    """(keys, sampling model, model) -> (rejections, non-finite tests), one test per key
+    (vmapped)."""
 
     def one(key, sampler, target):
         k_data, k_test = jax.random.split(key)
         seqs, lengths = sampler.sample(k_data, n, cfg.max_length)
-        return ks.ksd_seq_test(
+        res = ks.ksd_seq_test(
             k_test,
             seqs,
             lengths,
@@ -142,7 +145,8 @@ def _rejections(cfg: Config, kernel, n: int):
             num_bootstrap=cfg.num_bootstrap,
             alpha=cfg.alpha,
             bootstrap=cfg.bootstrap,
-        ).reject
+        )
+        return res.reject, nonfinite(res)
 
     def chunk(keys, sampler, target):  # one row of `ctx.map`: `batch_size` tests vmapped
         return jax.vmap(one, in_axes=(0, None, None))(keys, sampler, target)
@@ -150,7 +154,7 @@ def _rejections(cfg: Config, kernel, n: int):
     return chunk
 
 
-def _replicates(ctx, chunk, keys, sampler, target, batch_size: int) -> np.ndarray:
+def _replicates(ctx, chunk, keys, sampler, target, batch_size: int) -> tuple[np.ndarray, ...]:
     """`chunk` over `keys` in rows of `batch_size` keys, the rows split over the run's devices
     (`RunContext.map`: each row the same program on any layout, so the rates do not depend on
     the device count)."""
@@ -159,7 +163,7 @@ def _replicates(ctx, chunk, keys, sampler, target, batch_size: int) -> np.ndarra
     rows = -(-n // batch)
     padded = jnp.concatenate([keys, jnp.repeat(keys[:1], rows * batch - n, axis=0)])
     out = ctx.map(chunk, padded.reshape(rows, batch), sampler, target, in_axes=(0, None, None))
-    return np.asarray(out).reshape(-1)[:n]
+    return tuple(np.asarray(a).reshape(-1)[:n] for a in out)
 
 
 def run(cfg: Config, ctx) -> dict:
@@ -179,7 +183,7 @@ def run(cfg: Config, ctx) -> dict:
                 # Keys depend on (n, scenario) only: every kernel sees the same samples.
                 key = jax.random.fold_in(jax.random.fold_in(root, n), j)
                 keys = jax.random.split(key, cfg.num_replicates)
-                rejects = _replicates(
+                rejects, bad = _replicates(
                     ctx, rejections, keys, samplers[scenario], target, cfg.batch_size
                 )
                 rate = float(np.mean(rejects))
@@ -190,6 +194,8 @@ def run(cfg: Config, ctx) -> dict:
                         "n": n,
                         "rejection_rate": rate,
                         "rate_halfwidth95": binomial_halfwidth(rate, cfg.num_replicates),
+                        # tests whose statistic or p-value was not finite (they never reject)
+                        "num_nonfinite": int(np.sum(bad)),
                     }
                 )
             seconds = time.perf_counter() - start

@@ -14,8 +14,9 @@ For every (method, Δ), `replicates` samples are tested, `batch_size` at once (`
 compilation per method, Δ being a traced argument); the same draws serve every Δ and method.
 With `null_delta` set, each method also runs under the null (the sample drawn from the mixture
 itself at that Δ), which estimates its level. Reported: rejection rates with 95% binomial
-half-widths, and the seconds each (method, Δ) took (the first Δ of a method includes its
-compilation).
+half-widths, the number of tests whose statistic or p-value was not finite (`num_nonfinite`;
+they count as not rejecting), and the seconds each (method, Δ) took (the first Δ of a method
+includes its compilation).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 import kmethods as km
 from experiments.config import ConfigError, require_at_least
 from experiments.plots import binomial_halfwidth
+from experiments.tasks import nonfinite
 from kmethods.pksd import pksd_test
 
 Method = Literal["ksd", "spksd", "ospksd"]
@@ -112,10 +114,26 @@ def draw_samples(key, replicates, n, dim, delta=None):
     return z.at[..., 0].add(jnp.where(right, jnp.asarray(delta, z.dtype), 0.0))
 
 
-@partial(jax.jit, static_argnames=("method", "alpha", "num_bootstrap", "num_steps"))
 def rejections(key, samples, delta, thetas, *, method, alpha, num_bootstrap, num_steps):
     """Tests every sample of the batch (R, n, d) against the bimodal target at `delta`
     (traced, so one compilation serves every Δ); returns (reject, p_value), each (R,)."""
+    reject, p_value, _ = outcomes(
+        key,
+        samples,
+        delta,
+        thetas,
+        method=method,
+        alpha=alpha,
+        num_bootstrap=num_bootstrap,
+        num_steps=num_steps,
+    )
+    return reject, p_value
+
+
+@partial(jax.jit, static_argnames=("method", "alpha", "num_bootstrap", "num_steps"))
+def outcomes(key, samples, delta, thetas, *, method, alpha, num_bootstrap, num_steps):
+    """`rejections` and, per sample, whether its statistic or p-value was not finite:
+    (reject, p_value, nonfinite), each (R,)."""
 
     def log_prob(z):
         return bimodal_log_prob(z, delta)
@@ -144,7 +162,7 @@ def rejections(key, samples, delta, thetas, *, method, alpha, num_bootstrap, num
         )
 
     res = jax.vmap(one)(jax.random.split(key, samples.shape[0]), samples)
-    return res.reject, res.p_value
+    return res.reject, res.p_value, nonfinite(res)
 
 
 def run(cfg: Config, ctx) -> dict:
@@ -171,9 +189,9 @@ def run(cfg: Config, ctx) -> dict:
 
         def compute(samples=samples, method=method, hypothesis=hypothesis, delta=delta, key=key):
             start = time.perf_counter()
-            rejects = []
+            rejects, bad = [], []
             for b in range(0, reps, cfg.batch_size):
-                reject, _ = rejections(
+                reject, _, nonfinite_b = outcomes(
                     jax.random.fold_in(key, b),
                     ctx.shard(samples[b : b + cfg.batch_size]),
                     jnp.asarray(delta, samples.dtype),
@@ -184,6 +202,7 @@ def run(cfg: Config, ctx) -> dict:
                     num_steps=cfg.num_steps,
                 )
                 rejects.append(np.asarray(reject))
+                bad.append(np.asarray(nonfinite_b))
             rate = float(np.mean(np.concatenate(rejects)))
             return {
                 "method": method,
@@ -191,6 +210,8 @@ def run(cfg: Config, ctx) -> dict:
                 "delta": float(delta),
                 "rejection_rate": rate,
                 "rate_halfwidth95": binomial_halfwidth(rate, reps),
+                # tests whose statistic or p-value was not finite (they never reject)
+                "num_nonfinite": int(np.sum(np.concatenate(bad))),
                 "seconds": time.perf_counter() - start,
             }
 

@@ -9,6 +9,9 @@ replicate's own data.
 - HSIC (independence, permutation null): y = hsic_rho * x + N(0, I_d).
 - KSD (goodness of fit to N(0, I_d), multinomial bootstrap): x ~ N(ksd_shift * 1, I_d).
 
+Each record also counts the replicates whose statistic or p-value was not finite
+(`num_nonfinite_size`, `num_nonfinite_power`); they count as not rejecting in the rates.
+
 Run with `kseq run configs/quickstart.yaml`.
 """
 
@@ -23,6 +26,7 @@ import jax.numpy as jnp
 import kmethods as km
 from experiments.config import ConfigError, require_at_least
 from experiments.plots import rejection_plot
+from experiments.tasks import nonfinite
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,9 +70,8 @@ def _mmd(key, n, d, shift, cfg):
     x = jax.random.normal(kx, (n, d))
     y = shift + jax.random.normal(ky, (n, d))
     kernel = km.Gaussian(km.median_bandwidth(jnp.concatenate([x, y])))
-    return km.mmd_test(
-        kt, x, y, kernel, num_permutations=cfg.num_permutations, alpha=cfg.alpha
-    ).reject
+    res = km.mmd_test(kt, x, y, kernel, num_permutations=cfg.num_permutations, alpha=cfg.alpha)
+    return res.reject, nonfinite(res)
 
 
 def _hsic(key, n, d, rho, cfg):
@@ -77,18 +80,20 @@ def _hsic(key, n, d, rho, cfg):
     y = rho * x + jax.random.normal(ky, (n, d))
     kernel_x = km.Gaussian(km.median_bandwidth(x))
     kernel_y = km.Gaussian(km.median_bandwidth(y))
-    return km.hsic_test(
+    res = km.hsic_test(
         kt, x, y, kernel_x, kernel_y, num_permutations=cfg.num_permutations, alpha=cfg.alpha
-    ).reject
+    )
+    return res.reject, nonfinite(res)
 
 
 def _ksd(key, n, d, shift, cfg):
     kx, kt = jax.random.split(key)
     x = shift + jax.random.normal(kx, (n, d))
     kernel = km.IMQ(bandwidth=km.median_bandwidth(x))
-    return km.ksd_test(
+    res = km.ksd_test(
         kt, x, lambda z: -z, kernel, num_bootstrap=cfg.num_permutations, alpha=cfg.alpha
-    ).reject
+    )
+    return res.reject, nonfinite(res)
 
 
 TESTS = {
@@ -117,11 +122,17 @@ def run(cfg: Config, ctx) -> dict:
 
         def compute(rates=rates, keys=keys, param=param, name=name, n=n):
             # the replicates are split over the run's devices (`devices` in the config)
-            size = float(jnp.mean(rates(ctx.shard(keys[: cfg.num_replicates]), 0.0)))
-            power = float(
-                jnp.mean(rates(ctx.shard(keys[cfg.num_replicates :]), getattr(cfg, param)))
-            )
-            return {"test": name, "n": n, "size": size, "power": power}
+            null_reject, null_bad = rates(ctx.shard(keys[: cfg.num_replicates]), 0.0)
+            alt_reject, alt_bad = rates(ctx.shard(keys[cfg.num_replicates :]), getattr(cfg, param))
+            return {
+                "test": name,
+                "n": n,
+                "size": float(jnp.mean(null_reject)),
+                "power": float(jnp.mean(alt_reject)),
+                # replicates whose statistic or p-value was not finite (they never reject)
+                "num_nonfinite_size": int(jnp.sum(null_bad)),
+                "num_nonfinite_power": int(jnp.sum(alt_bad)),
+            }
 
         # one resumable unit per (test, n): `kseq run --resume` reuses the finished ones
         records.append(ctx.unit(f"{name}-n{n}", compute))

@@ -5,8 +5,9 @@ P = N(0, I_d) and Q = N(delta e_1, I_d); at each step one point of each arrives,
 payoff, ONS or aGRAPA betting) bets on it with a Gaussian kernel of fixed bandwidth
 (sqrt(d) unless set). For every delta and betting strategy, `num_streams` streams of
 `num_steps` steps run at once (`jax.vmap`); the same draws serve every delta. Reported: the
-rejection rate (95% binomial half-width) and the mean normalised stopping time tau / T
-(tau = T when a stream never rejects) against delta. At delta = 0 the rate is the test's
+rejection rate (95% binomial half-width), the number of streams whose wealth became NaN
+(`num_nonfinite`; they never reject) and the mean normalised stopping time tau / T (tau = T
+when a stream never rejects) against delta. At delta = 0 the rate is the test's
 false-alarm rate under continuous monitoring, at most alpha. `seconds` is the wall time of all
 streams of one (delta, bet); the first delta of each bet includes compilation.
 """
@@ -25,6 +26,7 @@ import numpy as np
 import kmethods as km
 from experiments.config import ConfigError, require_at_least
 from experiments.plots import binomial_halfwidth, sequential_rate_plot
+from experiments.tasks import nonfinite_streams
 
 Bet = Literal["ons", "agrapa"]
 
@@ -96,6 +98,8 @@ def run(cfg: Config, ctx) -> dict:
             "bet": bet,
             "rejection_rate": rate,
             "rate_halfwidth95": binomial_halfwidth(rate, cfg.num_streams),
+            # streams whose wealth became NaN (they never reject)
+            "num_nonfinite": nonfinite_streams(res),
             "stopping_time_mean": float(np.mean(normalised)),
             "stopping_time_median": float(np.median(normalised)),
             "seconds": seconds,

@@ -1,0 +1,359 @@
+"""The `kseq` command never shows a traceback for a foreseeable fault: each prints one line,
+`kseq <command>: error: ...`, naming the key, file or package, exits non-zero and writes
+nothing outside `--out`. Also: resume refuses an edited config, a finished run keeps its
+times, written files follow the umask, and non-finite test replicates are counted.
+
+Most checks call `experiments.cli.main` in-process (a subprocess pays a JAX import); Ctrl-C
+needs a real process and signal."""
+
+import errno
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from experiments import runner
+from experiments.cli import main
+
+KSEQ = [sys.executable, "-m", "experiments.cli"]
+QUICKSTART = "configs/quickstart.yaml"
+REPLICATES = 4
+# Two units (mmd, hsic); the MMD's alternative is NaN data, so every one of its replicates has
+# a NaN statistic, while HSIC's are all finite.
+TINY = [
+    "params.tests=[mmd,hsic]",
+    "params.sample_sizes=[8]",
+    f"params.num_replicates={REPLICATES}",
+    "params.num_permutations=9",
+    "params.mmd_shift=.nan",
+    "devices.count=1",
+]
+
+
+def _sets(overrides):
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def _tree(root: pathlib.Path, skip: pathlib.Path | None = None) -> dict:
+    """Every path under `root` (except under `skip`) with its size, to check that nothing
+    was written."""
+    out = {}
+    for path in root.rglob("*"):
+        if skip is not None and (path == skip or skip in path.parents):
+            continue
+        out[str(path.relative_to(root))] = path.stat().st_size if path.is_file() else None
+    return out
+
+
+def _error_line(err: str, command: str, *needles: str) -> str:
+    """The one `kseq` line on stderr: an error of `command` holding every needle."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("kseq")]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"kseq {command}: error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished tiny quickstart run, made under umask 022; tests copy it before changing it."""
+    out = tmp_path_factory.mktemp("finished")
+    old = os.umask(0o022)
+    try:
+        assert main(["run", QUICKSTART, "--out", str(out), "--quiet", *_sets(TINY)]) == 0
+    finally:
+        os.umask(old)
+    (run_dir,) = (out / "quickstart").iterdir()
+    return run_dir
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run, copy)
+    return copy
+
+
+# ----------------------------------------------------------------- config checks, no folder
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "nested"])
+def test_run_name_must_be_a_plain_folder_name(tmp_path, capsys, kind):
+    out = tmp_path / "parent" / "out"
+    name = {"dotdot": "../../escaped", "absolute": str(tmp_path / "abs"), "nested": "a/b"}[kind]
+    before = _tree(tmp_path)
+    code = main(["run", QUICKSTART, "--out", str(out), "--quiet", "--set", f"name={name}"])
+    assert code == 2
+    _error_line(capsys.readouterr().err, "run", "`name`", name)
+    assert _tree(tmp_path) == before  # nothing written anywhere, --out included
+
+
+def test_oversized_seed_is_refused_before_any_folder(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["run", QUICKSTART, "--out", str(out), "--set", f"seed={2**70}", *_sets(TINY)])
+    assert code == 2
+    _error_line(capsys.readouterr().err, "run", "`seed`")
+    assert not out.exists()
+    # seeds that `jax.random.key` would fold onto another (2**32 is seed 0) are refused too
+    assert main(["run", QUICKSTART, "--out", str(out), "--set", f"seed={2**32}"]) == 2
+    assert main(["run", QUICKSTART, "--out", str(out), "--set", "seed=-1"]) == 2
+    assert not out.exists()
+
+
+def test_too_many_devices_is_refused_before_any_folder(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["run", QUICKSTART, "--out", str(out), "--set", "devices.count=999"])
+    assert code == 2
+    _error_line(capsys.readouterr().err, "run", "`devices.count`")
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------- --out
+
+
+def test_read_only_out(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anyway: make mkdir under --out fail as it would
+        real_mkdir = os.mkdir
+
+        def mkdir(path, *args, **kwargs):
+            if out in pathlib.Path(path).parents:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_mkdir(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "mkdir", mkdir)
+    before = _tree(tmp_path)
+    try:
+        code = main(["run", QUICKSTART, "--out", str(out), *_sets(TINY)])
+    finally:
+        out.chmod(0o755)
+    assert code == 1
+    _error_line(capsys.readouterr().err, "run", str(out), "Permission denied")
+    assert _tree(tmp_path) == before
+
+
+def test_out_that_is_a_file(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.write_text("not a folder\n")
+    before = _tree(tmp_path)
+    assert main(["run", QUICKSTART, "--out", str(out), *_sets(TINY)]) == 1
+    _error_line(capsys.readouterr().err, "run", str(out))
+    assert _tree(tmp_path) == before
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    """Another run may take a timestamp's folder between any check and the `mkdir`: simulated
+    by a fixed clock, a folder that never seems to exist, and threads racing."""
+
+    class Clock:
+        class datetime:
+            @staticmethod
+            def now():
+                import datetime
+
+                return datetime.datetime(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr(runner, "_dt", Clock)
+    monkeypatch.setattr(pathlib.Path, "exists", lambda self: False)
+    made = [runner._new_run_dir(tmp_path, "q") for _ in range(3)]
+    assert [p.name for p in made] == ["20260102-030405", "20260102-030405-1", "20260102-030405-2"]
+
+    results, errors = [], []
+
+    def start():
+        try:
+            results.append(runner._new_run_dir(tmp_path, "r"))
+        except Exception as err:  # pragma: no cover - the failure this test is about
+            errors.append(err)
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(results)) == 8
+
+
+# ----------------------------------------------------------------- corrupt files
+
+
+def test_corrupt_unit_on_resume(run_copy, capsys):
+    (run_copy / "results.json").unlink()
+    unit = run_copy / "units" / "mmd-n8.json"
+    unit.write_text('{"test": "mmd", "si')  # cut short, as by a copy gone wrong
+    before = _tree(run_copy)
+    assert main(["run", "--resume", str(run_copy), "--quiet"]) == 1
+    _error_line(capsys.readouterr().err, "run", str(unit), "delete it")
+    assert _tree(run_copy) == before  # refused before anything ran
+
+
+def test_corrupt_results_on_show(run_copy, capsys):
+    (run_copy / "results.json").write_bytes(b"\x00\xff{")
+    assert main(["show", str(run_copy)]) == 1
+    _error_line(capsys.readouterr().err, "show", str(run_copy / "results.json"))
+
+
+# ----------------------------------------------------------------- missing packages
+
+
+@pytest.mark.parametrize(
+    "task,package", [("bench_tests", "hyppo"), ("bench_thinning", "goodpoints")]
+)
+def test_missing_comparator_package(tmp_path, capsys, monkeypatch, task, package):
+    monkeypatch.setitem(sys.modules, package, None)  # `import package` now fails
+    out = tmp_path / "out"
+    assert main(["run", f"configs/{task}.yaml", "--out", str(out), "--quiet"]) == 1
+    _error_line(capsys.readouterr().err, "run", package, f"pip install {package}")
+    assert not out.exists()  # checked before the run folder is made
+
+
+# ----------------------------------------------------------------- kseq list
+
+
+def test_list_skips_unreadable_configs(tmp_path, capsys):
+    shutil.copy(QUICKSTART, tmp_path / "good.yaml")
+    (tmp_path / "broken.yaml").write_text("task: [quickstart\n")
+    (tmp_path / "sequence.yaml").write_text("- a\n- b\n")
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00task")
+    (tmp_path / "odd_task.yaml").write_text("task: [1, 2]\n")
+    assert main(["list", "--dir", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "good.yaml" in captured.out and "task=quickstart" in captured.out
+    assert "odd_task.yaml" in captured.out
+    warned = [line for line in captured.err.splitlines() if line.startswith("kseq list: warning")]
+    assert sorted(re.findall(r"\w+\.yaml", " ".join(warned))) == [
+        "binary.yaml",
+        "broken.yaml",
+        "sequence.yaml",
+    ]
+    assert "Traceback" not in captured.err
+
+
+# ----------------------------------------------------------------- resume
+
+
+def _results(run_dir):
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def test_resume_refuses_an_edited_config(run_copy, capsys):
+    config = run_copy / "config.yaml"
+    text = config.read_text()
+    assert f"num_replicates: {REPLICATES}\n" in text
+    config.write_text(
+        text.replace(f"num_replicates: {REPLICATES}\n", "num_replicates: 500\n").replace(
+            "alpha: 0.05", "alpha: 0.1"
+        )
+    )
+    before = _tree(run_copy)
+    assert main(["run", "--resume", str(run_copy), "--quiet"]) == 2
+    line = _error_line(
+        capsys.readouterr().err, "run", "params.num_replicates", "500", "params.alpha"
+    )
+    assert "params.num_permutations" not in line  # only the changed keys
+    assert _tree(run_copy) == before
+    # undoing the edit makes the run resumable again
+    config.write_text(text)
+    assert main(["run", "--resume", str(run_copy), "--quiet"]) == 0
+
+
+def test_resume_of_a_finished_run_keeps_its_times(run_copy, capsys):
+    original = _results(run_copy)
+    for count in (1, 2):
+        assert main(["run", "--resume", str(run_copy), "--quiet"]) == 0
+        resumed = _results(run_copy)
+        assert resumed["results"] == original["results"]
+        for key in ("started", "finished", "wall_seconds"):
+            assert resumed["meta"][key] == original["meta"][key], key
+        assert len(resumed["meta"]["resumed"]) == count
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(run_copy)
+
+
+def test_resume_of_a_run_folder_without_its_record(run_copy):
+    """Run folders made before `.run.json` existed resume as before (nothing to check)."""
+    reference = _results(run_copy)
+    (run_copy / runner.RUN_RECORD).unlink()
+    (run_copy / "results.json").unlink()
+    assert main(["run", "--resume", str(run_copy), "--quiet"]) == 0
+    resumed = _results(run_copy)
+    assert resumed["results"] == reference["results"]
+    assert resumed["meta"]["resumed_units"] == 2 and len(resumed["meta"]["resumed"]) == 1
+
+
+# ----------------------------------------------------------------- files and results
+
+
+def test_written_files_follow_the_umask(finished_run, tmp_path):
+    files = [
+        finished_run / "config.yaml",
+        finished_run / "results.json",
+        finished_run / "metrics.jsonl",
+        *(finished_run / "units").iterdir(),
+        *(finished_run / "plots").iterdir(),
+    ]
+    assert len(files) == 6
+    assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: 0o644 for p in files}
+    folders = [finished_run, finished_run / "units", finished_run / "plots"]
+    assert {p.stat().st_mode & 0o777 for p in folders} == {0o755}
+    old = os.umask(0o027)
+    try:
+        runner.atomic_write_text(tmp_path / "sub" / "x.json", "{}\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "sub" / "x.json").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "sub").stat().st_mode & 0o777 == 0o750
+
+
+def test_nonfinite_replicates_are_counted(finished_run):
+    rates = {r["test"]: r for r in _results(finished_run)["results"]["rates"]}
+    mmd, hsic = rates["mmd"], rates["hsic"]
+    # NaN data: every replicate's statistic is NaN, none rejects, and the count says so
+    assert mmd["num_nonfinite_power"] == REPLICATES and mmd["power"] == 0.0
+    assert mmd["num_nonfinite_size"] == 0
+    assert hsic["num_nonfinite_size"] == hsic["num_nonfinite_power"] == 0
+
+
+# ----------------------------------------------------------------- Ctrl-C
+
+
+def test_ctrl_c_prints_the_resume_command(tmp_path, capsys):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [*KSEQ, "run", QUICKSTART, "--out", str(out), "--quiet", *_sets(TINY)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("quickstart/*/config.yaml")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no run folder appeared"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (stdout, stderr)
+    (run_dir,) = (out / "quickstart").iterdir()
+    line = _error_line(stderr, "run", f"kseq run --resume {run_dir}")
+    assert not (run_dir / "results.json").exists()
+    # the printed command finishes the run
+    command = line.split("kseq run ", 2)[-1].split()
+    assert main(["run", *command, "--quiet"]) == 0
+    assert capsys.readouterr().out.strip() == str(run_dir)
+    assert len(_results(run_dir)["results"]["rates"]) == 2
