@@ -55,7 +55,7 @@ from kmethods import _checks
 from kmethods.kernels import IMQ, _safe_sqrt
 from kmethods.pairwise import gram_matvec, sqdist
 from kmethods.stein import langevin_stein_matvec
-from kmethods.testing import TestResult, resample_p_value
+from kmethods.testing import decide, resample_p_value
 
 __all__ = ["DEFAULT_THETAS", "Modes", "find_modes", "perturb", "pksd_test"]
 
@@ -335,18 +335,25 @@ def _jump_log_ratio(x, lp_x, i, j, theta, jumps, log_prob, pair):
     return moved, lp_moved, jnp.where(i == j, -jnp.inf, log_ratio)
 
 
+def _garbage(lp):
+    """log p is NaN or +inf: a value no density has (-inf is a point outside the support)."""
+    return jnp.isnan(lp) | (lp == jnp.inf)
+
+
 def _mh_jump_step(state, u, theta, jumps, log_prob, pair):
-    """One MH step for one point; u holds three uniforms (pair, pair, acceptance)."""
-    x, lp = state
+    """One MH step for one point; u holds three uniforms (pair, pair, acceptance). `bad`
+    records a NaN or +inf log p at a proposal, which the comparison with u would otherwise
+    turn into a silent rejection (NaN) or acceptance (+inf) of the move."""
+    x, lp, bad = state
     i, j = _choose_pair(u[0], u[1], x, jumps, pair)
     moved, lp_moved, log_ratio = _jump_log_ratio(x, lp, i, j, theta, jumps, log_prob, pair)
     accept = jnp.log(u[2]) < log_ratio
-    return jnp.where(accept, moved, x), jnp.where(accept, lp_moved, lp)
+    return jnp.where(accept, moved, x), jnp.where(accept, lp_moved, lp), bad | _garbage(lp_moved)
 
 
 def _mala_step(state, noise, u, step_size, log_prob):
     """One MALA step for one point, from a standard normal `noise` and a uniform `u`."""
-    x, lp, score = state
+    x, lp, score, bad = state
     moved = x + step_size * score + jnp.sqrt(2.0 * step_size) * noise
     lp_moved, score_moved = jax.value_and_grad(log_prob)(moved)
     lp_moved, score_moved = lp_moved.astype(x.dtype), score_moved.astype(x.dtype)
@@ -355,7 +362,8 @@ def _mala_step(state, noise, u, step_size, log_prob):
     log_ratio = lp_moved - lp + (forward - backward) / (4.0 * step_size)
     accept = jnp.log(u) < log_ratio
     keep = lambda new, old: jnp.where(accept, new, old)
-    return keep(moved, x), keep(lp_moved, lp), keep(score_moved, score)
+    bad = bad | _garbage(lp_moved) | (jnp.isfinite(lp_moved) & ~jnp.all(jnp.isfinite(score_moved)))
+    return keep(moved, x), keep(lp_moved, lp), keep(score_moved, score), bad
 
 
 def _uniforms_per_step(x, transition):
@@ -367,24 +375,33 @@ def _uniforms_per_step(x, transition):
 def _perturb(u, x, theta, jumps, *, log_prob, transition, pair):
     """Transitions applied to every point independently, one per leading slice of the uniforms
     u, shape (T, n, k) (all drawn at once: each random call site costs compile time); theta is
-    a scalar or one value per point, shape (n,)."""
+    a scalar or one value per point, shape (n,).
+
+    A point whose chain met garbage from `log_prob` (not finite at the start, NaN or +inf at a
+    proposal; for MALA also a non-finite score where log p is finite) comes back as NaN: the
+    chain is no longer p-invariant, and a NaN point makes the statistic NaN (no rejection)
+    instead of a silently different sample.
+    """
     dtype, n = x.dtype, x.shape[0]
     theta = jnp.broadcast_to(theta, (n,))
     if transition == "mala":
         lp, score = jax.vmap(jax.value_and_grad(log_prob))(x)
-        state = (x, lp.astype(dtype), score.astype(dtype))
+        lp, score = lp.astype(dtype), score.astype(dtype)
+        bad = ~jnp.isfinite(lp) | ~jnp.all(jnp.isfinite(score), axis=-1)
+        state = (x, lp, score, bad)
         # Standard normals by inversion; the half-spacing shift keeps u in (0, 1).
         to_normal = lambda v: jax.scipy.special.ndtri(v + 0.5 * jnp.finfo(dtype).eps)
         step = lambda s, v, t: _mala_step(s, to_normal(v[:-1]), v[-1], t, log_prob)
     else:
-        state = (x, jax.vmap(log_prob)(x).astype(dtype))
+        lp = jax.vmap(log_prob)(x).astype(dtype)
+        state = (x, lp, ~jnp.isfinite(lp))
         step = lambda s, v, t: _mh_jump_step(s, v, t, jumps, log_prob, pair)
 
     def advance(state, u_step):
         return jax.vmap(step)(state, u_step, theta), None
 
     state, _ = jax.lax.scan(advance, state, u)
-    return state[0]
+    return jnp.where(state[-1][:, None], jnp.nan, state[0])
 
 
 def perturb(key, x, log_prob, modes, theta, *, num_steps=10, transition="mh_jump", pair="uniform"):
@@ -402,12 +419,16 @@ def perturb(key, x, log_prob, modes, theta, *, num_steps=10, transition="mh_jump
       pair: "uniform" or "nearest", how mh_jump picks the pair of modes (module docstring).
 
     Returns:
-      (n, d), the perturbed sample; each point moves independently of the others.
+      (n, d), the perturbed sample, of x's dtype (float32 for float16 / bfloat16 input); each
+      point moves independently of the others. Eagerly, a `log_prob` that is not finite at a
+      point of `x`, or NaN or +inf at a proposed point, raises a ValueError naming it; under
+      `jit`/`vmap` the points whose chains met such a value are NaN.
     """
     x, modes = _check_transition_args(x, log_prob, modes, transition, pair, min_points=1)
     num_steps = _checks.positive_int(num_steps, "num_steps")
     _check_positive_scalar(theta, "theta")
-    return _perturb_jit(
+    _check_log_prob_values(log_prob, x)
+    moved = _perturb_jit(
         key,
         x,
         jnp.asarray(theta, x.dtype),
@@ -417,6 +438,16 @@ def perturb(key, x, log_prob, modes, theta, *, num_steps=10, transition="mh_jump
         transition=transition,
         pair=pair,
     )
+    if _checks.is_concrete(moved) and not bool(jnp.all(jnp.isfinite(moved))):
+        raise ValueError(_PERTURB_MESSAGE)
+    return moved
+
+
+_PERTURB_MESSAGE = (
+    "`log_prob` returned NaN or +inf at a point proposed by the perturbation (or, for MALA, "
+    "its gradient was not finite where log p is): it must be finite, or -inf outside the "
+    "support, everywhere the chains go."
+)
 
 
 @partial(jax.jit, static_argnames=("log_prob", "num_steps", "transition", "pair"))
@@ -529,16 +560,21 @@ def _multinomial_weights(u):
 def _summed_ksd_test(u, samples, scores, kernels, alpha, *, block_size):
     """Multinomial bootstrap test of sum_l KSD_u^2(x^l): the statistic is sum_{i != j} of the
     summed Stein kernel over n(n-1); each draw is sum_{i != j} (w_i - 1/n)(w_j - 1/n) of it, as
-    `kmethods.ksd_test` for one sample. One draw per row of the uniforms u, shape (B, n)."""
+    `kmethods.ksd_test` for one sample. One draw per row of the uniforms u, shape (B, n).
+
+    The statistic is column 0 of the same blocked product as the draws (one arithmetic path).
+    A non-finite point or score anywhere makes the statistic NaN, which never rejects: a NaN
+    term can hide in the sum only by luck of the weights."""
     n, dtype = samples.shape[1], samples.dtype
     weights = _multinomial_weights(u) - 1.0 / n
     columns = jnp.concatenate([jnp.ones((1, n), dtype), weights]).T  # (n, B + 1)
     u_columns = _summed_stein_matvec(kernels, samples, scores, columns, block_size=block_size)
     forms = jnp.einsum("ib,ib->b", columns, u_columns)
+    finite = jnp.all(jnp.isfinite(samples)) & jnp.all(jnp.isfinite(scores))
+    forms = jnp.where(finite, forms, jnp.nan)
     statistic = forms[0] / (float(n) * (n - 1))
     null_samples = forms[1:]
-    p_value = resample_p_value(statistic, null_samples)
-    return TestResult(statistic, p_value, p_value <= alpha, null_samples)
+    return decide(statistic, resample_p_value(statistic, null_samples), alpha, null_samples)
 
 
 def _scores_of(samples, log_prob):
@@ -647,7 +683,18 @@ def _pksd_core(
     samples = jnp.concatenate([x[None], perturbed])
     scores = _scores_of(samples, log_prob)
     kernels = _kernel_stack(kernel, samples)
-    return _summed_ksd_test(u_boot, samples, scores, kernels, alpha, block_size=block_size)
+    result = _summed_ksd_test(u_boot, samples, scores, kernels, alpha, block_size=block_size)
+    # Why the statistic is NaN, for the eager error: 1 non-finite x or log p(x) (only possible
+    # under jit), 2 garbage from log_prob along the chains, 3 a non-finite score.
+    x_ok = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(jax.vmap(log_prob)(x)))
+    problem = jnp.where(
+        ~x_ok,
+        1,
+        jnp.where(
+            ~jnp.all(jnp.isfinite(perturbed)), 2, jnp.where(~jnp.all(jnp.isfinite(scores)), 3, 0)
+        ),
+    )
+    return result, problem
 
 
 def pksd_test(
@@ -714,7 +761,7 @@ def pksd_test(
       thetas: (L,) positive jump scales (or MALA step sizes).
       num_steps: T, transitions per perturbation.
       num_bootstrap: multinomial bootstrap draws B.
-      alpha: level.
+      alpha: level in (0, 1); may be traced (e.g. vmapped over).
       modes: precomputed `Modes` (e.g. from `find_modes`, shared by many replicates); skips BFGS.
       start_points: (M, d) BFGS starts; default as above.
       num_starts: M when `start_points` is None.
@@ -726,8 +773,14 @@ def pksd_test(
 
     Returns:
       `TestResult(statistic, p_value, reject, null_samples)`: the statistic is the sum of the
-      KSD U-statistics above, null_samples its B bootstrap draws. Everything composes with
-      `jax.vmap` over keys and samples (a power study is one vmap).
+      KSD U-statistics above, null_samples its B bootstrap draws; of x's dtype (float32 for
+      float16 / bfloat16 input, which is computed in float32, as are log p and the scores
+      whatever dtype `log_prob` returns). Everything composes with `jax.vmap` over keys and
+      samples (a power study is one vmap). It rejects only when the statistic and p-value are
+      finite. Eagerly, a `log_prob` that is not finite at a point of `x`, NaN or +inf at a
+      point the perturbation proposes, or with a non-finite gradient raises a ValueError
+      naming it; under `jit`/`vmap` (where those checks cannot run) such values, and NaN
+      data, give a NaN statistic and p-value and no rejection.
     """
     _checks.choice(method, "method", ("spksd", "ospksd"))
     min_points = 4 if method == "ospksd" else 2
@@ -739,7 +792,7 @@ def pksd_test(
     thetas = _check_thetas(thetas, x.dtype)
     num_steps = _checks.positive_int(num_steps, "num_steps")
     num_bootstrap = _checks.positive_int(num_bootstrap, "num_bootstrap")
-    alpha = _checks.probability(alpha, "alpha")
+    alpha = _checks.probability(alpha, "alpha", traced_ok=True)
     num_starts = _checks.positive_int(num_starts, "num_starts")
     max_iterations = _checks.positive_int(max_iterations, "max_iterations")
     _check_positive_scalar(start_spread, "start_spread")
@@ -750,7 +803,8 @@ def pksd_test(
         start_points = _checks.as_points(start_points, "start_points", min_points=1)
         _checks.same_dimension(x, start_points, "x", "start_points")
         start_points = start_points.astype(x.dtype)
-    return _pksd_core(
+    _check_log_prob_values(log_prob, x)
+    result, problem = _pksd_core(
         key,
         x,
         kernel,
@@ -770,9 +824,38 @@ def pksd_test(
         max_iterations=max_iterations,
         block_size=block_size,
     )
+    if _checks.is_concrete(problem) and int(problem) != 0:
+        raise ValueError(_PROBLEMS[int(problem)])
+    return result
+
+
+_PROBLEMS = {
+    1: "`x` or `log_prob` at a point of `x` is not finite.",
+    2: _PERTURB_MESSAGE,
+    3: "the gradient of `log_prob` (the score) is not finite at a point of the sample or of a "
+    "perturbed sample.",
+}
 
 
 # ------------------------------------------------------------------------------ input checks
+
+
+@partial(jax.jit, static_argnames="log_prob")
+def _log_prob_values(x, *, log_prob):
+    return jax.vmap(log_prob)(x)
+
+
+def _check_log_prob_values(log_prob, x):
+    """Eagerly, log p must be finite at every point of the sample (before any long work)."""
+    if not _checks.is_concrete(x):
+        return
+    values = np.asarray(_log_prob_values(x, log_prob=log_prob))
+    if not np.isfinite(values).all():
+        i = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise ValueError(
+            f"`log_prob` is {values[i]} at x[{i}]: it must be finite at every point of the "
+            "sample (which must lie in the support of p)."
+        )
 
 
 def _check_log_prob(log_prob, x):
