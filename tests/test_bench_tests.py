@@ -52,6 +52,7 @@ def test_bench_tests_tiny_run(tmp_path):
     }
     for r in records:
         assert r["kseq_warm_s"] > 0 and r["hyppo_s"] > 0 and 0 < r["kseq_p"] <= 1
+        assert r["kseq_num_nonfinite"] == 0
         if r["null"] == "permutation":
             assert r["statistic_rel_diff"] < 1e-8
     assert (run_dir / "plots" / "times.png").is_file()

@@ -32,7 +32,8 @@ def _results(run_dir):
 def test_resume_in_process_reuses_units(tmp_path):
     cfg = load_config("configs/quickstart.yaml", TINY)
     run_dir = run_experiment(cfg, tmp_path, quiet=True)
-    reference = _results(run_dir)["results"]
+    first = _results(run_dir)
+    reference = first["results"]
     units = sorted((run_dir / "units").glob("*.json"))
     assert len(units) == UNITS
     # lose a unit and the results, as a kill would
@@ -44,6 +45,9 @@ def test_resume_in_process_reuses_units(tmp_path):
     resumed = _results(run_dir)
     assert resumed["results"] == reference
     assert resumed["meta"]["resumed_units"] == UNITS - 1
+    # the run keeps the time it first started, and records the resume
+    assert resumed["meta"]["started"] == first["meta"]["started"]
+    assert len(resumed["meta"]["resumed"]) == 1
     assert {p.name: p.stat().st_mtime_ns for p in units if p.name in mtimes} == mtimes
 
 
@@ -95,6 +99,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
         mtimes = {p.name: p.stat().st_mtime_ns for p in units}
         for p in units:  # atomic writes: whatever a kill left behind is whole
             json.loads(p.read_text())
+        finished = (run_dir / "results.json").exists()  # killed while exiting
         subprocess.run(
             [*KSEQ, "run", "--resume", str(run_dir), "--quiet"],
             check=True,
@@ -103,7 +108,10 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
         )
         resumed = _results(run_dir)
         assert resumed["results"] == reference
-        assert resumed["meta"].get("resumed_units", 0) == len(units)
+        if finished:  # a finished run is not computed again; the resume is recorded
+            assert len(resumed["meta"]["resumed"]) == 1
+        else:
+            assert resumed["meta"].get("resumed_units", 0) == len(units)
         assert {p.name: p.stat().st_mtime_ns for p in units} == mtimes  # none recomputed
         outcomes.append(len(units))
     # the seeded kill times land at different stages, including mid-run

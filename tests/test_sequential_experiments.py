@@ -45,7 +45,7 @@ def test_skit_power_tiny_run(tmp_path):
     for r in records:
         assert 0.0 <= r["rejection_rate"] <= 1.0 and 0.0 < r["stopping_time_mean"] <= 1.0
         assert r["kseq_s"] > 0 and r["numpy_s_per_stream"] > 0
-        assert r["reference_decisions_agree"] == 1.0
+        assert r["reference_decisions_agree"] == 1.0 and r["num_nonfinite"] == 0
         assert r["reference_max_abs_log_wealth_diff"] < 1e-3  # float32 against float64
     strong = [r for r in records if r["beta"] == 1.0]
     assert all(r["rejection_rate"] >= 0.5 for r in strong)
@@ -57,7 +57,7 @@ def test_seq_two_sample_tiny_run(tmp_path):
     tiny = [
         "params.num_steps=40",
         "params.dim=2",
-        "params.shifts=[0.0,3.0]",
+        "params.shifts=[0.0,3.0,.nan]",  # NaN data: every stream's test is void
         "params.num_streams=8",
         "params.bets=[ons]",
     ]
@@ -72,7 +72,10 @@ def test_seq_two_sample_tiny_run(tmp_path):
         )
     assert outcomes[0] == outcomes[1]  # the layout does not change a stream's outcome
     rates = {r["shift"]: r["rejection_rate"] for r in results["records"]}
-    assert set(rates) == {0.0, 3.0} and rates[3.0] >= 0.5
+    assert set(rates) == {0.0, 3.0, None} and rates[3.0] >= 0.5  # NaN is null in JSON
+    # a void stream never rejects, and the count says how many there were
+    nonfinite = {r["shift"]: r["num_nonfinite"] for r in results["records"]}
+    assert nonfinite == {0.0: 0, 3.0: 0, None: 8} and rates[None] == 0.0
     assert results["bandwidth"] == pytest.approx(math.sqrt(2))
     assert (run_dir / "plots" / "seq_two_sample.png").is_file()
 
