@@ -136,11 +136,10 @@ def main(argv=None) -> int:
                 args.command,
                 f"interrupted (Ctrl-C); finish the run with: kseq run --resume {run_dir}",
             )
+        elif args.command == "run":
+            _error(args.command, "interrupted (Ctrl-C) before the run started; nothing to resume.")
         else:
-            _error(
-                args.command,
-                "interrupted (Ctrl-C) before the run started; nothing to resume.",
-            )
+            _error(args.command, "interrupted (Ctrl-C).")
         return 130
     except (ConfigError, FileNotFoundError) as err:
         if os.environ.get("KSEQ_TRACEBACK") == "1":

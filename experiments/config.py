@@ -204,6 +204,8 @@ def load_config(path, overrides: Sequence[str] = ()) -> RunConfig:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:  # unreadable, or not text
+        raise ConfigError(f"cannot read the config file {path}: {err}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -1,15 +1,24 @@
 """Running a task into a run folder: `<out>/<name>/<timestamp>/`.
 
-The folder holds `config.yaml` (the resolved config, written first), `metrics.jsonl` (one JSON
-line per record, flushed as it is written), `units/*.json` (the finished units of work of tasks
-that declare them, which `resume_experiment` reuses), `checkpoints/<loop>/<step>/` (orbax
-checkpoints of training loops, see `experiments.checkpoints`), `plots/*.png` and
-`results.json` (written last).
+The folder holds `.run.json` (when the run started and its resolved config, written once
+before anything else and read-only: what a resume is checked against), `config.yaml` (the
+resolved config, written next), `metrics.jsonl` (one JSON line per record, flushed as it is
+written), `units/*.json` (the finished units of work of tasks that declare them, which
+`resume_experiment` reuses), `checkpoints/<loop>/<step>/` (orbax checkpoints of training
+loops, see `experiments.checkpoints`), `plots/*.png` and `results.json` (written last).
 Every file except the append-only metrics is written to a temporary name and renamed into
-place, so an interrupted run never leaves a half-written file behind. A resumed run reads back
-its finished units and restores its training loops from their latest checkpoints, and finishes
-with the results of an uninterrupted run; metrics lines of the work that was in progress (since
-a loop's last checkpoint, or of an unfinished unit) may appear twice in `metrics.jsonl`.
+place, so an interrupted run never leaves a half-written file behind; files and folders get
+the usual modes under the umask (0644 / 0755 under umask 022). The folder is made only after
+the config, the task's optional packages and the device mesh have been checked, so a run that
+cannot start leaves nothing behind.
+
+A resumed run reads back its finished units and restores its training loops from their latest
+checkpoints, and finishes with the results of an uninterrupted run; metrics lines of the work
+that was in progress (since a loop's last checkpoint, or of an unfinished unit) may appear
+twice in `metrics.jsonl`. A resume is refused when `config.yaml` no longer holds the config
+the run started with (the finished units were computed with the old values), and when a
+finished unit is corrupt; a run that had finished is not computed again (see
+`resume_experiment`).
 
 Devices. The config's `devices` section (`experiments.config.DevicesConfig`) sets the device
 mesh, `RunContext.mesh`: one axis of `count` devices, or named axes and sizes (`mesh`). Tasks

@@ -118,6 +118,14 @@ def test_too_many_devices_is_refused_before_any_folder(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_config_that_is_not_text(tmp_path, capsys):
+    config = tmp_path / "binary.yaml"
+    config.write_bytes(b"task: quickstart\n\xff\xfe")
+    assert main(["run", str(config), "--out", str(tmp_path / "out")]) == 2
+    _error_line(capsys.readouterr().err, "run", str(config))
+    assert not (tmp_path / "out").exists()
+
+
 # ----------------------------------------------------------------- --out
 
 
@@ -264,8 +272,10 @@ def test_resume_refuses_an_edited_config(run_copy, capsys):
     )
     assert "params.num_permutations" not in line  # only the changed keys
     assert _tree(run_copy) == before
-    # undoing the edit makes the run resumable again
-    config.write_text(text)
+    # undoing the edit makes the run resumable again; `devices` (how a launch computes, not
+    # the experiment) may differ
+    assert "count: 1" in text
+    config.write_text(text.replace("count: 1", "count: 2"))
     assert main(["run", "--resume", str(run_copy), "--quiet"]) == 0
 
 
