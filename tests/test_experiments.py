@@ -265,3 +265,28 @@ def test_shard_splits_the_leading_axis(tmp_path):
     assert whole.num_shards == jax.device_count()
     with pytest.raises(ValueError, match=r"devices\.mesh"):
         build_mesh(DevicesConfig(mesh={"data": jax.device_count() + 1}))
+
+
+def test_nonfinite_counts_what_a_task_reports():
+    """The per-replicate flag behind `num_nonfinite`: a statistic or p-value that is not
+    finite; for betting streams, a NaN wealth (+inf is a float32 overflow, still evidence)."""
+    import jax.numpy as jnp
+
+    from experiments.tasks import nonfinite, nonfinite_streams
+    from kmethods.sequential import SequentialResult
+    from kmethods.testing import TestResult
+
+    nan, inf = float("nan"), float("inf")
+    res = TestResult(
+        statistic=jnp.array([0.1, nan, inf, 0.2]),
+        p_value=jnp.array([0.5, nan, nan, nan]),
+        reject=jnp.zeros(4, bool),
+        null_samples=jnp.zeros((4, 0)),
+    )
+    assert nonfinite(res).tolist() == [False, True, True, True]
+    streams = SequentialResult(
+        reject=jnp.zeros(3, bool),
+        stopping_time=jnp.ones(3, jnp.int32),
+        wealth=jnp.array([[1.0, 2.0], [1.0, nan], [1.0, inf]]),
+    )
+    assert nonfinite_streams(streams) == 1
