@@ -32,6 +32,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["linear_recurrence"]
 
@@ -43,6 +44,27 @@ def common_dtype(*arrays):
     here, so this holds even under `jax_numpy_dtype_promotion="strict"`)."""
     with jax.numpy_dtype_promotion("standard"):
         return jnp.result_type(*arrays)
+
+
+# Below float32 a long recurrence is wrong, and wrong differently per solver: in bfloat16 the
+# sum of 4096 ones stops at 256 sequentially (256 + 1 rounds back to 256) and reaches 4032 by
+# the tree. So float16 and bfloat16 inputs are solved in float32 (flax's `dtype` idea: the
+# storage dtype is not the accumulation dtype) and the result is rounded once at the end.
+_LOW_PRECISION = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
+
+
+def compute_dtype(dtype):
+    """The dtype a recurrence on `dtype` accumulates in: float32 for float16 and bfloat16,
+    `dtype` itself otherwise (float32, float64, complex)."""
+    dtype = jnp.dtype(dtype)
+    return jnp.dtype(jnp.float32) if dtype in _LOW_PRECISION else dtype
+
+
+def check_positive_int(value, name):
+    """`value` as an int, or a ValueError naming `name` (bools, floats, arrays rejected)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+    return int(value)
 
 
 # --------------------------------------------------------------------------- the two algebras
@@ -336,7 +358,15 @@ def linear_recurrence(a, b, h0=None, *, method="auto", reverse=False, chunk_size
       chunk_size: chunk length for "chunked" (default about sqrt(L)).
 
     Returns:
-      h of shape b.shape, in the common dtype of a, b and h0.
+      h of shape b.shape, in the common dtype of a, b and h0. float16 and bfloat16 inputs are
+      solved in float32 by every method (so all methods agree, and agree with the float32
+      solution of the same values) and the result is rounded to the input dtype once, at the
+      end; the gradient is computed in float32 the same way. float32, float64 and complex
+      inputs are solved in their own dtype.
+
+    Raises:
+      ValueError: an unknown `method`; `chunk_size` not an int in [1, L]; shapes that do not
+        fit (see `prepare_recurrence`).
 
     The gradient with respect to a, b and h0 is one reverse recurrence (custom VJP), and the
     function composes with jit, vmap and grad.
@@ -349,9 +379,19 @@ def linear_recurrence(a, b, h0=None, *, method="auto", reverse=False, chunk_size
     length = b.shape[0]
     if chunk_size is None:
         chunk_size = _default_chunk(length)
-    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"`chunk_size` must be a positive int, got {chunk_size!r}.")
-    return _recurrence(a_full, b, h0, method, int(chunk_size), matrix, bool(reverse))
+    else:
+        chunk_size = check_positive_int(chunk_size, "chunk_size")
+        if chunk_size > length:
+            raise ValueError(
+                f"`chunk_size` ({chunk_size}) must be at most the sequence length L = {length}."
+            )
+    dtype = b.dtype
+    work = compute_dtype(dtype)
+    if work == dtype:  # float32, float64, complex: the very same program as always
+        return _recurrence(a_full, b, h0, method, chunk_size, matrix, bool(reverse))
+    a_full, b, h0 = a_full.astype(work), b.astype(work), h0.astype(work)
+    h = _recurrence(a_full, b, h0, method, chunk_size, matrix, bool(reverse))
+    return h.astype(dtype)
 
 
 def prepare_recurrence(a, b, h0):
