@@ -17,6 +17,8 @@ the local solves' own custom VJP.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
@@ -26,7 +28,9 @@ from seqmodels.scan import (
     METHODS,
     _act,
     _compose,
+    check_positive_int,
     common_dtype,
+    compute_dtype,
     linear_recurrence,
     prepare_recurrence,
 )
@@ -43,15 +47,26 @@ def _axis_size(mesh, axis_name):
 
 
 def _sharded(fn, mesh, specs, out_spec, *args):
-    """`jax.shard_map(fn)` on `args`. On a mesh with explicit axis types, JAX wants the inputs
-    already laid out as `specs` say, so they are resharded first; on an automatic mesh the
-    in_specs do it."""
+    """`jax.shard_map(fn)` on `args`.
+
+    Inside a mesh context (`jax.set_mesh`) with explicit axis types, JAX wants the inputs
+    already laid out as `specs` say, so they are resharded first, and the output is typed as
+    sharded over the mesh. Outside one, an explicit-axis mesh is used as the same devices with
+    automatic axes: an explicitly typed output cannot be used eagerly outside the mesh
+    context (`jax.grad` run eagerly, in a notebook, would fail while making its output
+    cotangent: "Length of device assignment 1 is not equal to the size of the mesh"), while
+    automatic axes give an ordinary sharded array, under `jit` or not.
+    """
     explicit = jax.sharding.AxisType.Explicit
     if any(t == explicit for t in getattr(mesh, "axis_types", ())):
-        args = [
-            jax.reshard(x, jax.sharding.NamedSharding(mesh, s))
-            for x, s in zip(args, specs, strict=True)
-        ]
+        if jax.sharding.get_abstract_mesh().empty:
+            auto = (jax.sharding.AxisType.Auto,) * len(mesh.axis_names)
+            mesh = jax.sharding.Mesh(mesh.devices, mesh.axis_names, axis_types=auto)
+        else:
+            args = [
+                jax.reshard(x, jax.sharding.NamedSharding(mesh, s))
+                for x, s in zip(args, specs, strict=True)
+            ]
     return jax.shard_map(fn, mesh=mesh, in_specs=tuple(specs), out_specs=out_spec)(*args)
 
 
@@ -74,16 +89,32 @@ def linear_recurrence_sharded(a, b, h0=None, *, mesh, axis_name="seq", method="a
       method: the solver used on each device's chunk (see `linear_recurrence`).
 
     Returns:
-      h of shape b.shape, equal to `linear_recurrence(a, b, h0)`, sharded over time.
+      h of shape b.shape, equal to `linear_recurrence(a, b, h0)`, sharded over time, in the
+      common dtype of a, b and h0. As there, float16 and bfloat16 inputs are solved (chunk
+      summaries and exchange included) in float32 and rounded once at the end.
 
     L must be a multiple of the device count (each device gets an equal chunk; padding with
-    identity transitions and zero inputs leaves the state unchanged).
+    identity transitions and zero inputs leaves the state unchanged). Works eagerly, under
+    `jit`, and under `jax.grad` either way, inside `jax.set_mesh(mesh)` or not.
     """
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
     num_devices = _axis_size(mesh, axis_name)
     a, b, h0, matrix = prepare_recurrence(a, b, h0)
     _check_length(b.shape[0], num_devices, axis_name)
+    return _recurrence_sharded(
+        a, b, h0, mesh=mesh, axis_name=axis_name, method=method, matrix=matrix
+    )
+
+
+# One compiled program per (shapes, mesh, options): run eagerly, the shard_map and above all its
+# gradient would otherwise run op by op, each op compiled for the mesh (5 s against 0.7 s for
+# a small gradient), and under an outer `jit` it is inlined.
+@functools.partial(jax.jit, static_argnames=("mesh", "axis_name", "method", "matrix"))
+def _recurrence_sharded(a, b, h0, *, mesh, axis_name, method, matrix):
+    dtype = b.dtype
+    work = compute_dtype(dtype)
+    a, b, h0 = a.astype(work), b.astype(work), h0.astype(work)  # no-ops unless low precision
 
     def local(a, b, h0):
         # 1. this chunk's summary, from a zero state
@@ -105,7 +136,7 @@ def linear_recurrence_sharded(a, b, h0=None, *, mesh, axis_name="seq", method="a
         return linear_recurrence(a, b, start, method=method)
 
     spec = PartitionSpec(axis_name)
-    return _sharded(local, mesh, (spec, spec, PartitionSpec()), spec, a, b, h0)
+    return _sharded(local, mesh, (spec, spec, PartitionSpec()), spec, a, b, h0).astype(dtype)
 
 
 def gated_linear_attention_sharded(q, k, v, log_a, *, mesh, axis_name="seq", chunk_size=64):
@@ -125,8 +156,10 @@ def gated_linear_attention_sharded(q, k, v, log_a, *, mesh, axis_name="seq", chu
       chunk_size: chunk length of the chunkwise form inside each device.
 
     Returns:
-      y of shape (L, V).
+      y of shape (L, V), in the common dtype of the inputs (float16 and bfloat16 are computed
+      in float32 and rounded at the end).
     """
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
     num_devices = _axis_size(mesh, axis_name)
     if q.shape != k.shape or log_a.shape != k.shape or v.shape[0] != k.shape[0]:
         raise ValueError(
@@ -135,7 +168,10 @@ def gated_linear_attention_sharded(q, k, v, log_a, *, mesh, axis_name="seq", chu
         )
     _check_length(q.shape[0], num_devices, axis_name)
     dtype = common_dtype(q, k, v, log_a)
-    q, k, v, log_a = (x.astype(dtype) for x in (q, k, v, log_a))
+    work = compute_dtype(dtype)
+    q, k, v, log_a = (x.astype(work) for x in (q, k, v, log_a))
+    # a chunk longer than a device's part would only be padding
+    chunk_size = min(chunk_size, q.shape[0] // num_devices)
 
     def local(q, k, v, log_a):
         intra = _chunkwise(q, k, v, log_a, chunk_size)
@@ -154,4 +190,4 @@ def gated_linear_attention_sharded(q, k, v, log_a, *, mesh, axis_name="seq", chu
         return intra + jnp.einsum("tk,kv->tv", q * jnp.exp(cum), start)
 
     spec = PartitionSpec(axis_name)
-    return _sharded(local, mesh, (spec,) * 4, spec, q, k, v, log_a)
+    return _sharded(local, mesh, (spec,) * 4, spec, q, k, v, log_a).astype(dtype)

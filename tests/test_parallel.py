@@ -114,3 +114,56 @@ def test_sharded_layers_equal_single_device(layer_name, getkey):
     )
     grad = lambda **kw: jax.grad(lambda x: jnp.sum(layer(x, **kw) ** 2))
     _close(jax.jit(grad(mesh=mesh, chunk_size=8))(x), grad(mode="recurrent")(x), 1e-5)
+
+
+def test_grad_eagerly_and_under_jit_with_an_explicit_mesh(getkey):
+    """`jax.make_mesh` gives explicit axes; `jax.grad` run eagerly (as in a notebook) used to
+    fail outside `jax.set_mesh` ("Length of device assignment 1 is not equal to the size of
+    the mesh 2"). Eager and jitted gradients, in the mesh context or not, equal the
+    single-device ones."""
+    mesh = _mesh(2)
+    assert mesh.axis_types == (jax.sharding.AxisType.Explicit,)
+    a = jax.random.uniform(getkey(), (16, 3), minval=0.5, maxval=1.0)
+    b = jax.random.normal(getkey(), (16, 3))
+    h0 = jax.random.normal(getkey(), (3,))
+    g = jax.random.normal(getkey(), (16, 3))
+
+    def loss(fn):
+        return lambda a, b, h0: jnp.sum(g * fn(a, b, h0))
+
+    sharded = lambda *x: linear_recurrence_sharded(*x, mesh=mesh)
+    grad = jax.grad(loss(sharded), (0, 1, 2))
+    want = jax.grad(loss(linear_recurrence), (0, 1, 2))(a, b, h0)
+    _close(sharded(a, b, h0), linear_recurrence(a, b, h0))
+    for got_all in (grad(a, b, h0), jax.jit(grad)(a, b, h0)):
+        for got, ref in zip(got_all, want, strict=True):
+            _close(got, ref)
+    with jax.set_mesh(mesh):  # as before: in the mesh context, eagerly
+        for got, ref in zip(grad(a, b, h0), want, strict=True):
+            _close(got, ref)
+
+
+def test_low_precision_sharded_solves_in_float32(getkey):
+    """float16 / bfloat16: chunk summaries and their exchange in float32, rounded once; equal
+    to the float32 solution of the same values to the output precision."""
+    mesh, dtype = _mesh(4), jnp.bfloat16
+    a = jax.random.uniform(getkey(), (256, 3), minval=0.95, maxval=1.0).astype(dtype)
+    b = jax.random.normal(getkey(), (256, 3)).astype(dtype)
+    got = jax.jit(lambda a, b: linear_recurrence_sharded(a, b, mesh=mesh))(a, b)
+    assert got.dtype == dtype
+    want = linear_recurrence(a.astype(jnp.float32), b.astype(jnp.float32))
+    eps = float(jnp.finfo(dtype).eps)
+    np.testing.assert_allclose(
+        np.asarray(got, np.float32), want, rtol=eps, atol=1e-5 * float(jnp.max(jnp.abs(want)))
+    )
+    q, k, v = (jax.random.normal(getkey(), (64, 4)).astype(dtype) for _ in range(3))
+    log_a = jax.nn.log_sigmoid(jax.random.normal(getkey(), (64, 4)) + 3.0).astype(dtype)
+    y = jax.jit(lambda *x: gated_linear_attention_sharded(*x, mesh=mesh, chunk_size=64))(
+        q, k, v, log_a
+    )
+    assert y.dtype == dtype
+    ref = gated_linear_attention(*(x.astype(jnp.float32) for x in (q, k, v, log_a)))
+    scale = float(jnp.max(jnp.abs(ref)))
+    np.testing.assert_allclose(np.asarray(y, np.float32), ref, rtol=1e-2, atol=1e-2 * scale)
+    with pytest.raises(ValueError, match="`chunk_size`"):
+        gated_linear_attention_sharded(q, k, v, log_a, mesh=mesh, chunk_size=0)
