@@ -8,20 +8,26 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from seqmodels.layers._checks import prepare_sequence
+from seqmodels.scan import compute_dtype
+
 __all__ = ["CKConv", "causal_fft_conv"]
 
 
 def causal_fft_conv(x, kernel):
     """y_t = sum_{s=0}^{t} kernel_s @ x_{t-s}, for x (L, C_in) and kernel (L_k, C_out, C_in).
 
-    Computed with real FFTs of length >= L + L_k - 1 (no circular wrap-around): O(L log L).
+    Computed with real FFTs of length >= L + L_k - 1 (no circular wrap-around): O(L log L),
+    in float32 for float16 / bfloat16 operands; returns x's dtype.
     """
+    dtype = x.dtype
+    x, kernel = x.astype(compute_dtype(x.dtype)), kernel.astype(compute_dtype(kernel.dtype))
     length = x.shape[0]
     n = 1 << (length + kernel.shape[0] - 1 - 1).bit_length()
     x_hat = jnp.fft.rfft(x, n=n, axis=0)
     k_hat = jnp.fft.rfft(kernel, n=n, axis=0)
     y = jnp.fft.irfft(jnp.einsum("foi,fi->fo", k_hat, x_hat), n=n, axis=0)
-    return y[:length].astype(x.dtype)
+    return y[:length].astype(dtype)
 
 
 class _Sine(eqx.Module):
@@ -85,5 +91,8 @@ class CKConv(eqx.Module):
         return jax.vmap(at)(positions)
 
     def __call__(self, x):
-        """Maps x of shape (L, C_in) to (L, C_out)."""
-        return causal_fft_conv(x, self.kernel(x.shape[0]) / x.shape[0]) + self.bias[None]
+        """Maps x of shape (L, C_in) to (L, C_out), in x's dtype (float16 and bfloat16 are
+        computed in float32). For a batch, `jax.vmap` it."""
+        x, dtype = prepare_sequence(x, self.in_channels, "CKConv", "in_channels")
+        y = causal_fft_conv(x, self.kernel(x.shape[0]) / x.shape[0]) + self.bias[None]
+        return y.astype(dtype)

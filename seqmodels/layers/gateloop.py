@@ -6,7 +6,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from seqmodels.layers._checks import prepare_sequence
 from seqmodels.layers.retention import multihead_gated_linear_attention
+from seqmodels.scan import check_positive_int
 
 __all__ = ["GateLoop"]
 
@@ -39,6 +41,9 @@ class GateLoop(eqx.Module):
     head_dim: int = eqx.field(static=True)
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None, *, key):
+        num_heads = check_positive_int(num_heads, "num_heads")
+        if head_dim is not None:
+            head_dim = check_positive_int(head_dim, "head_dim")
         head_dim = head_dim or max(1, d_model // num_heads)
         inner = num_heads * head_dim
         keys = jax.random.split(key, 7)
@@ -54,8 +59,10 @@ class GateLoop(eqx.Module):
     def __call__(
         self, x, *, mode: str = "parallel", chunk_size: int = 64, mesh=None, axis_name="seq"
     ):
-        """Mixes a sequence x of shape (L, d_model); returns (L, d_model). With a `mesh`, the
-        time axis is split across `mesh[axis_name]` (sequence parallelism, LASP-2)."""
+        """Mixes a sequence x of shape (L, d_model); returns (L, d_model) in x's dtype (float16
+        and bfloat16 are computed in float32). With a `mesh`, the time axis is split across
+        `mesh[axis_name]` (sequence parallelism, LASP-2). For a batch, `jax.vmap` it."""
+        x, dtype = prepare_sequence(x, self.q.in_features, "GateLoop")
         proj = lambda layer: jax.vmap(layer)(x)
         log_a = jax.lax.complex(jax.nn.log_sigmoid(proj(self.magnitude)), proj(self.phase))
         y = multihead_gated_linear_attention(
@@ -70,4 +77,4 @@ class GateLoop(eqx.Module):
             axis_name=axis_name,
         )
         y = jnp.real(y)
-        return jax.vmap(self.out)(y * jax.nn.silu(jax.vmap(self.gate)(x)))
+        return jax.vmap(self.out)(y * jax.nn.silu(jax.vmap(self.gate)(x))).astype(dtype)

@@ -7,7 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqmodels.layers._checks import prepare_sequence
 from seqmodels.layers.retention import multihead_gated_linear_attention
+from seqmodels.scan import check_positive_int
 
 __all__ = ["LinearAttention"]
 
@@ -42,6 +44,9 @@ class LinearAttention(eqx.Module):
         decay: bool = True,
         key,
     ):
+        num_heads = check_positive_int(num_heads, "num_heads")
+        if head_dim is not None:
+            head_dim = check_positive_int(head_dim, "head_dim")
         head_dim = head_dim or max(1, d_model // num_heads)
         inner = num_heads * head_dim
         keys = jax.random.split(key, 5)
@@ -57,8 +62,10 @@ class LinearAttention(eqx.Module):
     def __call__(
         self, x, *, mode: str = "chunkwise", chunk_size: int = 64, mesh=None, axis_name="seq"
     ):
-        """Mixes a sequence x of shape (L, d_model); returns (L, d_model). With a `mesh`, the
-        time axis is split across `mesh[axis_name]` (sequence parallelism, LASP-2)."""
+        """Mixes a sequence x of shape (L, d_model); returns (L, d_model) in x's dtype (float16
+        and bfloat16 are computed in float32). With a `mesh`, the time axis is split across
+        `mesh[axis_name]` (sequence parallelism, LASP-2). For a batch, `jax.vmap` it."""
+        x, dtype = prepare_sequence(x, self.q.in_features, "LinearAttention")
         q, k, v = (jax.vmap(layer)(x) for layer in (self.q, self.k, self.v))
         per_column = jnp.repeat(jnp.asarray(self.log_decay, q.dtype), self.head_dim)
         y = multihead_gated_linear_attention(
@@ -72,4 +79,4 @@ class LinearAttention(eqx.Module):
             mesh=mesh,
             axis_name=axis_name,
         )
-        return jax.vmap(self.out)(y * jax.nn.silu(jax.vmap(self.gate)(x)))
+        return jax.vmap(self.out)(y * jax.nn.silu(jax.vmap(self.gate)(x))).astype(dtype)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from seqmodels.scan import common_dtype, linear_recurrence
+from seqmodels.scan import check_positive_int, common_dtype, compute_dtype, linear_recurrence
 
 __all__ = ["MODES", "gated_linear_attention", "multihead_gated_linear_attention"]
 
@@ -105,27 +105,46 @@ def gated_linear_attention(q, k, v, log_a, *, mode="parallel", chunk_size=64):
       log_a: (L, K) logarithms of the gates (real, or complex for rotating gates as in
         GateLoop); Re(log_a) <= 0 keeps the recurrence stable.
       mode: "recurrent", "parallel", "attention" or "chunkwise"; all four are equal.
-      chunk_size: chunk length of the chunkwise form.
+      chunk_size: chunk length of the chunkwise form, a positive int; one longer than L is
+        cut to L (a longer chunk would only be padding).
 
     Returns:
-      y of shape (L, V), in the common dtype of the inputs.
+      y of shape (L, V), in the common dtype of the inputs. float16 and bfloat16 inputs are
+      computed in float32 (state, cumulative gates, sums) and rounded once at the end.
     """
     if mode not in MODES:
         raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}.")
-    if q.shape != k.shape or log_a.shape != k.shape or v.shape[0] != k.shape[0]:
-        raise ValueError(
-            f"expected q, k, log_a of one shape (L, K) and v of shape (L, V); got "
-            f"{q.shape}, {k.shape}, {log_a.shape}, {v.shape}."
-        )
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    _check_qkv(q, k, v, log_a)
     dtype = common_dtype(q, k, v, log_a)
-    q, k, v, log_a = (x.astype(dtype) for x in (q, k, v, log_a))
+    work = compute_dtype(dtype)
+    q, k, v, log_a = (x.astype(work) for x in (q, k, v, log_a))
     if mode == "recurrent":
-        return _recurrent(q, k, v, log_a)
-    if mode == "parallel":
-        return _parallel(q, k, v, log_a)
-    if mode == "attention":
-        return _attention(q, k, v, log_a)
-    return _chunkwise(q, k, v, log_a, chunk_size)
+        y = _recurrent(q, k, v, log_a)
+    elif mode == "parallel":
+        y = _parallel(q, k, v, log_a)
+    elif mode == "attention":
+        y = _attention(q, k, v, log_a)
+    else:
+        y = _chunkwise(q, k, v, log_a, min(chunk_size, q.shape[0]))
+    return y.astype(dtype)
+
+
+def _check_qkv(q, k, v, log_a):
+    shapes = tuple(jnp.shape(x) for x in (q, k, v, log_a))
+    if (
+        len(shapes[0]) != 2
+        or len(shapes[2]) != 2
+        or shapes[1] != shapes[0]
+        or shapes[3] != shapes[0]
+        or shapes[2][0] != shapes[0][0]
+    ):
+        raise ValueError(
+            "expected q, k, log_a of one shape (L, K) and v of shape (L, V) (use jax.vmap over "
+            f"a batch); got {shapes[0]}, {shapes[1]}, {shapes[3]}, {shapes[2]}."
+        )
+    if shapes[0][0] < 1:
+        raise ValueError(f"the sequence must have length L >= 1, got q of shape {shapes[0]}.")
 
 
 def multihead_gated_linear_attention(
@@ -143,9 +162,13 @@ def multihead_gated_linear_attention(
         `mode` is then not used).
 
     Returns:
-      (L, H * V), the heads' outputs side by side.
+      (L, H * V), the heads' outputs side by side, in the common dtype of the inputs (float16
+      and bfloat16 computed in float32, as in `gated_linear_attention`).
     """
-    length = q.shape[0]
+    num_heads = check_positive_int(num_heads, "num_heads")
+    length = q.shape[0] if jnp.ndim(q) else 0
+    if length < 1:
+        raise ValueError(f"the sequence must have length L >= 1, got q of shape {jnp.shape(q)}.")
     for name, x in (("q", q), ("k", k), ("v", v), ("log_a", log_a)):
         if x.ndim != 2 or x.shape[1] % num_heads:
             raise ValueError(

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqmodels.layers._checks import prepare_sequence
 from seqmodels.scan import linear_recurrence
 
 __all__ = ["LRU", "S5", "hippo_n"]
@@ -99,13 +100,15 @@ class LRU(eqx.Module):
         return jnp.exp(jax.lax.complex(-jnp.exp(self.nu_log), jnp.exp(self.theta_log)))
 
     def __call__(self, u, *, method: str = "auto"):
-        """Maps u of shape (L, H) to y of shape (L, H)."""
+        """Maps u of shape (L, H) to y of shape (L, H), in u's dtype (float16 and bfloat16 are
+        computed in float32 / complex64). For a batch, `jax.vmap` it."""
+        u, dtype = prepare_sequence(u, self.d.shape[0], "LRU")
         lam = self.eigenvalues()
         bu = (u.astype(self.b.dtype) @ self.b.T) * jnp.exp(self.gamma_log).astype(self.b.dtype)[
             None
         ]
         x = linear_recurrence(lam, bu, method=method)
-        return jnp.real(x @ self.c.T) + self.d[None] * u
+        return (jnp.real(x @ self.c.T) + self.d[None] * u).astype(dtype)
 
 
 @partial(jax.jit, static_argnums=(3, 4, 5, 6))
@@ -194,10 +197,41 @@ class S5(eqx.Module):
         return lam_bar, b_bar
 
     def __call__(self, u, *, step_scale=None, method: str = "auto"):
-        """Maps u of shape (L, H) to y of shape (L, H)."""
+        """Maps u of shape (L, H) to y of shape (L, H), in u's dtype (float16 and bfloat16 are
+        computed in float32 / complex64). For a batch, `jax.vmap` it.
+
+        `step_scale`, if given, has shape (L,) and entries >= 0 (0 holds the state: a sample
+        at the same time as the previous one). A negative entry is a ValueError when the
+        values are known; under `jit` it makes that step's output NaN.
+        """
+        u, dtype = prepare_sequence(u, self.d.shape[0], "S5")
+        if step_scale is not None:
+            step_scale = _check_step_scale(step_scale, u.shape[0])
         lam_bar, b_bar = self.discretise(step_scale)
         uc = u.astype(self.b.dtype)
         bu = uc @ b_bar.T if step_scale is None else jnp.einsum("tph,th->tp", b_bar, uc)
         a = lam_bar if step_scale is not None else jnp.broadcast_to(lam_bar, bu.shape)
         x = linear_recurrence(a, bu, method=method)
-        return jnp.real(x @ self.c.T) + self.d[None] * u
+        return (jnp.real(x @ self.c.T) + self.d[None] * u).astype(dtype)
+
+
+def _check_step_scale(step_scale, length):
+    """`step_scale` as an (L,) array: a ValueError for a wrong shape or, when its values are
+    known, a negative or non-finite entry; traced, such entries become NaN (a negative step
+    turns the decay exp(Lambda Delta s) into growth: finite, and wrong)."""
+    step_scale = jnp.asarray(step_scale)
+    if step_scale.shape != (length,):
+        raise ValueError(
+            f"`step_scale` must have shape (L,) = ({length},), got {step_scale.shape}."
+        )
+    if not jnp.issubdtype(step_scale.dtype, jnp.floating):
+        step_scale = step_scale.astype(jnp.float32)
+    if isinstance(step_scale, jax.core.Tracer):
+        return jnp.where(step_scale >= 0, step_scale, jnp.nan)
+    values = np.asarray(step_scale)
+    if not np.all(np.isfinite(values) & (values >= 0)):
+        raise ValueError(
+            f"`step_scale` must be finite and >= 0, got min {float(values.min())} "
+            f"(entries {np.flatnonzero(~(np.isfinite(values) & (values >= 0)))[:5].tolist()})."
+        )
+    return step_scale

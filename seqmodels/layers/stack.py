@@ -9,6 +9,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from seqmodels.layers._checks import check_sequence, prepare_sequence
+
 __all__ = ["SequenceModel", "ShortConv"]
 
 
@@ -28,13 +30,15 @@ class ShortConv(eqx.Module):
         self.weight = noise.at[0].add(1.0)
 
     def __call__(self, x):
-        """(L, d_model) -> (L, d_model)."""
+        """(L, d_model) -> (L, d_model), in x's dtype (float16 and bfloat16 are computed in
+        float32)."""
+        x, dtype = prepare_sequence(x, self.weight.shape[1], "ShortConv")
         length = x.shape[0]
         out = self.weight[0][None] * x
         for j in range(1, min(self.weight.shape[0], length)):
             shifted = jnp.concatenate([jnp.zeros_like(x[:j]), x[: length - j]])
             out = out + self.weight[j][None] * shifted
-        return out
+        return out.astype(dtype)
 
 
 class _Block(eqx.Module):
@@ -110,11 +114,25 @@ class SequenceModel(eqx.Module):
         self.head = eqx.nn.Linear(d_model, num_outputs, key=keys[-1])
 
     def __call__(self, x):
-        """(L,) tokens or (L, input_dim) features -> (L, num_outputs) logits."""
+        """(L,) tokens or (L, input_dim) features -> (L, num_outputs) logits: float32 for
+        tokens; for features, in their dtype (float16 and bfloat16 are computed in float32).
+        For a batch, `jax.vmap` it."""
+        if isinstance(self.embed, eqx.nn.Embedding):
+            x = jnp.asarray(x)
+            if x.ndim != 1 or not jnp.issubdtype(x.dtype, jnp.integer):
+                raise ValueError(
+                    f"SequenceModel expected (L,) integer tokens, got shape {x.shape} of dtype "
+                    f"{x.dtype}; use jax.vmap over a batch."
+                )
+            check_sequence(x[:, None], 1, "SequenceModel", "1")
+            dtype = None
+        else:
+            x, dtype = prepare_sequence(x, self.embed.in_features, "SequenceModel", "input_dim")
         h = jax.vmap(self.embed)(x)
         for block in self.blocks:
             h = block(h)
-        return jax.vmap(self.head)(jax.vmap(self.norm)(h))
+        logits = jax.vmap(self.head)(jax.vmap(self.norm)(h))
+        return logits if dtype is None else logits.astype(dtype)
 
 
 def count_parameters(model) -> int:
