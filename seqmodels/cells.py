@@ -211,12 +211,24 @@ class NeuralODECell(eqx.Module):
         return h + (dt / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
 
 
+ON_FAILURE = ("nan", "raise")
+
+
 class RNN(eqx.Module):
     """A cell run over a sequence, by the solver chosen with `solver`:
 
-    "sequential" (`lax.scan`), "newton" (DEER) or "quasi" (quasi-DEER); `damping`, `max_iter`
-    and `tol` go to `deer_solve`. All three give the same states (up to the DEER tolerance)
-    and the same gradients.
+    "sequential" (`lax.scan`), "newton" (DEER) or "quasi" (quasi-DEER); `damping` (ELK, with
+    either), `max_iter` and `tol` go to `deer_solve`. All give the same states (up to the DEER
+    tolerance) and the same gradients, in the dtype of the cell's state (float16 and bfloat16
+    are solved in float32; see `deer_solve`).
+
+    A DEER solve can fail where the sequential scan would not: it may stop at `max_iter`, or
+    diverge. Calling the RNN never returns such states as if they were the answer: with
+    `on_failure="nan"` (the default) the states of a solve that did not converge are all NaN
+    (per sequence under `vmap`), and with `on_failure="raise"` the call raises (an
+    `equinox` runtime error, which works under `jit` too). `RNN.solve` returns the solution
+    with its `converged` flag and the last iterate, untouched, for those who want it. (The
+    sequential scan's states are never replaced: a diverging cell gives its infs there.)
     """
 
     cell: eqx.Module
@@ -224,18 +236,32 @@ class RNN(eqx.Module):
     damping: float | None = eqx.field(static=True)
     max_iter: int | None = eqx.field(static=True)
     tol: float | None = eqx.field(static=True)
+    on_failure: str = eqx.field(static=True)
 
-    def __init__(self, cell, *, solver="sequential", damping=None, max_iter=None, tol=None):
+    def __init__(
+        self,
+        cell,
+        *,
+        solver="sequential",
+        damping=None,
+        max_iter=None,
+        tol=None,
+        on_failure="nan",
+    ):
         if solver not in SOLVERS:
             raise ValueError(f"`solver` must be one of {SOLVERS}, got {solver!r}.")
+        if on_failure not in ON_FAILURE:
+            raise ValueError(f"`on_failure` must be one of {ON_FAILURE}, got {on_failure!r}.")
         self.cell = cell
         self.solver = solver
         self.damping = damping
         self.max_iter = max_iter
         self.tol = tol
+        self.on_failure = on_failure
 
     def solve(self, xs, h0=None, *, init=None) -> DeerSolution:
-        """All states as a `DeerSolution` (for "sequential": one pass, converged)."""
+        """All states as a `DeerSolution` (for "sequential": one pass, converged), as the
+        solver left them: check `converged`."""
         if h0 is None:
             h0 = self.cell.init_state()
         if self.solver == "sequential":
@@ -253,5 +279,16 @@ class RNN(eqx.Module):
         )
 
     def __call__(self, xs, h0=None, *, init=None):
-        """The states h_0 ... h_{L-1}, with a leading time axis."""
-        return self.solve(xs, h0, init=init).states
+        """The states h_0 ... h_{L-1}, with a leading time axis: all NaN (or an error, with
+        `on_failure="raise"`) if a DEER solve did not converge."""
+        sol = self.solve(xs, h0, init=init)
+        if self.solver == "sequential":
+            return sol.states
+        if self.on_failure == "raise":
+            return eqx.error_if(
+                sol.states,
+                ~sol.converged,
+                f"RNN(solver={self.solver!r}): the DEER iteration did not converge (diverged, "
+                "or needs more than `max_iter` iterations); RNN.solve returns the last iterate.",
+            )
+        return jax.tree.map(lambda s: jnp.where(sol.converged, s, jnp.nan), sol.states)

@@ -34,10 +34,20 @@ Jacobians at the solution; quasi: solved by the same diagonal fixed-point iterat
 vector-Jacobian products, so memory stays O(L H)). Then grad x_t, grad params and grad h0 are
 vector-Jacobian products of f with lambda_t, all time steps at once.
 
-As in the reference implementation, each new iterate is clipped to +-1e8 and NaNs are reset to
-zero, so a diverging iteration can recover instead of poisoning the state; an iterate that had
-to be clipped or reset never counts as converged, and non-convergence is always reported in
-`DeerSolution.converged`, never silent.
+As in the reference implementation, each iterate is clipped to +-1e8 and its NaNs are reset to
+zero before it is linearised, so a diverging iteration can recover instead of poisoning the
+state; an iterate that had to be clipped or reset never counts as converged. The clipping is
+internal: the states returned are the last iterate as computed, so a solve that diverged
+returns its infs and NaNs (never the finite zeros of the reset), and non-convergence is always
+reported in `DeerSolution.converged`, never silent.
+
+Precision: below float32 the iteration cannot converge: a step evaluated in bfloat16 rounds
+differently in different programs (XLA fuses and rounds where it likes), so the iterates chase
+rounding noise for up to L iterations, and a long recurrence accumulated in bfloat16 is
+inaccurate anyway. So float16 and bfloat16 are solved in float32: the states, the inputs and
+the step's own floating-point leaves (an equinox cell's parameters) are cast to float32, and
+the states are returned in their own dtype. `sequential_solve` does the same, so both give
+the float32 solution of the same values.
 """
 
 from __future__ import annotations
@@ -51,7 +61,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from seqmodels.scan import linear_recurrence
+from seqmodels.scan import METHODS as SOLVERS
+from seqmodels.scan import compute_dtype, linear_recurrence
 
 __all__ = ["DeerSolution", "deer_solve", "sequential_solve"]
 
@@ -66,7 +77,8 @@ class DeerSolution(NamedTuple):
       states: h_0 ... h_{L-1}, the state pytree with a leading time axis of length L.
       num_iters: the number of iterations run (int32 scalar).
       converged: whether the last iteration changed no state entry h by more than
-        `tol * (1 + |h|)`.
+        `tol * (1 + |h|)` (and no entry was infinite, NaN or beyond +-1e8). When False, the
+        states are the last iterate: an approximation, or inf / NaN where it diverged.
     """
 
     states: Any
@@ -170,23 +182,40 @@ def _damped_step(a, b, h0, guess, damping, quasi, solver):
 # ------------------------------------------------------------------------------- the solver
 
 
-def _iterate(fns, consts, h0, xs, init, options):
-    method, max_iter, tol, damping, solver = options
+def _sanitise(h):
+    """The iterate as the next iteration uses it: NaNs reset to zero, clipped to +-1e8."""
+    return jnp.where(jnp.isnan(h), 0.0, jnp.clip(h, -_CLIP, _CLIP))
+
+
+def _iterate(fns, consts, h0, xs, init, damping, options):
+    method, max_iter, tol, damped, solver = options
     quasi = method == "quasi"
 
     def body(carry):
+        # h is the previous iterate as computed; it is sanitised here rather than where it
+        # was computed, so that the loop ends holding the raw iterate: a diverged solve then
+        # returns its infs and NaNs, not the finite values they were reset to
         it, h, _ = carry
+        h = _sanitise(h)
         hprev = jnp.concatenate([h0[None], h[:-1]])
         a, b = _linearise(fns, consts, hprev, xs, quasi)
-        if damping is None:
-            new = linear_recurrence(a, b, h0, method=solver)
-        else:
+        if damped:
             new = _damped_step(a, b, h0, h, damping, quasi, solver)
+        else:
+            new = linear_recurrence(a, b, h0, method=solver)
         clean = jnp.all(jnp.abs(new) < _CLIP)  # False for NaN and overflow too
-        new = jnp.where(jnp.isnan(new), 0.0, jnp.clip(new, -_CLIP, _CLIP))
         # mixed absolute / relative change, so large states are judged at their precision; an
         # iterate that had to be clipped or reset is never a converged one
-        err = jnp.max(jnp.abs(new - h) / (1.0 + jnp.abs(new)))
+        safe = _sanitise(new)
+        err = jnp.max(jnp.abs(safe - h) / (1.0 + jnp.abs(safe)))
+        if damped:
+            # A damped step can be tiny far from the solution (the trust region stalls along
+            # an ill-conditioned direction: h' = 3h + x stalls near h = -1/2), so a small step
+            # alone is no proof; the iterate's residual h_t - f(h_{t-1}) must be small too.
+            # (An undamped step solves the linearisation exactly: a zero step means a zero
+            # residual.)
+            f_prev = b + (a * hprev if quasi else jnp.einsum("lij,lj->li", a, hprev))
+            err = jnp.maximum(err, jnp.max(jnp.abs(h - f_prev) / (1.0 + jnp.abs(h))))
         err = jnp.where(clean, err, jnp.inf)
         return it + 1, new, err
 
@@ -199,14 +228,14 @@ def _iterate(fns, consts, h0, xs, init, options):
     return h, it, err <= tol
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 5))
-def _deer(fns, consts, h0, xs, init, options):
-    return _iterate(fns, consts, h0, xs, init, options)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 6))
+def _deer(fns, consts, h0, xs, init, damping, options):
+    return _iterate(fns, consts, h0, xs, init, damping, options)
 
 
-def _deer_fwd(fns, consts, h0, xs, init, options):
-    h, it, converged = _iterate(fns, consts, h0, xs, init, options)
-    return (h, it, converged), (consts, h0, xs, h)
+def _deer_fwd(fns, consts, h0, xs, init, damping, options):
+    h, it, converged = _iterate(fns, consts, h0, xs, init, damping, options)
+    return (h, it, converged), (consts, h0, xs, h, damping)
 
 
 def _adjoint_quasi(fns, consts, hprev, xs, g, options):
@@ -250,7 +279,7 @@ def _adjoint_quasi(fns, consts, hprev, xs, g, options):
 
 
 def _deer_bwd(fns, options, res, cotangents):
-    consts, h0, xs, h = res
+    consts, h0, xs, h, damping = res
     g = cotangents[0]
     f, _ = fns
     consts_f, consts_d = consts
@@ -271,8 +300,15 @@ def _deer_bwd(fns, options, res, cotangents):
     )
     grad_hprev, grad_xs, grad_consts_f = vjp(lam)
     grad_consts_d = [_zero_cotangent(c) for c in consts_d]
-    # the solution does not depend on the initial guess (same shape as h): zero cotangent
-    return (grad_consts_f, grad_consts_d), grad_hprev[0], grad_xs, jnp.zeros_like(h)
+    # the solution depends neither on the initial guess (same shape as h) nor on the damping
+    # (which only shapes the path to it): zero cotangents
+    return (
+        (grad_consts_f, grad_consts_d),
+        grad_hprev[0],
+        grad_xs,
+        jnp.zeros_like(h),
+        jnp.zeros_like(damping),
+    )
 
 
 def _zero_cotangent(value):
@@ -287,10 +323,35 @@ _deer.defvjp(_deer_fwd, _deer_bwd)
 # ------------------------------------------------------------------------------ public API
 
 
+def _low_precision(tree):
+    return any(
+        jnp.result_type(v) != compute_dtype(jnp.result_type(v))
+        for v in jax.tree.leaves(tree)
+        if isinstance(v, (jax.Array, np.ndarray))
+    )
+
+
+def _to_compute_dtype(tree):
+    """Every float16 / bfloat16 array leaf of `tree` cast to float32 (other leaves as they are:
+    a plain function, static fields, integers)."""
+
+    def cast(v):
+        if isinstance(v, (jax.Array, np.ndarray)):
+            return v.astype(compute_dtype(v.dtype))
+        return v
+
+    return jax.tree.map(cast, tree)
+
+
+def _as_dtypes_of(tree, like):
+    return jax.tree.map(lambda v, w: v.astype(jnp.result_type(w)), tree, like)
+
+
 def _flatten_step(step, h0, xs):
     """Flat-vector forms of `step` and its diagonal, closure-converted so that the parameters
     they close over (equinox modules, closures under `grad`) become explicit arguments."""
     h0_flat, unravel = ravel_pytree(h0)
+
     x0 = jax.tree.map(lambda v: v[0], xs)
     out = jax.eval_shape(step, h0, x0)
     if jax.tree.structure(out) != jax.tree.structure(h0) or any(
@@ -366,15 +427,20 @@ def deer_solve(
       tol: convergence when no state entry h moves by more than `tol * (1 + |h|)` in an
         iteration (default 1e-5 in float32, 1e-10 in float64).
       damping: None, or the ELK / Levenberg-Marquardt weight lambda > 0 of the trust region
-        (see the module docstring). Larger is more stable and slower.
+        (see the module docstring). Larger is more stable and slower. It may be a traced value
+        (under `jit`, `vmap` over dampings); a traced damping <= 0 cannot be refused, so it
+        makes the states NaN and `converged` False. It gets no gradient: the solution does not
+        depend on it.
       init: an initial guess of the states (same structure as the result), e.g. the previous
         training step's solution; zeros when omitted.
       solver: the `linear_recurrence` method for the inner linear solves ("auto" picks the
         sequential scan on a CPU and the chunked one on accelerators).
 
     Returns:
-      `DeerSolution(states, num_iters, converged)`; `states` has h0's structure with a leading
-      time axis of length L.
+      `DeerSolution(states, num_iters, converged)`; `states` has h0's structure and dtype with
+      a leading time axis of length L (float16 and bfloat16 states are iterated in float32).
+      Check `converged`: when False, `states` is the last iterate, which holds inf or NaN
+      where the iteration diverged (`seqmodels.RNN` turns it into NaN or an error).
 
     Gradients with respect to `h0`, `xs` and the step's parameters are by implicit
     differentiation at the solution (one adjoint linear recurrence; see the module docstring).
@@ -390,15 +456,44 @@ def deer_solve(
     if not callable(step):
         raise TypeError(f"`step` must be callable, got {type(step).__name__}.")
     length = _check_xs(xs)
+    if _low_precision(h0):  # solved in float32, returned in the states' dtype
+        sol = deer_solve(
+            _to_compute_dtype(step),
+            _to_compute_dtype(h0),
+            _to_compute_dtype(xs),
+            method=method,
+            max_iter=max_iter,
+            tol=tol,
+            damping=damping,
+            init=None if init is None else _to_compute_dtype(init),
+            solver=solver,
+        )
+        return sol._replace(states=_as_dtypes_of(sol.states, h0))
     if max_iter is None:
         max_iter = 1000
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"`max_iter` must be a positive int, got {max_iter!r}.")
-    if damping is not None and not float(damping) > 0:
-        raise ValueError(f"`damping` must be None or > 0, got {damping!r}.")
+    if solver not in SOLVERS:
+        raise ValueError(f"`solver` must be one of {SOLVERS}, got {solver!r}.")
+    if isinstance(tol, jax.core.Tracer):
+        raise TypeError(
+            "`tol` must be a Python float: it is fixed when the solve is compiled, so it cannot "
+            "be traced (pass it outside `jit`, or mark it static)."
+        )
+    if damping is not None and not isinstance(damping, jax.core.Tracer):
+        if jnp.ndim(damping) != 0 or not float(damping) > 0:
+            raise ValueError(f"`damping` must be None or a scalar > 0, got {damping!r}.")
     fns, consts, h0_flat, unravel = _flatten_step(step, h0, xs)
     if not jnp.issubdtype(h0_flat.dtype, jnp.floating):
         raise TypeError(f"`h0` must be floating point, got dtype {h0_flat.dtype}.")
+    if damping is None:
+        damping_arr = jnp.ones((), h0_flat.dtype)  # unused
+    else:
+        if jnp.ndim(damping) != 0:
+            raise ValueError(f"`damping` must be a scalar, got shape {jnp.shape(damping)}.")
+        damping_arr = jnp.asarray(damping).astype(h0_flat.dtype)
+        if isinstance(damping, jax.core.Tracer):  # unchecked above: <= 0 poisons it visibly
+            damping_arr = jnp.where(damping_arr > 0, damping_arr, jnp.nan)
     if tol is None:
         tol = 1e-10 if h0_flat.dtype == jnp.float64 else 1e-5
     if not float(tol) > 0:
@@ -412,14 +507,8 @@ def deer_solve(
                 f"`init` must have the states' shape, (L={length}, ...) per leaf; got "
                 f"{jax.tree.map(jnp.shape, init)}."
             )
-    options = (
-        method,
-        min(max_iter, length + 1),
-        float(tol),
-        None if damping is None else float(damping),
-        solver,
-    )
-    h, it, converged = _deer(fns, consts, h0_flat, xs, init_flat, options)
+    options = (method, min(max_iter, length + 1), float(tol), damping is not None, solver)
+    h, it, converged = _deer(fns, consts, h0_flat, xs, init_flat, damping_arr, options)
     # the diagnostics carry no gradient; without this, their (float0) tangents would reach
     # integer and boolean ops downstream under `grad`
     it, converged = jax.lax.stop_gradient((it, converged))
@@ -427,8 +516,17 @@ def deer_solve(
 
 
 def sequential_solve(step: Callable[[Any, Any], Any], h0, xs):
-    """The reference: h_t = step(h_{t-1}, x_t) by `lax.scan`, states stacked over time."""
+    """The reference: h_t = step(h_{t-1}, x_t) by `lax.scan`, states stacked over time.
+
+    The states have h0's structure and dtype; as in `deer_solve`, float16 and bfloat16 are
+    solved in float32 (states, inputs and the step's floating-point leaves) and rounded at the
+    end."""
     _check_xs(xs)
+    if _low_precision(h0):
+        states = sequential_solve(
+            _to_compute_dtype(step), _to_compute_dtype(h0), _to_compute_dtype(xs)
+        )
+        return _as_dtypes_of(states, h0)
 
     def body(h, x):
         h = step(h, x)
