@@ -47,14 +47,17 @@ agree on what to compute.
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as _dt
 import itertools
 import json
 import math
 import os
 import pathlib
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -164,6 +167,54 @@ def read_json(path: pathlib.Path, *, what: str):
         return json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
         raise RunError(f"{path} is not valid JSON ({err}); {what}") from None
+
+
+# Ctrl-C. Python raises KeyboardInterrupt in whatever Python code runs when the signal lands,
+# which may be a callback whose exceptions are dropped (JAX's garbage-collection callback:
+# "Exception ignored in ..."), and the run would go on as if nothing had happened. So while a
+# run computes, Ctrl-C is also noted, the dropped KeyboardInterrupt is not printed, and the run
+# stops at the next check: each `progress` step, each finished unit, before the results.
+_interrupt = {"noted": False}
+
+
+def _raise_if_interrupted() -> None:
+    if _interrupt["noted"]:
+        raise KeyboardInterrupt
+
+
+def _checked(iterable):
+    for item in iterable:
+        _raise_if_interrupted()
+        yield item
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """Notes Ctrl-C for `_raise_if_interrupted` during the block (main thread, default SIGINT
+    handler only: a handler someone else installed is left alone)."""
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def on_sigint(signum, frame):
+        _interrupt["noted"] = True
+        raise KeyboardInterrupt
+
+    def on_unraisable(unraisable):
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            previous_hook(unraisable)
+
+    previous_hook = sys.unraisablehook
+    _interrupt["noted"] = False
+    signal.signal(signal.SIGINT, on_sigint)
+    sys.unraisablehook = on_unraisable
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.unraisablehook = previous_hook
+        _interrupt["noted"] = False
 
 
 # ----------------------------------------------------------------------------- processes
@@ -386,6 +437,7 @@ class RunContext:
             self.reused_units.append(name)
         else:
             result = json.loads(json.dumps(to_jsonable(compute())))
+            _raise_if_interrupted()  # before the unit is stored as finished
             if self.writes_files:
                 atomic_write_text(path, json.dumps(result) + "\n")
             if log and isinstance(result, dict):
@@ -529,14 +581,17 @@ class RunContext:
             os.fsync(f.fileno())
 
     def progress(self, iterable, *, desc: str | None = None, total: int | None = None):
-        """Wraps `iterable` in a tqdm bar on a terminal; a plain iterator when quiet."""
-        if self.quiet or not sys.stderr.isatty():
-            return iterable
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # pragma: no cover - tqdm is a dependency
-            return iterable
-        return tqdm(iterable, desc=desc, total=total, leave=False)
+        """Wraps `iterable` in a tqdm bar on a terminal; a plain iterator when quiet. Each step
+        is also a point where a Ctrl-C that was swallowed stops the run (see
+        `_interruptible`)."""
+        if not (self.quiet or not sys.stderr.isatty()):
+            try:
+                from tqdm.auto import tqdm
+
+                iterable = tqdm(iterable, desc=desc, total=total, leave=False)
+            except ImportError:  # pragma: no cover - tqdm is a dependency
+                pass
+        return _checked(iterable)
 
     def save_figure(self, fig, name: str) -> pathlib.Path:
         """Saves a matplotlib figure as `plots/<name>.png` (atomically; process 0) and closes
@@ -656,7 +711,8 @@ def run_experiment(cfg: RunConfig, out_root="runs", *, quiet: bool = False) -> p
             # read-only: a hint that it is the reference, not a file to edit
             atomic_write_text(run_dir / RUN_RECORD, json.dumps(record, indent=2) + "\n", mode=0o444)
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-        _run_in(cfg, run_dir, quiet, task=task, mesh=mesh, started=started)
+        with _interruptible():
+            _run_in(cfg, run_dir, quiet, task=task, mesh=mesh, started=started)
     except KeyboardInterrupt:
         raise RunInterrupted(run_dir if (run_dir / "config.yaml").is_file() else None) from None
     return run_dir
@@ -711,7 +767,10 @@ def resume_experiment(
         for path in sorted(units.glob("*.json")) if units.is_dir() else ():
             read_json(path, what=_UNIT_HINT)  # before anything runs, not midway
         started = record.get("started") if record is not None else None
-        _run_in(cfg, run_dir, quiet, task=task, mesh=mesh, started=started, resumed=[resumed_at])
+        with _interruptible():
+            _run_in(
+                cfg, run_dir, quiet, task=task, mesh=mesh, started=started, resumed=[resumed_at]
+            )
     except KeyboardInterrupt:
         raise RunInterrupted(run_dir) from None
     return run_dir
@@ -834,6 +893,7 @@ def _run_in(
     ctx = RunContext(run_dir, seed=cfg.seed, quiet=quiet, mesh=mesh, data_axes=data_axes)
     start = time.time()
     results = task.run(cfg.params, ctx)
+    _raise_if_interrupted()  # never write the results of an interrupted run
     end = time.time()
     meta = {
         "task": cfg.task,
