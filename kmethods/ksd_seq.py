@@ -301,12 +301,19 @@ def zs_neighbours(
                 f"`seq` must hold tokens in [0, num_states) = [0, {num_states}) before its "
                 f"length, got {used.tolist()}."
             )
-    x = _pad_sequences(seq, length, seq.shape[0] + 1)
-    out = _neighbours(x, length, log_prob, dtype=_float_dtype(), **options)
+    arrays, static = _split_function(log_prob)
+    out = _zs_neighbours(seq, length, arrays, log_prob_static=static, **options)
     if _checks.is_concrete(out.weights) and np.isnan(np.asarray(out.weights)).any():
-        arrays, static = _split_function(log_prob)
         _raise_log_prob_problem(seq[None], length[None], arrays, static, options)
     return out
+
+
+@partial(jax.jit, static_argnames=("log_prob_static", "num_states", "neighbourhood", "window"))
+def _zs_neighbours(seq, length, arrays, *, log_prob_static, **options):
+    # Jitted: eagerly, the edits and weights ran op by op (~10 s on a CPU for one sequence).
+    log_prob = _merge_function(arrays, log_prob_static)
+    x = _pad_sequences(seq, length, seq.shape[0] + 1)
+    return _neighbours(x, length, log_prob, dtype=_float_dtype(), **options)
 
 
 # ------------------------------------------------------------------------------------- kernels
