@@ -54,6 +54,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import signal
 import sys
 import tempfile
@@ -703,18 +704,25 @@ def run_experiment(cfg: RunConfig, out_root="runs", *, quiet: bool = False) -> p
     The folder is made only after every check (config, packages, devices) has passed. Ctrl-C
     raises `RunInterrupted`, which names the folder to resume."""
     task, mesh = _prepare(cfg)
-    run_dir = _new_run_dir(out_root, cfg.name)
+    run_dir = None
     try:
-        started = _now()
-        if is_writer():
-            record = {"started": started, "config": resolved_dict(cfg)}
-            # read-only: a hint that it is the reference, not a file to edit
-            atomic_write_text(run_dir / RUN_RECORD, json.dumps(record, indent=2) + "\n", mode=0o444)
-            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
         with _interruptible():
+            run_dir = _new_run_dir(out_root, cfg.name)
+            started = _now()
+            if is_writer():
+                record = {"started": started, "config": resolved_dict(cfg)}
+                # read-only: a hint that it is the reference, not a file to edit
+                text = json.dumps(record, indent=2) + "\n"
+                atomic_write_text(run_dir / RUN_RECORD, text, mode=0o444)
+                atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
             _run_in(cfg, run_dir, quiet, task=task, mesh=mesh, started=started)
     except KeyboardInterrupt:
-        raise RunInterrupted(run_dir if (run_dir / "config.yaml").is_file() else None) from None
+        if run_dir is not None and not (run_dir / "config.yaml").is_file():
+            # stopped before the run began: its fresh folder holds nothing to resume
+            if is_writer():
+                shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir = None
+        raise RunInterrupted(run_dir) from None
     return run_dir
 
 
