@@ -156,6 +156,8 @@ def _windows(width, neighbourhood, window):
 
 def num_neighbours(width, num_states, *, neighbourhood="zs", window=DEFAULT_WINDOW) -> int:
     """N, the number of neighbour slots per sequence of padded width `width`."""
+    width = _checks.positive_int(width, "width")
+    num_states, _ = _check_options(num_states, neighbourhood, window, "barker")
     sub, ins, dele = _windows(width, neighbourhood, window)
     return sub * num_states + ins * num_states + dele
 
@@ -1563,6 +1565,13 @@ class SecondOrderMarkovChain(_ChainWithStops):
         return jnp.concatenate([first[None], second[None], rest])
 
 
+def _check_floor(floor):
+    if isinstance(floor, bool) or not isinstance(floor, (int, float, np.floating)):
+        raise TypeError(f"`floor` must be a number in [0, 1), got {floor!r}.")
+    if not 0.0 <= floor < 1.0:
+        raise ValueError(f"`floor` must lie in [0, 1), got {floor}.")
+
+
 def _floor_rows(p, floor):
     """max(p, floor) renormalised along the last axis: every transition stays possible
     (`ensure_positive_density` of the authors' code)."""
@@ -1587,6 +1596,7 @@ def random_walk_with_memory(
     """
     num_states = _checks.positive_int(num_states, "num_states", minimum=3)
     _check_mean_length(mean_length)
+    _check_floor(floor)
     if isinstance(memory, bool) or not isinstance(memory, (int, float, np.floating)):
         raise TypeError(f"`memory` must be a number in [0, 1], got {memory!r}.")
     if not 0.0 <= memory <= 1.0:
@@ -1623,6 +1633,9 @@ def random_second_order_chain(
     the simplex), which spares compiling the gamma sampler."""
     num_states = _checks.positive_int(num_states, "num_states")
     _check_mean_length(mean_length)
+    _check_floor(floor)
+    if isinstance(concentration, (str, bytes, bool)) or concentration is None:
+        raise TypeError(f"`concentration` must be a positive number, got {concentration!r}.")
     _checks.check_positive(concentration, "concentration")
     dtype = _float_dtype()
     shape = (1 + num_states + num_states**2, num_states)

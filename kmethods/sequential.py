@@ -16,6 +16,12 @@ that step the payoff NaN; the log-wealth is then NaN for good, and a NaN wealth 
 1/alpha before (the eager call would have raised for the whole stream). An online step past the
 capacity of its state voids it the same way and sets `BettingState.overflow`.
 
+Rounding cannot bias the level, even with a nearly constant kernel (payoffs at round-off
+level): each payoff is computed as an exactly odd function of the swap that H0 leaves
+invariant (the new points' kernel rows enter as a difference, row by row, and their product or
+sum changes sign exactly under the swap), and its normaliser and the bet depend on the past
+only. There is no resampled null whose arithmetic could differ from the observed statistic's.
+
 Both tests are `(init, step)` state machines over a `BettingState` (fixed-capacity history
 buffers plus running kernel sums), so they run online one observation at a time, inside
 `lax.scan` over a whole stream (`skit`, `mmd_betting_test`) and under `vmap` over many streams.

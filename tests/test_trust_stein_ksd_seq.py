@@ -111,6 +111,16 @@ def test_flags_and_sizes_are_validated():
         ks.zs_neighbours(np.full(WIDTH, S), 2, lp, **OPTS)
     with pytest.raises(TypeError, match="`flip_probability`"):
         _test(seqs, lengths, lp, flip_probability="0.5")
+    with pytest.raises(ValueError, match="`window`"):
+        ks.num_neighbours(WIDTH, S, window=0)
+    with pytest.raises(TypeError, match="`width`"):
+        ks.num_neighbours(6.0, S)
+    with pytest.raises(ValueError, match="`neighbourhood`"):
+        ks.num_neighbours(WIDTH, S, neighbourhood="zs_2")
+    with pytest.raises(ValueError, match="`floor`"):
+        ks.random_walk_with_memory(5, floor=-0.1)
+    with pytest.raises(TypeError, match="`concentration`"):
+        ks.random_second_order_chain(jax.random.key(0), 3, concentration="1")
 
 
 def test_traced_alpha_matches_a_loop():
