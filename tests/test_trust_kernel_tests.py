@@ -396,3 +396,14 @@ def test_property_reject_implies_a_finite_statistic(p, test, poison):
         assert not bool(res.reject) or np.isfinite(float(res.p_value))
         if poison:
             assert not bool(res.reject) and np.isnan(float(res.p_value))
+
+
+def test_thinning_half_precision_is_thinning_of_the_same_values_in_float32(getkey):
+    x = jax.random.normal(getkey(), (256, 2)).astype(jnp.bfloat16)
+    k = km.Gaussian(1.0)
+    key = getkey()
+    same_values = jnp.asarray(x, jnp.float32)
+    np.testing.assert_array_equal(km.kernel_thin(key, x, k), km.kernel_thin(key, same_values, k))
+    np.testing.assert_array_equal(
+        km.compresspp(key, x, k, g=1), km.compresspp(key, same_values, k, g=1)
+    )
