@@ -894,7 +894,7 @@ def _run_in(
     """Runs the task in `run_dir` and writes `results.json`. Its `meta.started` is when the run
     first started (`started`; this launch when unknown), `wall_seconds` the time this launch
     computed (a resumed run's earlier launches are not counted: their ends are unknown), and
-    `resumed` the times of the resumes (`resumed`, when any)."""
+    `resumed` the time of this launch when it resumes the run (`resumed`)."""
     import jax
 
     data_axes = None if mesh is None else cfg.devices.split_axes
