@@ -39,15 +39,19 @@ def _assert_void(result):
 
 def test_log_prob_garbage_along_the_chains():
     """Before the fix a NaN log p at a proposal was a silently refused move and +inf a
-    silently accepted one: a finite statistic from a chain that is not p-invariant."""
+    silently accepted one: a finite statistic from a chain that is not p-invariant. Now it is
+    a ValueError eagerly (pksd_test and perturb, mode jumps and MALA) and, under jit, a NaN
+    statistic with no rejection and NaN points from perturb."""
     assert float(jnp.max(X)) < EDGE
     key = jax.random.key(0)
     match = "`log_prob` returned NaN or \\+inf at a point proposed"
+    with pytest.raises(ValueError, match=match):
+        pksd_test(key, X, nan_far, **KW)
     for log_prob in (nan_far, inf_far):
         with pytest.raises(ValueError, match=match):
-            pksd_test(key, X, log_prob, **KW)
-    with pytest.raises(ValueError, match=match):
-        perturb(key, X, nan_far, MODES, 1.0, num_steps=2)
+            perturb(key, X, log_prob, MODES, 1.0, num_steps=2)
+    with pytest.raises(ValueError, match=match):  # MALA proposals cross EDGE too
+        perturb(key, X, nan_far, None, 2.0, num_steps=3, transition="mala")
     _assert_void(jax.jit(lambda x: pksd_test(key, x, nan_far, **KW))(X))
     moved = jax.jit(lambda x: perturb(key, x, nan_far, MODES, 1.0, num_steps=2))(X)
     assert np.isnan(np.asarray(moved)).any() and np.isfinite(np.asarray(moved)).any()
