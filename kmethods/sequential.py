@@ -569,6 +569,14 @@ def skit_step(
     x_pair = _step_points(x_pair, "x_pair", w.x, 2)
     y_pair = _step_points(y_pair, "y_pair", w.y, 2)
     _check_capacity(w.count, 2, w.x.shape[0], "num_pairs")
+    return _online_skit_step(
+        state, x_pair, y_pair, kernel_x, kernel_y, log_threshold, bet=bet, max_bet=max_bet
+    )
+
+
+# The online steps are jitted as a whole: eagerly they ran op by op, and the guards added ops.
+@partial(jax.jit, static_argnames=("bet", "max_bet"))
+def _online_skit_step(state, x_pair, y_pair, kernel_x, kernel_y, log_threshold, *, bet, max_bet):
     new = _skit_step(state, x_pair, y_pair, kernel_x, kernel_y, log_threshold, bet, max_bet)
     return _guard_capacity(state, new, 2)
 
@@ -783,6 +791,11 @@ def mmd_betting_step(
     x_new = _step_points(x_new, "x_new", w.x, 1)
     y_new = _step_points(y_new, "y_new", w.y, 1)
     _check_capacity(w.count, 1, w.x.shape[0], "num_steps")
+    return _online_mmd_step(state, x_new, y_new, kernel, log_threshold, bet=bet, max_bet=max_bet)
+
+
+@partial(jax.jit, static_argnames=("bet", "max_bet"))
+def _online_mmd_step(state, x_new, y_new, kernel, log_threshold, *, bet, max_bet):
     new = _mmd_betting_step(state, x_new, y_new, kernel, log_threshold, bet, max_bet)
     return _guard_capacity(state, new, 1)
 
