@@ -77,8 +77,10 @@ class DeerSolution(NamedTuple):
       states: h_0 ... h_{L-1}, the state pytree with a leading time axis of length L.
       num_iters: the number of iterations run (int32 scalar).
       converged: whether the last iteration changed no state entry h by more than
-        `tol * (1 + |h|)` (and no entry was infinite, NaN or beyond +-1e8). When False, the
-        states are the last iterate: an approximation, or inf / NaN where it diverged.
+        `tol * (1 + |h|)` (and no entry was infinite, NaN or beyond +-1e8); with damping,
+        also that the residual h_t - step(h_{t-1}) was that small (a damped step can stall
+        far from the solution). When False, the states are the last iterate: an
+        approximation, or inf / NaN where it diverged.
     """
 
     states: Any
@@ -425,7 +427,8 @@ def deer_solve(
         cells whose Jacobians expand (spectral radius > 1 over long stretches, as trained
         RNNs can have) may need hundreds.
       tol: convergence when no state entry h moves by more than `tol * (1 + |h|)` in an
-        iteration (default 1e-5 in float32, 1e-10 in float64).
+        iteration, and with damping when no residual h_t - step(h_{t-1}) is larger either
+        (default 1e-5 in float32, float16 and bfloat16, 1e-10 in float64). A Python float.
       damping: None, or the ELK / Levenberg-Marquardt weight lambda > 0 of the trust region
         (see the module docstring). Larger is more stable and slower. It may be a traced value
         (under `jit`, `vmap` over dampings); a traced damping <= 0 cannot be refused, so it

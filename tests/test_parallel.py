@@ -156,6 +156,20 @@ def test_low_precision_sharded_solves_in_float32(getkey):
     np.testing.assert_allclose(
         np.asarray(got, np.float32), want, rtol=eps, atol=1e-5 * float(jnp.max(jnp.abs(want)))
     )
+    # the gradient too: the adjoint recurrence runs in float32 and is rounded once
+    w = jax.random.normal(getkey(), b.shape).astype(dtype)
+    grad = jax.jit(jax.grad(lambda a, b: jnp.sum(w * linear_recurrence_sharded(a, b, mesh=mesh))))
+    got_grad = grad(a, b)
+    assert got_grad.dtype == dtype
+    want_grad = jax.grad(lambda a, b: jnp.sum(w.astype(jnp.float32) * linear_recurrence(a, b)))(
+        a.astype(jnp.float32), b.astype(jnp.float32)
+    )
+    np.testing.assert_allclose(
+        np.asarray(got_grad, np.float32),
+        want_grad,
+        rtol=eps,
+        atol=1e-5 * float(jnp.max(jnp.abs(want_grad))),
+    )
     q, k, v = (jax.random.normal(getkey(), (64, 4)).astype(dtype) for _ in range(3))
     log_a = jax.nn.log_sigmoid(jax.random.normal(getkey(), (64, 4)) + 3.0).astype(dtype)
     y = jax.jit(lambda *x: gated_linear_attention_sharded(*x, mesh=mesh, chunk_size=64))(
