@@ -225,10 +225,11 @@ class RNN(eqx.Module):
     A DEER solve can fail where the sequential scan would not: it may stop at `max_iter`, or
     diverge. Calling the RNN never returns such states as if they were the answer: with
     `on_failure="nan"` (the default) the states of a solve that did not converge are all NaN
-    (per sequence under `vmap`), and with `on_failure="raise"` the call raises (an
-    `equinox` runtime error, which works under `jit` too). `RNN.solve` returns the solution
-    with its `converged` flag and the last iterate, untouched, for those who want it. (The
-    sequential scan's states are never replaced: a diverging cell gives its infs there.)
+    (per sequence under `vmap`), and so are the gradients through them; with
+    `on_failure="raise"` the call raises (an `equinox` runtime error, which works under `jit`
+    too). `RNN.solve` returns the solution with its `converged` flag and the last iterate,
+    untouched, for those who want it. (The sequential scan's states are never replaced: a
+    diverging cell gives its infs there.)
     """
 
     cell: eqx.Module
@@ -291,4 +292,7 @@ class RNN(eqx.Module):
                 f"RNN(solver={self.solver!r}): the DEER iteration did not converge (diverged, "
                 "or needs more than `max_iter` iterations); RNN.solve returns the last iterate.",
             )
-        return jax.tree.map(lambda s: jnp.where(sol.converged, s, jnp.nan), sol.states)
+        # a product rather than a select, so that gradients through an unconverged solve are
+        # NaN as well (a select would give them silently as zeros)
+        poison = jnp.where(sol.converged, 1.0, jnp.nan)
+        return jax.tree.map(lambda s: s * poison.astype(s.dtype), sol.states)

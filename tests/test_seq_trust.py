@@ -244,6 +244,9 @@ def test_unconverged_rnn_output_is_nan_or_raises():
     assert bool(jnp.all(jnp.isnan(out)))
     assert not bool(sol.converged) and bool(jnp.all(jnp.isfinite(sol.states)))
     assert bool(jnp.all(jnp.isnan(eqx.filter_jit(lambda x: jax.vmap(rnn)(x))(xs))))
+    # nor a finite gradient: a select would have passed zeros
+    grads = eqx.filter_jit(eqx.filter_grad(lambda r: jnp.sum(r(xs[0]))))(rnn)
+    assert bool(jnp.all(jnp.isnan(grads.cell.weight_hh)))
     strict = sm.RNN(cell, solver="quasi", max_iter=2, on_failure="raise")
     with pytest.raises(Exception, match="did not converge"):
         strict(xs[0])
