@@ -557,20 +557,20 @@ def _multinomial_weights(u):
     return counts / n
 
 
-def _summed_ksd_test(u, samples, scores, kernels, alpha, *, block_size):
+def _summed_ksd_test(u, samples, scores, kernels, alpha, valid, *, block_size):
     """Multinomial bootstrap test of sum_l KSD_u^2(x^l): the statistic is sum_{i != j} of the
     summed Stein kernel over n(n-1); each draw is sum_{i != j} (w_i - 1/n)(w_j - 1/n) of it, as
     `kmethods.ksd_test` for one sample. One draw per row of the uniforms u, shape (B, n).
 
     The statistic is column 0 of the same blocked product as the draws (one arithmetic path).
-    A non-finite point or score anywhere makes the statistic NaN, which never rejects: a NaN
-    term can hide in the sum only by luck of the weights."""
+    A non-finite point or score anywhere, or `valid` False, makes the statistic NaN, which never
+    rejects: a NaN term can hide in the sum only by luck of the weights."""
     n, dtype = samples.shape[1], samples.dtype
     weights = _multinomial_weights(u) - 1.0 / n
     columns = jnp.concatenate([jnp.ones((1, n), dtype), weights]).T  # (n, B + 1)
     u_columns = _summed_stein_matvec(kernels, samples, scores, columns, block_size=block_size)
     forms = jnp.einsum("ib,ib->b", columns, u_columns)
-    finite = jnp.all(jnp.isfinite(samples)) & jnp.all(jnp.isfinite(scores))
+    finite = valid & jnp.all(jnp.isfinite(samples)) & jnp.all(jnp.isfinite(scores))
     forms = jnp.where(finite, forms, jnp.nan)
     statistic = forms[0] / (float(n) * (n - 1))
     null_samples = forms[1:]
@@ -595,7 +595,8 @@ def _perturb_all(u, x, thetas, jumps, **kw):
 def _select_theta(u, x, thetas, jumps, kernel, *, log_prob, block_size, **kw):
     """The theta maximising (KSD_u^2(x) + KSD_u^2(K_theta^T x)) / sigma, sigma^2 the plug-in
     variance 4/n^3 sum_i r_i^2 - 4/n^4 (sum_i r_i)^2 of the V-form with row sums r, as the
-    authors' `find_optimal_param` and `h1_var` (diagonal excluded, 1e-12 added)."""
+    authors' `find_optimal_param` and `h1_var` (diagonal excluded, 1e-12 added). Also returns
+    whether the perturbed points and the scores were all finite."""
     n, dtype = x.shape[0], x.dtype
     nf = float(n)
     perturbed = _perturb_all(u, x, thetas, jumps, log_prob=log_prob, **kw)
@@ -613,7 +614,9 @@ def _select_theta(u, x, thetas, jumps, kernel, *, log_prob, block_size, **kw):
     total = jnp.sum(rows, axis=-1)
     var = 4.0 * jnp.sum(rows**2, axis=-1) / nf**3 - 4.0 * total**2 / nf**4
     ratio = (total / nf**2) / jnp.sqrt(jnp.maximum(var, 0.0) + 1e-12)
-    return thetas[jnp.argmax(ratio)]
+    # Whether the chains and the scores were finite: a NaN here picks an arbitrary theta.
+    finite = jnp.all(jnp.isfinite(perturbed)), jnp.all(jnp.isfinite(scores))
+    return thetas[jnp.argmax(ratio)], *finite
 
 
 @partial(
@@ -655,6 +658,9 @@ def _pksd_core(
         block_size = max(1, min(x.shape[0], _BLOCK_ENTRIES // x.shape[0]))
     kw = dict(log_prob=log_prob, transition=transition, pair=pair)
     num_thetas, n = thetas.shape[0], x.shape[0]
+    # All of x, the half that fits theta included: NaN data under jit, or a log p that is not
+    # finite at the sample, void the test.
+    x_ok = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(jax.vmap(log_prob)(x)))
     if method == "ospksd":
         fit, x = x[: n // 2], x[n // 2 :]  # theta and the modes come from the first half only
     else:
@@ -676,24 +682,23 @@ def _pksd_core(
         jumps = _prepare_jumps(modes, x.dtype)
     if method == "ospksd":
         u_fit = u[:num_thetas, :, : fit.shape[0]]
-        theta = _select_theta(u_fit, fit, thetas, jumps, kernel, block_size=block_size, **kw)
+        theta, fit_chains_ok, fit_scores_ok = _select_theta(
+            u_fit, fit, thetas, jumps, kernel, block_size=block_size, **kw
+        )
         perturbed = _perturb(u[num_thetas], x, theta, jumps, **kw)[None]
     else:
         perturbed = _perturb_all(u, x, thetas, jumps, **kw)
+        fit_chains_ok = fit_scores_ok = jnp.bool_(True)
     samples = jnp.concatenate([x[None], perturbed])
     scores = _scores_of(samples, log_prob)
     kernels = _kernel_stack(kernel, samples)
-    result = _summed_ksd_test(u_boot, samples, scores, kernels, alpha, block_size=block_size)
+    chains_ok = fit_chains_ok & jnp.all(jnp.isfinite(perturbed))
+    scores_ok = fit_scores_ok & jnp.all(jnp.isfinite(scores))
+    valid = x_ok & chains_ok & scores_ok
+    result = _summed_ksd_test(u_boot, samples, scores, kernels, alpha, valid, block_size=block_size)
     # Why the statistic is NaN, for the eager error: 1 non-finite x or log p(x) (only possible
     # under jit), 2 garbage from log_prob along the chains, 3 a non-finite score.
-    x_ok = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(jax.vmap(log_prob)(x)))
-    problem = jnp.where(
-        ~x_ok,
-        1,
-        jnp.where(
-            ~jnp.all(jnp.isfinite(perturbed)), 2, jnp.where(~jnp.all(jnp.isfinite(scores)), 3, 0)
-        ),
-    )
+    problem = jnp.where(~x_ok, 1, jnp.where(~chains_ok, 2, jnp.where(~scores_ok, 3, 0)))
     return result, problem
 
 

@@ -21,6 +21,10 @@ X = jnp.asarray(np.random.default_rng(0).normal(size=(16, 1)), jnp.float32)
 EDGE = 3.5  # the sample lies below; only jumps towards the mode at 6 propose points beyond
 
 
+def bimodal6(z):
+    return bimodal_log_prob(z, 6.0)
+
+
 def nan_far(z):
     """The bimodal log density, NaN beyond EDGE."""
     return jnp.where(z[0] > EDGE, jnp.nan, bimodal_log_prob(z, 6.0))
@@ -60,7 +64,8 @@ def test_log_prob_garbage_along_the_chains():
 def test_log_prob_garbage_at_the_sample_and_nan_data_under_jit():
     """A sample point where log p is NaN (before: its chain never moved and its score, finite,
     entered the statistic) raises eagerly, for pksd_test and perturb; under jit it and NaN
-    data give a NaN statistic and no rejection."""
+    data (for ospKSD also in the half that chooses theta) give a NaN statistic and no
+    rejection."""
     x = X.at[3, 0].set(5.0)
     key = jax.random.key(1)
     for call in (
@@ -72,6 +77,11 @@ def test_log_prob_garbage_at_the_sample_and_nan_data_under_jit():
     test = jax.jit(lambda x: pksd_test(key, x, nan_far, **KW))
     _assert_void(test(x))
     _assert_void(test(X.at[0, 0].set(jnp.nan)))
+    # ospKSD: a NaN in the half that only chooses theta (it used to pick an arbitrary theta
+    # and test the clean half as if nothing had happened)
+    ospksd = jax.jit(lambda x: pksd_test(key, x, bimodal6, method="ospksd", **KW))
+    assert np.isfinite(float(ospksd(X).statistic))
+    _assert_void(ospksd(X.at[0, 0].set(jnp.nan)))
 
 
 def half_log_prob(z):
