@@ -352,6 +352,8 @@ def test_layer_constructor_and_step_scale_errors(getkey):
     )
     with pytest.raises(ValueError, match=r"tokens.*jax\.vmap"):
         tokens(jnp.zeros((2, 7), jnp.int32))
+    with pytest.raises(ValueError, match="L >= 1"):
+        tokens(jnp.zeros((0,), jnp.int32))
     s5 = layers.S5(8, 4, key=getkey())
     x = jax.random.normal(getkey(), (10, 8))
     for bad in (-jnp.ones(10), jnp.ones(10).at[3].set(jnp.nan)):

@@ -9,7 +9,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from seqmodels.layers._checks import check_sequence, prepare_sequence
+from seqmodels.layers._checks import prepare_sequence
 
 __all__ = ["SequenceModel", "ShortConv"]
 
@@ -124,7 +124,8 @@ class SequenceModel(eqx.Module):
                     f"SequenceModel expected (L,) integer tokens, got shape {x.shape} of dtype "
                     f"{x.dtype}; use jax.vmap over a batch."
                 )
-            check_sequence(x[:, None], 1, "SequenceModel", "1")
+            if x.shape[0] < 1:
+                raise ValueError(f"SequenceModel needs L >= 1 tokens, got shape {x.shape}.")
             dtype = None
         else:
             x, dtype = prepare_sequence(x, self.embed.in_features, "SequenceModel", "input_dim")
