@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 import kmethods as km
@@ -239,3 +241,62 @@ def test_level_with_nearly_constant_kernels(bet):
     res = jax.vmap(lambda x, y: km.mmd_betting_test(None, x, y, flat, bet=bet))(xs2, ys2)
     assert np.all(np.isfinite(np.asarray(res.wealth)))
     assert int(np.sum(res.reject)) <= _max_rejections()
+
+
+# ------------------------------------------------------------------ properties
+
+_DTYPES = {"f16": jnp.float16, "bf16": jnp.bfloat16, "f32": jnp.float32, "f64": jnp.float64}
+_STREAMS = st.fixed_dictionaries(
+    {
+        "dtype": st.sampled_from(sorted(_DTYPES)),
+        "log_scale": st.integers(-6, 6),
+        "offset": st.sampled_from([0.0, 3.0, -250.0, 1e4]),
+        "poison": st.sampled_from([None, 0, 7, 19]),  # where a NaN goes (jit lets it through)
+        "seed": st.integers(0, 2**16),
+    }
+)
+# Jitted once per dtype (the kernel is traced): four compilations for the whole property test.
+_SKIT = jax.jit(lambda a, b, k: km.skit(None, a, b, k, k, alpha=0.2))
+_MMD = jax.jit(lambda a, b, k: km.mmd_betting_test(None, a, b, k, alpha=0.2))
+
+
+@settings(max_examples=24, deadline=None, derandomize=True, phases=[Phase.generate])
+@given(_STREAMS)
+def test_property_betting_wealth_is_finite_translation_invariant_and_never_rejects_on_nan(p):
+    """Over dtypes, scales 1e-6..1e6 and offsets up to 1e4, in d = 17 (where squared distances
+    take the Gram form, the one that cancelled on shifted data): the wealth is float32 or
+    wider; before any bad step it matches the float64 wealth of the same values moved to the
+    origin (a Gaussian kernel at the data's scale sees only differences); a NaN point, or an
+    infinity from a cast that overflowed, makes the wealth NaN from its step on, and then the
+    test never rejects; `reject` implies a finite wealth."""
+    n, d = 20, 17
+    with jax.enable_x64(p["dtype"] == "f64"):
+        rng = np.random.default_rng(p["seed"])
+        scale = 10.0 ** p["log_scale"]
+        x = rng.standard_normal((n, d))
+        y = x + 0.5 * rng.standard_normal((n, d))
+        wide = jnp.float64 if p["dtype"] == "f64" else jnp.float32
+        cast = lambda a: jnp.asarray(p["offset"] + scale * a, wide).astype(_DTYPES[p["dtype"]])
+        clean, yd, shifted = cast(x), cast(y), cast(y + 1.0)  # shifted: the two-sample test's y
+        xd = clean if p["poison"] is None else clean.at[p["poison"], 0].set(jnp.nan)
+        kernel = km.Gaussian(scale * np.sqrt(d))
+        runs = {"skit": (_SKIT, xd, yd, 2), "mmd": (_MMD, xd, shifted, 1)}
+        results = {name: run(a, b, kernel) for name, (run, a, b, _) in runs.items()}
+    for name, (run, a, b, per_step) in runs.items():
+        res = results[name]
+        wealth = np.asarray(res.wealth, np.float64)
+        assert res.wealth.dtype == (jnp.float64 if p["dtype"] == "f64" else jnp.float32)
+        assert not bool(res.reject) or np.all(np.isfinite(wealth))
+        # The first step with a NaN or an infinity (the NaN put there, or a cast overflow).
+        rows = np.all(np.isfinite(np.asarray(a)), 1) & np.all(np.isfinite(np.asarray(b)), 1)
+        steps = rows[: per_step * wealth.shape[0]].reshape(-1, per_step).all(1)
+        first = int(np.argmin(steps)) if not steps.all() else wealth.shape[0]
+        assert np.all(np.isnan(wealth[first:])) and np.all(np.isfinite(wealth[:first]))
+        assert bool(res.reject) <= (first == wealth.shape[0])
+        # The same values moved to the origin exactly, in float64 (bad rows zeroed: the wealth
+        # before a step depends on the steps before it only).
+        with jax.enable_x64(True):
+            a64 = np.where(rows[:, None], np.asarray(a, np.float64) - p["offset"], 0.0)
+            b64 = np.where(rows[:, None], np.asarray(b, np.float64) - p["offset"], 0.0)
+            ref = np.asarray(run(a64, b64, kernel).wealth)
+        np.testing.assert_allclose(np.log(wealth[:first]), np.log(ref[:first]), atol=1e-3)
