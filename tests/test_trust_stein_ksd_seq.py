@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from kmethods import ksd_seq as ks
@@ -153,3 +155,43 @@ def test_level_with_a_nearly_constant_kernel():
     assert np.all(np.isfinite(np.asarray(res.statistic)))
     lo, hi = stats.binom.interval(0.99, replicates, 0.05)
     assert lo <= int(np.sum(res.reject)) <= hi, int(np.sum(res.reject))
+
+
+# ------------------------------------------------------------------ properties
+
+_KERNELS = {
+    "hamming": ks.HammingKernel(),
+    "substrings": ks.ContiguousSubsequenceKernel(1, 2),
+    "lengths": ks.LengthKernel(2.0),
+}
+# Jitted once per kernel type (the model's arrays and the kernel's numbers are traced).
+_KSD2 = jax.jit(lambda s, ln, m, k: ks.ksd2_seq(s, ln, m.log_prob, k, **OPTS))
+
+
+@settings(max_examples=20, deadline=None, derandomize=True, phases=[Phase.generate])
+@given(
+    st.sampled_from(sorted(_KERNELS)),
+    st.integers(0, 2**16),
+    st.sampled_from([None, "token", "length", "model"]),
+)
+def test_property_ksd2_seq_finite_order_invariant_and_nan_on_garbage(kernel, seed, garbage):
+    """Random sequences and a random chain: the statistic is finite and does not depend on the
+    order of the sequences; garbage that only the eager checks see gives NaN under jit."""
+    rng = np.random.default_rng(seed)
+    seqs = rng.integers(0, S, size=(N, WIDTH)).astype(np.int32)
+    lengths = rng.integers(1, WIDTH + 1, size=N).astype(np.int32)
+    rows = rng.dirichlet(np.ones(S), size=S + 1)
+    model = ks.MarkovChain(rows[0], rows[1:], 0.3, max_length=WIDTH)
+    k = _KERNELS[kernel]
+    value = float(_KSD2(seqs, lengths, model, k))
+    assert np.isfinite(value)
+    perm = rng.permutation(N)
+    assert float(_KSD2(seqs[perm], lengths[perm], model, k)) == pytest.approx(value, abs=1e-5)
+    if garbage == "token":
+        seqs[rng.integers(N), 0] = S + rng.integers(0, 5)
+    elif garbage == "length":
+        lengths[rng.integers(N)] = WIDTH + 1 + rng.integers(0, 5)
+    elif garbage == "model":
+        model = eqx.tree_at(lambda m: m.initial, model, model.initial.at[0].set(jnp.nan))
+    if garbage is not None:
+        assert np.isnan(float(_KSD2(seqs, lengths, model, k)))
