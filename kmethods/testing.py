@@ -90,8 +90,10 @@ def gamma_p_value(statistic, mean, variance):
 
 def decide(statistic, p_value, alpha, null_samples) -> TestResult:
     """The `TestResult` of a test: rejects only when the statistic and p-value are finite and
-    p_value <= alpha. Every test in kmethods builds its result here."""
-    reject = jnp.isfinite(statistic) & jnp.isfinite(p_value) & (p_value <= alpha)
+    p_value <= alpha. Every test in kmethods builds its result here. A traced `alpha` (one
+    vmapped over) skips the eager range check, so a level outside (0, 1) never rejects."""
+    level_ok = (alpha > 0) & (alpha < 1)
+    reject = jnp.isfinite(statistic) & jnp.isfinite(p_value) & (p_value <= alpha) & level_ok
     return TestResult(statistic, p_value, reject, null_samples)
 
 

@@ -272,6 +272,12 @@ def test_traced_alpha_is_a_level_not_an_error(getkey):
     alphas = jnp.array([0.001, 0.05, 0.5])
     res = jax.vmap(lambda a: km.mmd_test(key, x, y, km.Gaussian(1.0), alpha=a))(alphas)
     np.testing.assert_array_equal(res.reject, res.p_value <= alphas)
+    # A traced level outside (0, 1) cannot be checked eagerly; it must not reject.
+    bad = jnp.array([1.0, 2.0, -0.5])
+    res = jax.vmap(lambda a: km.hsic_test(key, x, y, km.Gaussian(1.0), km.Gaussian(1.0), alpha=a))(
+        bad
+    )
+    assert not np.any(np.asarray(res.reject))
 
 
 # ------------------------------------------------------------------ properties
