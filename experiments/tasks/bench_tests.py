@@ -45,7 +45,7 @@ from experiments.tasks import nonfinite
 from experiments.timing import timed
 
 # The comparator, an optional package: checked by the runner before the run folder is made.
-REQUIRES = {"hyppo": "pip install hyppo, or pip install -e '.[dev]'"}
+REQUIRES = {"hyppo": "pip install hyppo, or pip install 'kseq[bench]'"}
 
 
 @dataclasses.dataclass(frozen=True)

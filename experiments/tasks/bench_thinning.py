@@ -47,7 +47,7 @@ Method = Literal["kt", "compresspp"]
 
 
 # The comparator, an optional package: checked by the runner before the run folder is made.
-REQUIRES = {"goodpoints": "pip install goodpoints, or pip install -e '.[dev]'"}
+REQUIRES = {"goodpoints": "pip install goodpoints, or pip install 'kseq[bench]'"}
 
 
 @dataclasses.dataclass(frozen=True)
