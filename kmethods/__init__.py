@@ -5,6 +5,7 @@ sums go through `kmethods.pairwise` in blocks, so memory grows as O(n), not O(n^
 """
 
 from kmethods import pairwise as pairwise
+from kmethods.calibration import TestResult as TestResult
 from kmethods.hsic import hsic as hsic
 from kmethods.hsic import hsic_test as hsic_test
 from kmethods.kernels import IMQ as IMQ
@@ -53,7 +54,6 @@ from kmethods.sequential import mmd_betting_test as mmd_betting_test
 from kmethods.sequential import skit as skit
 from kmethods.sequential import skit_init as skit_init
 from kmethods.sequential import skit_step as skit_step
-from kmethods.testing import TestResult as TestResult
 from kmethods.thinning import compresspp as compresspp
 from kmethods.thinning import iid_thin as iid_thin
 from kmethods.thinning import kernel_thin as kernel_thin

@@ -146,13 +146,3 @@ def block_size(value, name: str = "block_size") -> int | None:
     if value is None:
         return None
     return positive_int(value, name)
-
-
-def check_kernel(kernel, name: str = "kernel") -> None:
-    from kmethods.kernels import Kernel
-
-    if not isinstance(kernel, Kernel):
-        raise TypeError(
-            f"`{name}` must be a kmethods kernel (e.g. kmethods.Gaussian(1.0)), "
-            f"got {type(kernel).__name__}."
-        )

@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from kmethods import _checks
+from kmethods.calibration import decide, gamma_p_value, resample_p_value
+from kmethods.kernels import check_kernel
 from kmethods.pairwise import map_row_blocks, mask_diagonal
-from kmethods.testing import decide, gamma_p_value, resample_p_value
 
 __all__ = ["hsic", "hsic_test"]
 
@@ -28,8 +29,8 @@ def _paired_inputs(x, y, kernel_x, kernel_y):
     x = _checks.as_points(x, "x")
     y = _checks.as_points(y, "y")
     _checks.same_length(x, y, "x", "y")
-    _checks.check_kernel(kernel_x, "kernel_x")
-    _checks.check_kernel(kernel_y, "kernel_y")
+    check_kernel(kernel_x, "kernel_x")
+    check_kernel(kernel_y, "kernel_y")
     return _checks.promote(x, y)
 
 

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kmethods._checks import as_points, check_positive, positive_int
+from kmethods._numerics import safe_sqrt
 from kmethods.pairwise import centring_point, sqdist
 
 __all__ = [
@@ -50,12 +51,6 @@ __all__ = [
     "SumKernel",
     "median_bandwidth",
 ]
-
-
-def _safe_sqrt(r2):
-    """sqrt with a finite (zero) gradient at 0, so that autodiff never produces NaN."""
-    positive = r2 > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, r2, 1.0)), 0.0)
 
 
 class Kernel(eqx.Module):
@@ -98,6 +93,15 @@ class Kernel(eqx.Module):
         return ScaledKernel(self, weight)
 
     __rmul__ = __mul__
+
+
+def check_kernel(kernel, name: str = "kernel") -> None:
+    """Raises a TypeError naming `name` unless `kernel` is a kmethods kernel."""
+    if not isinstance(kernel, Kernel):
+        raise TypeError(
+            f"`{name}` must be a kmethods kernel (e.g. kmethods.Gaussian(1.0)), "
+            f"got {type(kernel).__name__}."
+        )
 
 
 class RadialKernel(Kernel):
@@ -270,7 +274,7 @@ class Matern(RadialKernel):
         _check_bandwidth(self.bandwidth)
 
     def profile(self, r2):
-        r = _safe_sqrt(r2) / self.bandwidth
+        r = safe_sqrt(r2) / self.bandwidth
         if self.nu == 0.5:
             return jnp.exp(-r)
         if self.nu == 1.5:
@@ -284,7 +288,7 @@ class Matern(RadialKernel):
     def radial_derivatives(self, r2):
         # Written in r, where these are smooth at r = 0 (autodiff in r^2 through sqrt is not).
         h = self.bandwidth
-        r = _safe_sqrt(r2)
+        r = safe_sqrt(r2)
         if self.nu == 0.5:
             raise ValueError(
                 "Matern(nu=0.5) / Laplace is not differentiable at x = y, so its Stein kernel "
@@ -320,7 +324,7 @@ class Laplace(RadialKernel):
         _check_bandwidth(self.bandwidth)
 
     def profile(self, r2):
-        return jnp.exp(-_safe_sqrt(r2) / self.bandwidth)
+        return jnp.exp(-safe_sqrt(r2) / self.bandwidth)
 
     def radial_derivatives(self, r2):
         raise ValueError(
@@ -461,6 +465,6 @@ def median_bandwidth(x, *, key=None, max_points: int = 1000):
 def _median_distance(x):
     n = x.shape[0]
     iu = np.triu_indices(n, 1)
-    dist = _safe_sqrt(sqdist(x, x)[iu])
+    dist = safe_sqrt(sqdist(x, x)[iu])
     med = jnp.median(dist)
     return jnp.where(med > 0, med, jnp.ones_like(med))

@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from kmethods import _checks
+from kmethods.calibration import stein_bootstrap_columns, stein_bootstrap_result
+from kmethods.kernels import check_kernel
 from kmethods.stein import langevin_stein_matvec
-from kmethods.testing import stein_bootstrap_columns, stein_bootstrap_result
 
 __all__ = ["ksd2", "ksd_test"]
 
@@ -77,7 +78,7 @@ def ksd2(x, score, kernel, *, unbiased=True, block_size=None):
       the scores too, when `score` is a function) and the kernel's parameters.
     """
     x = _checks.as_points(x, "x")
-    _checks.check_kernel(kernel)
+    check_kernel(kernel)
     unbiased = _checks.flag(unbiased, "unbiased")
     block_size = _checks.block_size(block_size)
     if callable(score):
@@ -151,7 +152,7 @@ def ksd_test(
     """
     _checks.choice(bootstrap, "bootstrap", ("multinomial", "wild"))
     x = _checks.as_points(x, "x")
-    _checks.check_kernel(kernel)
+    check_kernel(kernel)
     x, scores = _scores(x, score)
     num_bootstrap = _checks.positive_int(num_bootstrap, "num_bootstrap")
     alpha = _checks.probability(alpha, "alpha", traced_ok=True)

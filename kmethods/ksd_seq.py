@@ -78,8 +78,8 @@ import numpy as np
 from jax import lax
 
 from kmethods import _checks
+from kmethods.calibration import stein_bootstrap_columns, stein_bootstrap_result
 from kmethods.pairwise import gram_matvec, map_row_blocks
-from kmethods.testing import stein_bootstrap_columns, stein_bootstrap_result
 
 __all__ = [
     "BALANCES",
@@ -1236,7 +1236,7 @@ def ksd_seq_test(
 
     `bootstrap="wild"` (Chwialkowski, Strathmann & Gretton 2016): the statistic is the
     V-statistic 1/n^2 sum_ij h(x_i, x_j); each draw is 1/n^2 sum_ij W_i W_j h(x_i, x_j) with
-    the sign process W of `kmethods.testing.wild_bootstrap_signs`.
+    the sign process W of `kmethods.calibration.wild_bootstrap_signs`.
 
     The Stein kernel matrix is never stored: all B + 1 quadratic forms come from one blocked
     product H [v_0 v_1 ... v_B]. The test compiles once per shape and `log_prob` function.

@@ -13,8 +13,9 @@ import jax
 import jax.numpy as jnp
 
 from kmethods import _checks
+from kmethods.calibration import decide, gamma_p_value, permuted_labels, resample_p_value
+from kmethods.kernels import check_kernel
 from kmethods.pairwise import gram_matvec, kernel_sum, map_row_blocks, mask_diagonal
-from kmethods.testing import decide, gamma_p_value, permuted_labels, resample_p_value
 
 __all__ = ["mmd2", "mmd_test"]
 
@@ -41,7 +42,7 @@ def mmd2(x, y, kernel, *, unbiased=True, block_size=None):
     x = _checks.as_points(x, "x")
     y = _checks.as_points(y, "y")
     _checks.same_dimension(x, y, "x", "y")
-    _checks.check_kernel(kernel)
+    check_kernel(kernel)
     unbiased = _checks.flag(unbiased, "unbiased")
     block_size = _checks.block_size(block_size)
     x, y = _checks.promote(x, y)
@@ -104,7 +105,7 @@ def mmd_test(
     x = _checks.as_points(x, "x")
     y = _checks.as_points(y, "y")
     _checks.same_dimension(x, y, "x", "y")
-    _checks.check_kernel(kernel)
+    check_kernel(kernel)
     _checks.choice(null, "null", ("permutation", "gamma"))
     alpha = _checks.probability(alpha, "alpha", traced_ok=True)
     unbiased = _checks.flag(unbiased, "unbiased")

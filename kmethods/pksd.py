@@ -52,10 +52,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from kmethods import _checks
-from kmethods.kernels import IMQ, _safe_sqrt
+from kmethods._numerics import safe_sqrt
+from kmethods.calibration import decide, resample_p_value
+from kmethods.kernels import IMQ, check_kernel
 from kmethods.pairwise import gram_matvec, sqdist
 from kmethods.stein import langevin_stein_matvec
-from kmethods.testing import decide, resample_p_value
 
 __all__ = ["DEFAULT_THETAS", "Modes", "find_modes", "perturb", "pksd_test"]
 
@@ -494,7 +495,7 @@ def _median_distance(x):
     """The median distance between distinct points of x, 1 if it is 0: the value of
     `kmethods.median_bandwidth` (without its subsampling)."""
     n = x.shape[0]
-    med = _median_of_nonnegative(_safe_sqrt(sqdist(x, x)[np.triu_indices(n, 1)]))
+    med = _median_of_nonnegative(safe_sqrt(sqdist(x, x)[np.triu_indices(n, 1)]))
     return jnp.where(med > 0, med, jnp.ones_like(med))
 
 
@@ -550,7 +551,7 @@ def _summed_stein_matvec(kernels, samples, scores, v, *, block_size):
 
 def _multinomial_weights(u):
     """Bootstrap weights counts / n, counts ~ Multinomial(n; 1/n, ..., 1/n), from uniforms u of
-    shape (B, n): `kmethods.testing.multinomial_weights` with the draws made by `_uniform`."""
+    shape (B, n): `kmethods.calibration.multinomial_weights` with the draws made by `_uniform`."""
     n = u.shape[1]
     idx = jnp.minimum(jnp.floor(u * n).astype(jnp.int32), n - 1)
     counts = jax.vmap(lambda i: jnp.zeros(n, u.dtype).at[i].add(1.0))(idx)
@@ -793,7 +794,7 @@ def pksd_test(
         x, log_prob, modes, transition, pair, min_points=min_points, modes_optional=True
     )
     if kernel is not None:
-        _checks.check_kernel(kernel)
+        check_kernel(kernel)
     thetas = _check_thetas(thetas, x.dtype)
     num_steps = _checks.positive_int(num_steps, "num_steps")
     num_bootstrap = _checks.positive_int(num_bootstrap, "num_bootstrap")

@@ -64,6 +64,7 @@ import numpy as np
 from jax import lax
 
 from kmethods import _checks
+from kmethods.kernels import check_kernel
 
 __all__ = [
     "BETS",
@@ -499,7 +500,7 @@ def _check_step(state, witness_type, name, kernels, alpha, bet, max_bet):
     if not isinstance(state, BettingState) or not isinstance(state.witness, witness_type):
         raise TypeError(f"`state` must come from `{name}_init` or `{name}_step`.")
     for kernel_name, kernel in kernels.items():
-        _checks.check_kernel(kernel, kernel_name)
+        check_kernel(kernel, kernel_name)
     return _check_bet(bet, max_bet), _log_threshold(alpha)
 
 
@@ -646,8 +647,8 @@ def skit(key, x, y, kernel_x, kernel_y, *, alpha=0.05, bet="ons", max_bet=None):
     """
     del key
     x, y = _stream(x, y, min_length=4, what="points (two pairs)")
-    _checks.check_kernel(kernel_x, "kernel_x")
-    _checks.check_kernel(kernel_y, "kernel_y")
+    check_kernel(kernel_x, "kernel_x")
+    check_kernel(kernel_y, "kernel_y")
     max_bet = _check_bet(bet, max_bet)
     log_threshold = _log_threshold(alpha)
     return _skit_scan(x, y, kernel_x, kernel_y, log_threshold, bet=bet, max_bet=max_bet)
@@ -840,7 +841,7 @@ def mmd_betting_test(key, x, y, kernel, *, alpha=0.05, bet="ons", max_bet=None):
     del key
     x, y = _stream(x, y, min_length=2, what="observations each")
     _checks.same_dimension(x, y, "x", "y")
-    _checks.check_kernel(kernel)
+    check_kernel(kernel)
     max_bet = _check_bet(bet, max_bet)
     log_threshold = _log_threshold(alpha)
     return _mmd_scan(x, y, kernel, log_threshold, bet=bet, max_bet=max_bet)

@@ -52,7 +52,7 @@ import jax.numpy as jnp
 
 from kmethods import _checks
 from kmethods._jit import cpu_jit
-from kmethods.kernels import Gaussian, Laplace, Matern, SumKernel
+from kmethods.kernels import Gaussian, Laplace, Matern, SumKernel, check_kernel
 from kmethods.mmd import mmd2
 from kmethods.pairwise import kernel_row_sums, kernel_sum
 
@@ -82,7 +82,7 @@ def _default_out_size(n: int) -> int:
 
 def _thinning_inputs(x, kernel, out_size, delta, name_kernel="kernel"):
     x = _checks.as_points(x, "x")
-    _checks.check_kernel(kernel, name_kernel)
+    check_kernel(kernel, name_kernel)
     n = x.shape[0]
     if out_size is None:
         out_size = _default_out_size(n)
@@ -413,7 +413,7 @@ def kernel_thin(key, x, kernel, *, out_size=None, split_kernel=None, delta=0.5, 
     _check_key(key)
     x, out_size, delta = _thinning_inputs(x, kernel, out_size, delta)
     if split_kernel is not None:
-        _checks.check_kernel(split_kernel, "split_kernel")
+        check_kernel(split_kernel, "split_kernel")
     m = _halving_rounds(x.shape[0], out_size)
     return _kernel_thin(
         key,
@@ -479,7 +479,7 @@ def mmd_to_sample(x, indices, kernel, *, mean_kxx=None, block_size=None):
       block_size: rows per block of the pairwise sums.
     """
     x = _checks.as_points(x, "x", min_points=1)
-    _checks.check_kernel(kernel)
+    check_kernel(kernel)
     indices = jnp.asarray(indices)
     if indices.ndim != 1 or not jnp.issubdtype(indices.dtype, jnp.integer):
         raise TypeError(

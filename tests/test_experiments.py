@@ -274,7 +274,7 @@ def test_nonfinite_counts_what_a_task_reports():
 
     from experiments.tasks import nonfinite, nonfinite_streams
     from kmethods.sequential import SequentialResult
-    from kmethods.testing import TestResult
+    from kmethods.calibration import TestResult
 
     nan, inf = float("nan"), float("inf")
     res = TestResult(

@@ -10,7 +10,7 @@ import kmethods as km
 from kmethods.hsic import _hsic_permutation_test
 from kmethods.ksd import _ksd_bootstrap_test
 from kmethods.mmd import _mmd_permutation_test
-from kmethods.testing import multinomial_weights, permuted_labels, wild_bootstrap_signs
+from kmethods.calibration import multinomial_weights, permuted_labels, wild_bootstrap_signs
 
 ALPHA = 0.05
 REPLICATES = 500
@@ -27,7 +27,7 @@ def test_test_result_is_not_collected():
 
 
 def test_p_value_convention():
-    from kmethods.testing import resample_p_value
+    from kmethods.calibration import resample_p_value
 
     null = jnp.array([0.1, 0.5, 0.9, 0.2])
     assert resample_p_value(jnp.array(0.95), null) == pytest.approx(1 / 5)

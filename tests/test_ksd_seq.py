@@ -21,7 +21,7 @@ import pytest
 from experiments import load_config, run_experiment
 from experiments.config import ConfigError, DevicesConfig
 from kmethods import ksd_seq as ks
-from kmethods.testing import multinomial_weights
+from kmethods.calibration import multinomial_weights
 
 # ------------------------------------------------------------------ Python reference (naive)
 

@@ -16,7 +16,7 @@ from scipy import stats
 
 import kmethods as km
 from kmethods.pairwise import sqdist
-from kmethods.testing import gamma_p_value, resample_p_value
+from kmethods.calibration import gamma_p_value, resample_p_value
 from tests import reference as ref
 
 ALPHA = 0.05

@@ -7,7 +7,7 @@ the run folder (`experiments.runner.check_requirements`).
 
 Tasks that run hypothesis tests report, next to each rejection rate, how many replicates were
 not finite (`num_nonfinite`): a test whose statistic or p-value is not finite does not reject
-(`kmethods.testing.decide`), so such replicates lower the rate rather than raise it, and the
+(`kmethods.calibration.decide`), so such replicates lower the rate rather than raise it, and the
 count says how many there were."""
 
 from __future__ import annotations
