@@ -5,6 +5,10 @@ sums go through `kmethods.pairwise` in blocks, so memory grows as O(n), not O(n^
 """
 
 from kmethods import pairwise as pairwise
+from kmethods.betting import BettingState as BettingState
+from kmethods.betting import SequentialResult as SequentialResult
+from kmethods.betting import mmd_betting_test as mmd_betting_test
+from kmethods.betting import skit as skit
 from kmethods.calibration import TestResult as TestResult
 from kmethods.hsic import hsic as hsic
 from kmethods.hsic import hsic_test as hsic_test
@@ -22,23 +26,6 @@ from kmethods.kernels import SumKernel as SumKernel
 from kmethods.kernels import median_bandwidth as median_bandwidth
 from kmethods.ksd import ksd2 as ksd2
 from kmethods.ksd import ksd_test as ksd_test
-from kmethods.ksd_seq import ContiguousSubsequenceKernel as ContiguousSubsequenceKernel
-from kmethods.ksd_seq import HammingKernel as HammingKernel
-from kmethods.ksd_seq import LengthKernel as LengthKernel
-from kmethods.ksd_seq import MarkovChain as MarkovChain
-from kmethods.ksd_seq import Neighbours as Neighbours
-from kmethods.ksd_seq import ScaledSequenceKernel as ScaledSequenceKernel
-from kmethods.ksd_seq import SecondOrderMarkovChain as SecondOrderMarkovChain
-from kmethods.ksd_seq import SequenceKernel as SequenceKernel
-from kmethods.ksd_seq import StringSubsequenceKernel as StringSubsequenceKernel
-from kmethods.ksd_seq import SumSequenceKernel as SumSequenceKernel
-from kmethods.ksd_seq import ksd2_seq as ksd2_seq
-from kmethods.ksd_seq import ksd_seq_test as ksd_seq_test
-from kmethods.ksd_seq import num_neighbours as num_neighbours
-from kmethods.ksd_seq import random_second_order_chain as random_second_order_chain
-from kmethods.ksd_seq import random_walk_with_memory as random_walk_with_memory
-from kmethods.ksd_seq import zs_neighbours as zs_neighbours
-from kmethods.ksd_seq import zs_stein_matvec as zs_stein_matvec
 from kmethods.mmd import mmd2 as mmd2
 from kmethods.mmd import mmd_test as mmd_test
 from kmethods.pksd import DEFAULT_THETAS as DEFAULT_THETAS
@@ -46,22 +33,31 @@ from kmethods.pksd import Modes as Modes
 from kmethods.pksd import find_modes as find_modes
 from kmethods.pksd import perturb as perturb
 from kmethods.pksd import pksd_test as pksd_test
-from kmethods.sequential import BettingState as BettingState
-from kmethods.sequential import SequentialResult as SequentialResult
-from kmethods.sequential import mmd_betting_init as mmd_betting_init
-from kmethods.sequential import mmd_betting_step as mmd_betting_step
-from kmethods.sequential import mmd_betting_test as mmd_betting_test
-from kmethods.sequential import skit as skit
-from kmethods.sequential import skit_init as skit_init
-from kmethods.sequential import skit_step as skit_step
-from kmethods.thinning import compresspp as compresspp
+from kmethods.sequences import ContiguousSubsequenceKernel as ContiguousSubsequenceKernel
+from kmethods.sequences import HammingKernel as HammingKernel
+from kmethods.sequences import LengthKernel as LengthKernel
+from kmethods.sequences import Neighbours as Neighbours
+from kmethods.sequences import ScaledSequenceKernel as ScaledSequenceKernel
+from kmethods.sequences import SequenceKernel as SequenceKernel
+from kmethods.sequences import StringSubsequenceKernel as StringSubsequenceKernel
+from kmethods.sequences import SumSequenceKernel as SumSequenceKernel
+from kmethods.sequences import ksd2_seq as ksd2_seq
+from kmethods.sequences import num_neighbours as num_neighbours
+from kmethods.sequences import zs_neighbours as zs_neighbours
+from kmethods.sequences import zs_stein_matvec as zs_stein_matvec
+from kmethods.sequences._ksd import ksd_seq_test as ksd_seq_test
+from kmethods.sequences.models import MarkovChain as MarkovChain
+from kmethods.sequences.models import SecondOrderMarkovChain as SecondOrderMarkovChain
+from kmethods.sequences.models import random_second_order_chain as random_second_order_chain
+from kmethods.sequences.models import random_walk_with_memory as random_walk_with_memory
 from kmethods.thinning import iid_thin as iid_thin
-from kmethods.thinning import kernel_thin as kernel_thin
 from kmethods.thinning import kt_plus_kernel as kt_plus_kernel
 from kmethods.thinning import mmd_to_sample as mmd_to_sample
 from kmethods.thinning import power_kernel as power_kernel
 from kmethods.thinning import root_kernel as root_kernel
 from kmethods.thinning import standard_thin as standard_thin
+from kmethods.thinning._compress import compresspp as compresspp
+from kmethods.thinning._kt import kernel_thin as kernel_thin
 
 __all__ = [
     "DEFAULT_THETAS",
@@ -103,8 +99,6 @@ __all__ = [
     "kt_plus_kernel",
     "median_bandwidth",
     "mmd2",
-    "mmd_betting_init",
-    "mmd_betting_step",
     "mmd_betting_test",
     "mmd_test",
     "mmd_to_sample",
@@ -117,8 +111,6 @@ __all__ = [
     "random_walk_with_memory",
     "root_kernel",
     "skit",
-    "skit_init",
-    "skit_step",
     "standard_thin",
     "zs_neighbours",
     "zs_stein_matvec",

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kmethods._checks import as_points, check_positive, positive_int
-from kmethods._numerics import safe_sqrt
+from kmethods._numerics import median_distance, safe_sqrt
 from kmethods.pairwise import centring_point, sqdist
 
 __all__ = [
@@ -81,6 +81,14 @@ class Kernel(eqx.Module):
             return k * jnp.dot(sa, sb) + jnp.dot(sa, gy) + jnp.dot(sb, gx) + jnp.trace(cross)
 
         return jax.vmap(lambda a, sa: jax.vmap(lambda b, sb: pair(a, sa, b, sb))(y, sy))(x, sx)
+
+    def power(self, alpha: float, dim: int | None = None) -> Kernel:
+        """The alpha-power kernel (Fourier transform raised to alpha), normalised to 1 at 0;
+        see `kmethods.thinning.power_kernel`. Only some families have one in closed form."""
+        raise TypeError(
+            f"power kernels exist for Gaussian, Matern and Laplace kernels, got "
+            f"{type(self).__name__}."
+        )
 
     def __add__(self, other):
         if not isinstance(other, Kernel):
@@ -189,6 +197,10 @@ class Gaussian(RadialKernel):
     def profile(self, r2):
         return jnp.exp(-0.5 * r2 / _squared(self.bandwidth, r2))
 
+    def power(self, alpha, dim=None):
+        # The Gaussian's Fourier transform to the power alpha is a Gaussian of variance alpha h^2.
+        return Gaussian(jnp.sqrt(alpha) * jnp.asarray(self.bandwidth))
+
 
 class IMQ(RadialKernel):
     """Inverse multiquadric kernel, k(x, y) = (c^2 + ||x - y||^2 / bandwidth^2)^beta.
@@ -285,6 +297,24 @@ class Matern(RadialKernel):
             return (1.0 + a + a**2 / 3.0) * jnp.exp(-a)
         return matern_normalised(math.sqrt(2.0 * self.nu) * r, float(self.nu))
 
+    def power(self, alpha, dim=None):
+        # The spectral density is proportional to (2 nu / h^2 + |w|^2)^-(nu + d/2) (Rasmussen &
+        # Williams, 2006, eq. 4.15): its alpha-th power is Matern's again, with nu' below.
+        if dim is None:
+            raise ValueError(
+                f"`dim` (the dimension of the points) is needed for the power of "
+                f"{type(self).__name__}."
+            )
+        d = positive_int(dim, "dim")
+        new_nu = alpha * (self.nu + d / 2.0) - d / 2.0
+        if new_nu <= 0:
+            raise ValueError(
+                f"The alpha-power of Matern(nu={self.nu}) in d = {d} needs alpha > "
+                f"{d / (2 * self.nu + d):.4g}; got `alpha` = {alpha}."
+            )
+        bandwidth = jnp.asarray(self.bandwidth) * math.sqrt(new_nu / self.nu)
+        return Matern(nu=new_nu, bandwidth=bandwidth)
+
     def radial_derivatives(self, r2):
         # Written in r, where these are smooth at r = 0 (autodiff in r^2 through sqrt is not).
         h = self.bandwidth
@@ -325,6 +355,9 @@ class Laplace(RadialKernel):
 
     def profile(self, r2):
         return jnp.exp(-safe_sqrt(r2) / self.bandwidth)
+
+    def power(self, alpha, dim=None):
+        return Matern(nu=0.5, bandwidth=self.bandwidth).power(alpha, dim)
 
     def radial_derivatives(self, r2):
         raise ValueError(
@@ -461,10 +494,5 @@ def median_bandwidth(x, *, key=None, max_points: int = 1000):
     return _median_distance(x)
 
 
-@jax.jit
-def _median_distance(x):
-    n = x.shape[0]
-    iu = np.triu_indices(n, 1)
-    dist = safe_sqrt(sqdist(x, x)[iu])
-    med = jnp.median(dist)
-    return jnp.where(med > 0, med, jnp.ones_like(med))
+# One compilation per shape of the subsample (the routine itself also serves pksd under vmap).
+_median_distance = jax.jit(median_distance)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import kmethods as km
-from kmethods import thinning
+from kmethods.thinning import _compress, _kt, _sizes, _split
 from tests import reference as ref
 
 
@@ -24,11 +24,11 @@ def _sample(seed, n, d=2):
 def test_split_matches_the_papers_streaming_pseudocode(x64, monkeypatch, n, m, block):
     """KT-SPLIT, done round by round on all coresets at once, makes every decision of the
     paper's streaming loop (Algorithm 1a) given the same coin flips."""
-    monkeypatch.setattr(thinning, "_BLOCK", block)
+    monkeypatch.setattr(_sizes, "_BLOCK", block)
     x = _sample(n, n)
     uniforms = np.random.default_rng(1).uniform(size=(m, n // 2))
-    log_mult = thinning._split_log_multipliers(n, m, 0.5, jnp.float64)
-    got = thinning._kt_split(jnp.asarray(x), km.Gaussian(1.3), jnp.asarray(uniforms), log_mult)
+    log_mult = _split.split_log_multipliers(n, m, 0.5, jnp.float64)
+    got = _split.kt_split(jnp.asarray(x), km.Gaussian(1.3), jnp.asarray(uniforms), log_mult)
     want = ref.kt_split(ref.gram("gaussian", x, x, bandwidth=1.3), m, uniforms, 0.5)
     np.testing.assert_array_equal(got, want)
     # every point lands in exactly one coreset
@@ -41,7 +41,7 @@ def test_swap_matches_reference_and_never_loses(x64):
     K = ref.gram("gaussian", x, x, bandwidth=1.5)
     rng = np.random.default_rng(4)
     candidates = np.stack([rng.choice(64, 8, replace=False) for _ in range(5)])
-    got = np.asarray(thinning._kt_swap(jnp.asarray(x), kernel, jnp.asarray(candidates)))
+    got = np.asarray(_split.kt_swap(jnp.asarray(x), kernel, jnp.asarray(candidates)))
     np.testing.assert_array_equal(got, ref.kt_swap(K, list(candidates)))
     best = min(ref.mmd_to_indices(K, c) for c in candidates)
     assert ref.mmd_to_indices(K, got) <= best + 1e-12
@@ -72,11 +72,11 @@ def test_kernel_thin_beats_iid_and_standard_thinning(getkey):
 
 def test_kernel_thin_compiles_once_per_shape(getkey):
     x = jnp.asarray(_sample(6, 96), jnp.float32)
-    thinning._kernel_thin.clear_cache()
+    _kt.kernel_thin_program.clear_cache()
     for bandwidth in (1.0, 2.0):
         km.kernel_thin(getkey(), x, km.Gaussian(bandwidth), out_size=12, delta=0.3)
     km.kernel_thin(getkey(), x, km.Gaussian(1.0), out_size=12, delta=0.7)
-    assert thinning._kernel_thin._cache_size() == 1
+    assert _kt.kernel_thin_program._cache_size() == 1
 
 
 def test_kernel_thin_vmaps_over_keys(getkey):
@@ -164,7 +164,7 @@ def test_compresspp_quality_and_partition(getkey):
     # the swapped halving keeps a partition of each node, and its coreset is no worse than
     # either KT-SPLIT half
     halves = jnp.arange(64).reshape(2, 2, 16)
-    swapped = np.asarray(thinning._swap_halves(x, kernel, halves))
+    swapped = np.asarray(_split.swap_halves(x, kernel, halves))
     for node, out in zip(np.asarray(halves), swapped, strict=True):
         np.testing.assert_array_equal(np.sort(out.ravel()), np.sort(node.ravel()))
         pts = np.asarray(x, np.float64)[node.ravel()]
@@ -178,18 +178,18 @@ def test_compresspp_quality_and_partition(getkey):
 
 
 def test_compress_plan():
-    assert thinning._compress_plan(4**8, 2**8, 4) == (4, 4, 4**4)  # the paper's case
-    g, levels, leaf = thinning._compress_plan(10_000, 100, 4)
+    assert _compress.compress_plan(4**8, 2**8, 4) == (4, 4, 4**4)  # the paper's case
+    g, levels, leaf = _compress.compress_plan(10_000, 100, 4)
     assert leaf * 2**levels == 100 * 2**g and 4**levels * leaf <= 10_000
-    assert thinning._compress_plan(100, 10, 4) == (3, 0, 80)  # too small for g = 4
+    assert _compress.compress_plan(100, 10, 4) == (3, 0, 80)  # too small for g = 4
 
 
 def test_compresspp_traces_at_a_million_points():
     """Constants such as 4 leaf n levels exceed int32 at n = 2^20: tracing must not overflow."""
     x = jax.ShapeDtypeStruct((2**20, 2), jnp.float32)
     k = km.Gaussian(1.0)
-    g, levels, leaf = thinning._compress_plan(2**20, 2**10, 4)
-    thinning._compresspp.trace(
+    g, levels, leaf = _compress.compress_plan(2**20, 2**10, 4)
+    _compress._compresspp.trace(
         jax.random.key(0), x, k, 0.5, out_size=2**10, g=g, levels=levels, leaf=leaf, skip=1
     )
 
@@ -209,7 +209,7 @@ def test_memory_stays_linear():
     n = 8192
     x = jnp.zeros((n, 2), jnp.float32)
     k = km.Gaussian(1.0)
-    lowered = thinning._kernel_thin.lower(
+    lowered = _kt.kernel_thin_program.lower(
         jax.random.key(0), x, k, k, 0.5, out_size=90, m=6, swap=True
     )
     assert lowered.compile().memory_analysis().temp_size_in_bytes < 64 * 2**20

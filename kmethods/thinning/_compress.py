@@ -1,0 +1,132 @@
+"""Compress++ (Shetty, Dwivedi & Mackey, 2022): near-linear-time compression."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from kmethods import _checks
+from kmethods._jit import cpu_jit
+from kmethods.thinning._kt import kernel_thin_program
+from kmethods.thinning._sizes import (
+    check_key,
+    halving_rounds,
+    kept_points,
+    slab_block,
+    thinning_inputs,
+)
+from kmethods.thinning._split import halve, row_width, swap_halves
+
+
+def compress_plan(n: int, out_size: int, g: int):
+    """(g, levels, leaf) for Compress++ (Shetty et al., 2022) returning out_size points.
+
+    Compress with `levels` levels on leaves of `leaf` points takes 4^levels * leaf points and
+    returns 2^levels * leaf = 2^g * out_size, which KT then thins by 2^g. The paper's case
+    n = 4^k, out_size = sqrt(n) gives leaf = 4^g. When n is too small for g, g drops to
+    floor(log2(n / out_size)) (Compress++ is then KT).
+    """
+    g = min(g, halving_rounds(n, out_size))
+    levels = max(0, halving_rounds(n, out_size) - g)
+    while levels > g and out_size % 2 ** (levels - g):
+        levels -= 1
+    leaf = out_size * 2**g // 2**levels
+    return g, levels, leaf
+
+
+@cpu_jit(static_argnames=("out_size", "g", "levels", "leaf", "skip"))
+def _compresspp(key, x, kernel, delta, *, out_size, g, levels, leaf, skip):
+    n = x.shape[0]
+    n_used = 4**levels * leaf
+    k_drop, k_halve, k_pick, k_thin = jax.random.split(key, 4)
+    used = kept_points(k_drop, n, n_used)
+    # The top `skip` levels are not halved: their four-way concatenations go to KT, which thins
+    # by 2^(g + skip). The failure probability is shared between the halvings and that KT.
+    run_levels, m = levels - skip, g + skip
+    thin_frac = m / (m + 2**m * run_levels) if run_levels else 1.0
+    delta_compress = delta * (1.0 - thin_frac)
+    idx = used.reshape(4**levels, leaf)
+    halve_keys = jax.random.split(k_halve, max(levels, 1))
+    pick_keys = jax.random.split(k_pick, max(levels, 1))
+    for t in range(run_levels):
+        nodes = idx.shape[0] // 4
+        idx = idx.reshape(nodes, -1)  # the outputs of four children side by side
+        length = idx.shape[1]
+        # Halve on l points gets delta l^2 / (4 leaf n levels), i.e. delta_i = that / l.
+        # (Python floats: 4 leaf n levels passes 2^31 at n = 2^20.)
+        delta_halve = delta_compress * (float(length) ** 2 / (4.0 * leaf * n_used * run_levels))
+        log_mult = 2.0 * jnp.log(2.0 * length / jnp.asarray(delta_halve, x.dtype))
+        uniforms = jax.random.uniform(halve_keys[t], (nodes * length // 2,), x.dtype)
+        halved = halve(
+            kernel,
+            x,
+            idx.reshape(-1),
+            length,
+            uniforms,
+            log_mult,
+            num_slots=nodes,
+            block=slab_block(idx.size),
+            width=row_width(length),
+        ).reshape(nodes, 2, length // 2)
+        halved = swap_halves(x, kernel, halved)
+        side = jax.random.bernoulli(pick_keys[t], 0.5, (nodes,)).astype(jnp.int32)
+        idx = jnp.take_along_axis(halved, side[:, None, None], axis=1)[:, 0]  # symmetrized
+    compressed = idx.reshape(-1)
+    if m == 0:
+        return compressed
+    chosen = kernel_thin_program(
+        k_thin, x[compressed], kernel, kernel, delta * thin_frac, out_size=out_size, m=m, swap=True
+    )
+    return compressed[chosen]
+
+
+def compresspp(key, x, kernel, *, g=4, out_size=None, delta=0.5, num_bins=4):
+    """Compress++ (Shetty, Dwivedi & Mackey, 2022) with kernel halving and KT, near-linear time.
+
+    Compress recursively splits its input in four, compresses each quarter, concatenates the
+    results and halves them with symmetrized KT halving (one KT-SPLIT round, a swap pass that
+    keeps the two halves a partition, then one of the two at random); it returns 2^g sqrt(n)
+    points in O(n 4^g log n) kernel evaluations. KT (`kernel_thin`, target kernel) then thins
+    those by 2^g to sqrt(n). With `num_bins` = 4^b (goodpoints' `compresspp_kt` uses 4), the
+    input is first cut into that many bins, Compress runs on each, and KT thins the bins'
+    concatenation by 2^(g + b): the top b halvings are left to KT, which is better and, on
+    that many points, still cheap. `num_bins=1` is the paper's Algorithm 2 as written.
+    Failure probabilities follow the paper: the final KT (m = g + b rounds) gets
+    delta m / (m + 2^m beta) and each halving of l points the rest times
+    l^2 / (4^{g+1} n beta), beta the number of halving levels.
+
+    Args:
+      key: JAX PRNG key.
+      x: (n, d) points.
+      kernel: the target kernel.
+      g: oversampling parameter (larger g: closer to KT's quality, slower).
+      out_size: output size s, default floor(sqrt(n)). Compress runs on the largest
+        2^(levels + g) s <= n points with s 2^g / 2^levels a whole number; any other points
+        are left out at random. If n < s 2^g, g is lowered (Compress++ is then KT).
+      delta: overall failure probability.
+      num_bins: a power of 4: the top log4(num_bins) levels of Compress are left to KT.
+
+    Returns:
+      int indices into x of shape (s,).
+    """
+    check_key(key)
+    x, out_size, delta = thinning_inputs(x, kernel, out_size, delta)
+    g = _checks.positive_int(g, "g", minimum=0)
+    num_bins = _checks.positive_int(num_bins, "num_bins")
+    skip = round(math.log(num_bins, 4))
+    if 4**skip != num_bins:
+        raise ValueError(f"`num_bins` must be a power of 4 (1, 4, 16, ...), got {num_bins}.")
+    g, levels, leaf = compress_plan(x.shape[0], out_size, g)
+    return _compresspp(
+        key,
+        x,
+        kernel,
+        delta,
+        out_size=out_size,
+        g=g,
+        levels=levels,
+        leaf=leaf,
+        skip=min(skip, levels),
+    )

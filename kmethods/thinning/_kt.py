@@ -1,0 +1,76 @@
+"""Kernel thinning: `kernel_thin` (KT-SPLIT, then KT-SWAP)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from kmethods import _checks
+from kmethods._jit import cpu_jit
+from kmethods.kernels import check_kernel
+from kmethods.thinning._sizes import (
+    check_key,
+    halving_rounds,
+    kept_points,
+    standard_indices,
+    thinning_inputs,
+)
+from kmethods.thinning._split import kt_split, kt_swap, split_log_multipliers
+
+
+@cpu_jit(static_argnames=("out_size", "m", "swap"))
+def kernel_thin_program(key, x, kernel, split_kernel, delta, *, out_size, m, swap):
+    n = x.shape[0]
+    n_used = out_size * 2**m
+    k_drop, k_split, k_pick = jax.random.split(key, 3)
+    used = kept_points(k_drop, n, n_used)
+    uniforms = jax.random.uniform(k_split, (m, n_used // 2), x.dtype)
+    log_mult = split_log_multipliers(n_used, m, jnp.asarray(delta, x.dtype), x.dtype)
+    coresets = used[kt_split(x[used], split_kernel, uniforms, log_mult)]
+    if not swap:
+        return coresets[jax.random.randint(k_pick, (), 0, coresets.shape[0])]
+    candidates = jnp.concatenate([coresets, standard_indices(n, out_size)[None]])
+    return kt_swap(x, kernel, candidates)
+
+
+def kernel_thin(key, x, kernel, *, out_size=None, split_kernel=None, delta=0.5, swap=True):
+    """Kernel thinning: `out_size` indices of x whose points match x's distribution in MMD.
+
+    KT-SPLIT (Dwivedi & Mackey, 2021, Algorithm 1a) splits the input into 2^m candidate
+    coresets by a self-balancing Hilbert walk with the paper's adaptive thresholds; KT-SWAP
+    (Algorithm 1b) picks the candidate, or the standard-thinning coreset, closest in MMD
+    (measured with `kernel`) to x and greedily swaps points to lower it further.
+
+    Args:
+      key: JAX PRNG key (the walk's coin flips; the drop of a remainder, if any).
+      x: (n, d) points (a 1-d array is n points in one dimension).
+      kernel: the target kernel k: the MMD that KT-SWAP lowers, and the split kernel of
+        target KT when `split_kernel` is None.
+      out_size: coreset size s, at most n / 2; default floor(sqrt(n)). KT runs
+        m = floor(log2(n / s)) halving rounds on s 2^m points; if that is fewer than n, the
+        others are left out of KT-SPLIT at random (KT-SWAP still targets, and may pick, all n).
+      split_kernel: the kernel of KT-SPLIT: None for target KT (the target kernel),
+        `root_kernel(k)` for root KT, `power_kernel(k, alpha)` for power KT,
+        `kt_plus_kernel(k)` for KT+ (Dwivedi & Mackey, 2022).
+      delta: failure probability of the split's thresholds (delta_i = delta / n).
+      swap: run KT-SWAP; without it, one of the 2^m KT-SPLIT coresets chosen uniformly at
+        random is returned.
+
+    Returns:
+      int indices into x of shape (s,). With `swap`, an index may repeat (as in the paper).
+    """
+    check_key(key)
+    x, out_size, delta = thinning_inputs(x, kernel, out_size, delta)
+    if split_kernel is not None:
+        check_kernel(split_kernel, "split_kernel")
+    m = halving_rounds(x.shape[0], out_size)
+    return kernel_thin_program(
+        key,
+        x,
+        kernel,
+        kernel if split_kernel is None else split_kernel,
+        delta,
+        out_size=out_size,
+        m=m,
+        swap=_checks.flag(swap, "swap"),
+    )
