@@ -146,3 +146,16 @@ def block_size(value, name: str = "block_size") -> int | None:
     if value is None:
         return None
     return positive_int(value, name)
+
+
+def as_traced(tree):
+    """`tree` with its Python-number leaves as arrays. `equinox.filter_jit` (how user functions
+    enter `jit` here) treats non-array leaves as static: a kernel built as `Gaussian(1.0)`
+    would otherwise compile once per bandwidth value instead of once per shape."""
+
+    def leaf(v):
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return jnp.asarray(v)
+        return v
+
+    return jax.tree.map(leaf, tree)

@@ -10,9 +10,9 @@ References:
 
 from __future__ import annotations
 
-import functools
 from functools import partial
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -33,17 +33,18 @@ def _check_score_function(x, score):
         )
 
 
-@functools.lru_cache(maxsize=64)
-def _jitted_vmap(fn):
-    # Cached so that calling a test twice with the same score function compiles once.
-    return jax.jit(jax.vmap(fn))
+@eqx.filter_jit
+def _evaluate(score, x):
+    # A user function enters jit through equinox's filter: a plain function is static (one
+    # compile per function and shape), an equinox module's bound method is a pytree.
+    return jax.vmap(score)(x)
 
 
 def _scores(x, score):
     """Validates `score`; evaluates it at x when it is a function. Returns (n, d) scores."""
     if callable(score):
         _check_score_function(x, score)
-        s = _jitted_vmap(score)(x)
+        s = _evaluate(score, x)
     else:
         s = jnp.asarray(score)
         if s.shape != x.shape:
@@ -83,9 +84,7 @@ def ksd2(x, score, kernel, *, unbiased=True, block_size=None):
     block_size = _checks.block_size(block_size)
     if callable(score):
         _check_score_function(x, score)
-        value = _ksd2_with_function(
-            x, kernel, score=score, unbiased=unbiased, block_size=block_size
-        )
+        value = _ksd2_with_function(x, _checks.as_traced(kernel), score, unbiased, block_size)
         if _checks.is_concrete(value) and not bool(jnp.isfinite(value)):
             # Diagnosed only on this (rare) path, so the common one evaluates the score once
             # and stays differentiable through it; raises as the array path does.
@@ -106,8 +105,8 @@ def _ksd2(x, scores, kernel, *, unbiased, block_size):
     return _checks.nan_unless_finite(value, x, scores)
 
 
-@partial(jax.jit, static_argnames=("score", "unbiased", "block_size"))
-def _ksd2_with_function(x, kernel, *, score, unbiased, block_size):
+@eqx.filter_jit
+def _ksd2_with_function(x, kernel, score, unbiased, block_size):
     return _ksd2(x, jax.vmap(score)(x), kernel, unbiased=unbiased, block_size=block_size)
 
 
