@@ -7,10 +7,10 @@ notebook can do the same.
 
 from experiments.config import RunConfig as RunConfig
 from experiments.config import load_config as load_config
-from experiments.runner import RunContext as RunContext
+from experiments.context import RunContext as RunContext
 from experiments.runner import resume_experiment as resume_experiment
 from experiments.runner import run_experiment as run_experiment
-from experiments.runner import show_run as show_run
+from experiments.show import show_run as show_run
 
 __all__ = [
     "RunConfig",

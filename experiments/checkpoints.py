@@ -28,6 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from experiments.distributed import host_array, is_prng_key
+from experiments.files import to_jsonable
+
 __all__ = ["TrainCheckpoints"]
 
 
@@ -37,18 +40,10 @@ def _is_array(x) -> bool:
     return isinstance(x, (jax.Array, np.ndarray, np.generic))
 
 
-def _is_key(x) -> bool:
-    import jax
-
-    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
 def _to_host(leaf) -> np.ndarray:
     import jax
 
-    from experiments.runner import host_array
-
-    return host_array(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
+    return host_array(jax.random.key_data(leaf) if is_prng_key(leaf) else leaf)
 
 
 def _like(template, data):
@@ -58,7 +53,7 @@ def _like(template, data):
 
     if isinstance(template, (np.ndarray, np.generic)):
         return np.asarray(data, dtype=template.dtype).reshape(template.shape)
-    if _is_key(template):
+    if is_prng_key(template):
         raw = _like(jax.random.key_data(template), data)
         return jax.random.wrap_key_data(raw, impl=jax.random.key_impl(template))
     data = np.asarray(data, dtype=template.dtype).reshape(template.shape)
@@ -142,8 +137,6 @@ class TrainCheckpoints:
         if not self.every or not (force or step % self.every == 0):
             return False
         import orbax.checkpoint as ocp
-
-        from experiments.runner import to_jsonable
 
         arrays = [_to_host(leaf) for leaf in jax.tree.leaves(state) if _is_array(leaf)]
         self._open(create=True).save(

@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     traceback; set KSEQ_TRACEBACK=1 to see one."""
     args = _parser().parse_args(argv)  # usage errors: argparse prints them and exits 2
     from experiments.config import ConfigError, load_config
-    from experiments.runner import RunError
+    from experiments.errors import RunError
 
     expected_errors: tuple[type[BaseException], ...] = (
         OSError,  # a read-only or missing path, a file in the way, a full disk
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
         elif args.command == "list":
             print(list_configs(args.dir))
         elif args.command == "show":
-            from experiments.runner import show_run
+            from experiments.show import show_run
 
             print(show_run(args.run_dir))
     except KeyboardInterrupt as err:

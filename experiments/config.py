@@ -56,7 +56,7 @@ class ConfigTypeError(ConfigError, TypeError):
 class DevicesConfig:
     """Where a run computes (the config's optional `devices` section).
 
-    The runner builds the device mesh from it (`experiments.runner.build_mesh`): either one
+    The runner builds the device mesh from it (`experiments.mesh.build_mesh`): either one
     axis of `count` devices named `axis`, or the named axes of `mesh`. Tasks split their
     replicate, permutation, bootstrap, seed and batch axes over the mesh's `data_axes` with
     `jax.jit` + `NamedSharding` (`RunContext.shard`, `RunContext.map`); a mesh axis left out of

@@ -22,6 +22,7 @@ import pytest
 
 from experiments import runner
 from experiments.cli import main
+from experiments.files import atomic_write_text
 
 KSEQ = [sys.executable, "-m", "experiments.cli"]
 QUICKSTART = "configs/quickstart.yaml"
@@ -175,14 +176,14 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeyp
 
     monkeypatch.setattr(runner, "_dt", Clock)
     monkeypatch.setattr(pathlib.Path, "exists", lambda self: False)
-    made = [runner._new_run_dir(tmp_path, "q") for _ in range(3)]
+    made = [runner.new_run_dir(tmp_path, "q") for _ in range(3)]
     assert [p.name for p in made] == ["20260102-030405", "20260102-030405-1", "20260102-030405-2"]
 
     results, errors = [], []
 
     def start():
         try:
-            results.append(runner._new_run_dir(tmp_path, "r"))
+            results.append(runner.new_run_dir(tmp_path, "r"))
         except Exception as err:  # pragma: no cover - the failure this test is about
             errors.append(err)
 
@@ -319,7 +320,7 @@ def test_written_files_follow_the_umask(finished_run, tmp_path):
     assert {p.stat().st_mode & 0o777 for p in folders} == {0o755}
     old = os.umask(0o027)
     try:
-        runner.atomic_write_text(tmp_path / "sub" / "x.json", "{}\n")
+        atomic_write_text(tmp_path / "sub" / "x.json", "{}\n")
     finally:
         os.umask(old)
     assert (tmp_path / "sub" / "x.json").stat().st_mode & 0o777 == 0o640

@@ -148,7 +148,7 @@ def test_two_processes_write_the_results_of_one(tmp_path):
 def test_map_gives_rows_in_order_on_any_number_of_devices(tmp_path):
     from experiments import RunContext
     from experiments.config import DevicesConfig
-    from experiments.runner import build_mesh
+    from experiments.mesh import build_mesh
 
     if jax.device_count() < 8:
         pytest.skip("needs 8 devices")

@@ -241,7 +241,7 @@ def test_shard_splits_the_leading_axis(tmp_path):
 
     from experiments import RunContext
     from experiments.config import DevicesConfig
-    from experiments.runner import build_mesh
+    from experiments.mesh import build_mesh
 
     if jax.device_count() < 8:
         pytest.skip("needs 8 devices")
@@ -273,8 +273,8 @@ def test_nonfinite_counts_what_a_task_reports():
     import jax.numpy as jnp
 
     from experiments.tasks import nonfinite, nonfinite_streams
-    from kmethods.sequential import SequentialResult
     from kmethods.calibration import TestResult
+    from kmethods.sequential import SequentialResult
 
     nan, inf = float("nan"), float("inf")
     res = TestResult(

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 from experiments.config import ConfigError, require_at_least
-from experiments.runner import split_leading_axis
+from experiments.mesh import split_leading_axis
 from seqmodels.layers import LRU, S5, CKConv, GateLoop, LinearAttention, SequenceModel
 
 MIXERS = {
