@@ -212,3 +212,19 @@ def test_mmd2_large_run_peak_memory(tmp_path):
     ).stdout.split()
     peak_kib = int(out[-1])
     assert peak_kib < 3 * 2**20, peak_kib
+
+
+def test_ksd2_with_a_score_function_compiles_once_for_new_bandwidths(getkey):
+    x = jax.random.normal(getkey(), (30, 2))
+    traces = []
+
+    def score(z):
+        traces.append(1)  # runs once per trace of the function
+        return -z
+
+    km.ksd2(x, score, km.IMQ(bandwidth=1.0))
+    first = len(traces)
+    km.ksd2(x, score, km.IMQ(bandwidth=2.0))
+    km.ksd2(x, score, km.IMQ(bandwidth=3.0))
+    # New Python-float bandwidths are traced leaves, not static values: nothing is traced again.
+    assert len(traces) == first
