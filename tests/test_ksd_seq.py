@@ -18,10 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import kmethods as km
 from experiments import load_config, run_experiment
 from experiments.config import ConfigError, DevicesConfig
-from kmethods import ksd_seq as ks
+from kmethods import sequences as ks
 from kmethods.calibration import multinomial_weights
+from kmethods.sequences import _ksd, models
 
 # ------------------------------------------------------------------ Python reference (naive)
 
@@ -367,9 +369,9 @@ def test_model_log_probs_are_exact_and_normalised(x64):
     """log_prob equals a Python loop over the chain and sums to one over every sequence of
     length <= max_length (the truncation is part of the model)."""
     init, trans = _chain_arrays()
-    first = ks.MarkovChain(init, trans, 0.3, max_length=5)
-    second = ks.random_second_order_chain(jax.random.key(3), 3, mean_length=2.5, max_length=5)
-    walk = ks.random_walk_with_memory(4, mean_length=3.0, memory=0.9, max_length=5)
+    first = models.MarkovChain(init, trans, 0.3, max_length=5)
+    second = models.random_second_order_chain(jax.random.key(3), 3, mean_length=2.5, max_length=5)
+    walk = models.random_walk_with_memory(4, mean_length=3.0, memory=0.9, max_length=5)
     tuples = [t for n in range(7) for t in itertools.product(range(3), repeat=n)]
     seqs = np.array([list(t) + [0] * (6 - len(t)) for t in tuples], np.int32)
     lengths = np.array([len(t) for t in tuples], np.int32)
@@ -397,7 +399,7 @@ def test_model_log_probs_are_exact_and_normalised(x64):
 def test_model_samples_follow_the_model(x64):
     """Empirical frequencies of lengths and first two symbols against log_prob's marginals."""
     init, trans = _chain_arrays()
-    model = ks.MarkovChain(init, trans, 0.3, max_length=6)
+    model = models.MarkovChain(init, trans, 0.3, max_length=6)
     seqs, lengths = model.sample(jax.random.key(4), 20000, 8)
     seqs, lengths = np.asarray(seqs), np.asarray(lengths)
     assert seqs.shape == (20000, 8) and lengths.min() >= 1 and lengths.max() <= 6
@@ -409,7 +411,7 @@ def test_model_samples_follow_the_model(x64):
     pair = np.bincount(3 * seqs[two, 0] + seqs[two, 1], minlength=9).reshape(3, 3) / two.sum()
     np.testing.assert_allclose(pair, init[:, None] * trans, atol=0.012)
     # Without max_length, lengths past the width are cut to it.
-    free = ks.MarkovChain(init, trans, 0.05)
+    free = models.MarkovChain(init, trans, 0.05)
     _, cut = free.sample(jax.random.key(5), 2000, 8)
     assert int(np.max(cut)) == 8 and np.mean(np.asarray(cut) == 8) > 0.5
 
@@ -421,7 +423,7 @@ def test_statistics_and_bootstrap_nulls_match_dense_formulas_and_compile_once(x6
     """ksd_seq (the U-statistic), the wild test (the V-statistic) and the bootstrap draws from
     the Python double sum H; a second call with new data and a new model of the same shapes
     reuses the compiled test."""
-    model = ks.random_second_order_chain(jax.random.key(6), 3, mean_length=3.0, max_length=6)
+    model = models.random_second_order_chain(jax.random.key(6), 3, mean_length=3.0, max_length=6)
     seqs, lengths = model.sample(jax.random.key(7), 12, 6)
     kernel = ks.HammingKernel()
     opts = dict(num_states=3, window=2)
@@ -435,7 +437,7 @@ def test_statistics_and_bootstrap_nulls_match_dense_formulas_and_compile_once(x6
         ks.ksd2_seq(seqs, lengths, model.log_prob, kernel, **opts), u_stat, rtol=1e-10
     )
     key = jax.random.key(8)
-    res = ks.ksd_seq_test(
+    res = km.ksd_seq_test(
         key,
         seqs,
         lengths,
@@ -453,7 +455,7 @@ def test_statistics_and_bootstrap_nulls_match_dense_formulas_and_compile_once(x6
         res.null_samples, np.einsum("bi,ij,bj->b", w, h_off, w), rtol=1e-9, atol=1e-14
     )
     assert res.p_value == (1 + np.sum(np.asarray(res.null_samples) >= u_stat)) / 31
-    wild = ks.ksd_seq_test(
+    wild = km.ksd_seq_test(
         key,
         seqs,
         lengths,
@@ -471,12 +473,13 @@ def test_statistics_and_bootstrap_nulls_match_dense_formulas_and_compile_once(x6
     gaps = np.abs(np.asarray(wild.null_samples)[:, None] - forms[None, :]).min(axis=1)
     assert gaps.max() < 1e-12 * np.abs(forms).max()
     # Compile once per shape: new data, a new model (same shapes), another balance.
-    core = ks._ksd_seq_bootstrap_test
+    # The jitted core's compilations (`eqx.filter_jit` keeps them in a `jax.jit`).
+    core = _ksd._bootstrap_test._cached
     before = core._cache_size()
-    other = ks.random_second_order_chain(jax.random.key(9), 3, mean_length=2.0, max_length=6)
+    other = models.random_second_order_chain(jax.random.key(9), 3, mean_length=2.0, max_length=6)
     seqs2, lengths2 = other.sample(jax.random.key(10), 12, 6)
     for m, b in ((other, "barker"), (model, "sqrt")):
-        ks.ksd_seq_test(
+        km.ksd_seq_test(
             key, seqs2, lengths2, m.log_prob, kernel, num_bootstrap=30, balance=b, **opts
         )
     assert core._cache_size() == before
@@ -491,11 +494,11 @@ _WIDTH = 10
 
 def _models():
     init = np.ones(3) / 3
-    target = ks.MarkovChain(init, _T_STICKY, 0.2, max_length=_WIDTH)
+    target = models.MarkovChain(init, _T_STICKY, 0.2, max_length=_WIDTH)
     return target, {
         "null": target,
-        "transitions": ks.MarkovChain(init, _T_SWITCH, 0.2, max_length=_WIDTH),
-        "lengths": ks.MarkovChain(init, _T_STICKY, 0.5, max_length=_WIDTH),
+        "transitions": models.MarkovChain(init, _T_SWITCH, 0.2, max_length=_WIDTH),
+        "lengths": models.MarkovChain(init, _T_STICKY, 0.5, max_length=_WIDTH),
     }
 
 
@@ -506,7 +509,7 @@ def _rejections(kernel, n, bootstrap):
     def one(key, model, target):
         k_data, k_test = jax.random.split(key)
         seqs, lengths = model.sample(k_data, n, _WIDTH)
-        return ks.ksd_seq_test(
+        return km.ksd_seq_test(
             k_test,
             seqs,
             lengths,
@@ -601,7 +604,7 @@ def test_experiment_tiny_run(tmp_path):
 
 _SEQS = np.array([[0, 1, 2, 0], [2, 2, 0, 0], [1, 0, 0, 0]], np.int32)
 _LENS = np.array([4, 2, 1], np.int32)
-_MODEL = ks.MarkovChain(np.ones(3) / 3, np.ones((3, 3)) / 3, 0.3, max_length=4)
+_MODEL = models.MarkovChain(np.ones(3) / 3, np.ones((3, 3)) / 3, 0.3, max_length=4)
 _K = ks.HammingKernel()
 
 
@@ -614,7 +617,7 @@ def _stat(**kw):
 
 
 def _test(**kw):
-    return ks.ksd_seq_test(None, _SEQS, _LENS, _MODEL.log_prob, _K, num_states=3, **kw)
+    return km.ksd_seq_test(None, _SEQS, _LENS, _MODEL.log_prob, _K, num_states=3, **kw)
 
 
 @pytest.mark.parametrize(
@@ -645,7 +648,7 @@ def _test(**kw):
             "`log_prob`.*scalar",
         ),
         (
-            lambda: _stat(log_prob=ks.MarkovChain(np.ones(3) / 3, np.eye(3), 0.3).log_prob),
+            lambda: _stat(log_prob=models.MarkovChain(np.ones(3) / 3, np.eye(3), 0.3).log_prob),
             ValueError,
             "`log_prob` is -inf",
         ),
@@ -658,18 +661,22 @@ def _test(**kw):
         (lambda: ks.ContiguousSubsequenceKernel(3, 2), ValueError, "`max_length`"),
         (lambda: ks.StringSubsequenceKernel(2, 1.5), ValueError, "`decay`"),
         (
-            lambda: ks.MarkovChain(np.ones(3) / 3, np.ones((3, 2)) / 2, 0.3),
+            lambda: models.MarkovChain(np.ones(3) / 3, np.ones((3, 2)) / 2, 0.3),
             ValueError,
             "`transition`",
         ),
-        (lambda: ks.MarkovChain(np.ones(3) / 3, np.ones((3, 3)), 0.3), ValueError, "`transition`"),
         (
-            lambda: ks.MarkovChain(np.ones(3) / 3, np.ones((3, 3)) / 3, 1.0),
+            lambda: models.MarkovChain(np.ones(3) / 3, np.ones((3, 3)), 0.3),
+            ValueError,
+            "`transition`",
+        ),
+        (
+            lambda: models.MarkovChain(np.ones(3) / 3, np.ones((3, 3)) / 3, 1.0),
             ValueError,
             "`stop_probability`",
         ),
         (lambda: _MODEL.sample(jax.random.key(0), 5, 3), ValueError, "`width`"),
-        (lambda: ks.random_walk_with_memory(2), ValueError, "`num_states`"),
+        (lambda: models.random_walk_with_memory(2), ValueError, "`num_states`"),
     ],
 )
 def test_bad_input_raises_naming_the_argument(call, exc, match):

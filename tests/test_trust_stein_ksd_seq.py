@@ -12,10 +12,12 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from kmethods import ksd_seq as ks
+import kmethods as km
+from kmethods import sequences as ks
+from kmethods.sequences import models
 
 S, WIDTH, N = 3, 6, 12
-MODEL = ks.MarkovChain(
+MODEL = models.MarkovChain(
     np.ones(S) / S,
     np.array([[0.6, 0.2, 0.2], [0.2, 0.6, 0.2], [0.2, 0.2, 0.6]]),
     0.3,
@@ -43,7 +45,7 @@ class _LongerThanSample(eqx.Module):
 
 
 def _test(seqs, lengths, log_prob, key=jax.random.key(1), **kw):  # noqa: B008
-    return ks.ksd_seq_test(key, seqs, lengths, log_prob, KERNEL, num_bootstrap=49, **OPTS, **kw)
+    return km.ksd_seq_test(key, seqs, lengths, log_prob, KERNEL, num_bootstrap=49, **OPTS, **kw)
 
 
 def _assert_void(result):
@@ -123,9 +125,9 @@ def test_flags_and_sizes_are_validated():
     with pytest.raises(ValueError, match="`neighbourhood`"):
         ks.num_neighbours(WIDTH, S, neighbourhood="zs_2")
     with pytest.raises(ValueError, match="`floor`"):
-        ks.random_walk_with_memory(5, floor=-0.1)
+        models.random_walk_with_memory(5, floor=-0.1)
     with pytest.raises(TypeError, match="`concentration`"):
-        ks.random_second_order_chain(jax.random.key(0), 3, concentration="1")
+        models.random_second_order_chain(jax.random.key(0), 3, concentration="1")
 
 
 def test_traced_alpha_matches_a_loop():
@@ -150,7 +152,7 @@ def test_level_with_a_nearly_constant_kernel():
     def one(key):
         k_data, k_test = jax.random.split(key)
         seqs, lengths = MODEL.sample(k_data, n, WIDTH)
-        return ks.ksd_seq_test(
+        return km.ksd_seq_test(
             k_test, seqs, lengths, MODEL.log_prob, kernel, num_bootstrap=199, **OPTS
         )
 
@@ -184,7 +186,7 @@ def test_property_ksd2_seq_finite_order_invariant_and_nan_on_garbage(kernel, see
     seqs = rng.integers(0, S, size=(N, WIDTH)).astype(np.int32)
     lengths = rng.integers(1, WIDTH + 1, size=N).astype(np.int32)
     rows = rng.dirichlet(np.ones(S), size=S + 1)
-    model = ks.MarkovChain(rows[0], rows[1:], 0.3, max_length=WIDTH)
+    model = models.MarkovChain(rows[0], rows[1:], 0.3, max_length=WIDTH)
     k = _KERNELS[kernel]
     value = float(_KSD2(seqs, lengths, model, k))
     assert np.isfinite(value)

@@ -3,7 +3,7 @@
 The model is the random walk with memory of Baum, Kanagawa & Gretton (ICML 2023): a
 second-order chain on a cycle of `num_states` symbols that steps to x +- 1, continues upwards
 after an upward step with probability `memory`, and stops after each symbol with probability
-1 / mean_length (`kmethods.ksd_seq.random_walk_with_memory`; lengths conditioned on
+1 / mean_length (`kmethods.sequences.models.random_walk_with_memory`; lengths conditioned on
 <= max_length, which is also the padded width). Three sampling distributions:
 
 - null: the model itself (the rate is the test's level);
@@ -13,7 +13,7 @@ after an upward step with probability `memory`, and stops after each symbol with
 For every kernel and sample size n, `num_replicates` tests run in rows of `batch_size`
 replicates vmapped together, the rows split over the run's devices (`RunContext.map`, bit for
 bit the rates of one device): one compilation per (kernel, n), shared by the three scenarios.
-Each test is `kmethods.ksd_seq.ksd_seq_test` with the ZS_J neighbourhood (J = `window`) and the
+Each test is `kmethods.ksd_seq_test` with the ZS_J neighbourhood (J = `window`) and the
 wild (default) or multinomial bootstrap. Kernels: "csk" the contiguous-subsequence kernel with
 substrings of length 3 (the authors' choice for a second-order chain), "length" a Gaussian
 kernel on the lengths alone (bandwidth 3), "hamming" the exponentiated Hamming kernel (length-
@@ -33,10 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import kmethods as km
 from experiments.config import ConfigError, require_at_least
 from experiments.plots import binomial_halfwidth, rejection_plot
 from experiments.tasks import nonfinite
-from kmethods import ksd_seq as ks
+from kmethods import sequences as ks
+from kmethods.sequences.models import random_walk_with_memory
 
 Kernel = Literal["csk", "length", "hamming"]
 SCENARIOS = ("null", "transitions", "lengths")
@@ -116,7 +118,7 @@ def make_kernel(name: str) -> ks.SequenceKernel:
 
 def models(cfg: Config) -> dict:
     """The sampling distribution of each scenario; "null" is also the tested model."""
-    walk = lambda memory, mean: ks.random_walk_with_memory(
+    walk = lambda memory, mean: random_walk_with_memory(
         cfg.num_states, mean_length=mean, memory=memory, max_length=cfg.max_length
     )
     return {
@@ -133,7 +135,7 @@ def _rejections(cfg: Config, kernel, n: int):
     def one(key, sampler, target):
         k_data, k_test = jax.random.split(key)
         seqs, lengths = sampler.sample(k_data, n, cfg.max_length)
-        res = ks.ksd_seq_test(
+        res = km.ksd_seq_test(
             k_test,
             seqs,
             lengths,
