@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -18,6 +18,46 @@ def _pyplot():
 def binomial_halfwidth(rate: float, replicates: int, z: float = 1.96) -> float:
     """Half-width of the normal-approximation 95% interval of a binomial proportion."""
     return z * math.sqrt(max(rate * (1.0 - rate), 1e-12) / replicates)
+
+
+def style_axis(
+    ax,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    *,
+    xlog: float | None = None,
+    ylog: float | None = None,
+    ylim: tuple[float, float] | None = None,
+    legend: bool = True,
+    legend_size: float | None = 7,
+    legend_title: str | None = None,
+) -> None:
+    """The set-up every task figure gives an axis, after its lines are drawn: log scales,
+    y limits, labels, title and legend.
+
+    Args:
+      ax: the matplotlib axis.
+      xlabel, ylabel: the axis labels.
+      title: the axis title (none when empty).
+      xlog, ylog: the base of a log scale on that axis (10, 2, 4); None keeps it linear.
+      ylim: (bottom, top) of the y axis; None keeps matplotlib's.
+      legend: whether to draw a legend of the labelled lines.
+      legend_size: the legend's font size (None: matplotlib's default).
+      legend_title: the legend's title.
+    """
+    if xlog is not None:
+        ax.set_xscale("log", base=xlog)
+    if ylog is not None:
+        ax.set_yscale("log", base=ylog)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if legend:
+        ax.legend(fontsize=legend_size, title=legend_title)
 
 
 def rejection_plot(
@@ -42,7 +82,7 @@ def rejection_plot(
     Returns:
       The figure.
     """
-    plt = _pyplot()
+    plt = pyplot()
     if ax is None:
         fig, ax = plt.subplots(figsize=(5, 3.5))
     else:
@@ -53,15 +93,12 @@ def rejection_plot(
             err = [binomial_halfwidth(r, replicates) for r in values]
         ax.errorbar(sample_sizes, values, yerr=err, marker="o", capsize=3, label=label)
     ax.axhline(alpha, color="grey", linestyle="--", linewidth=1, label=f"alpha = {alpha}")
-    ax.set_xscale("log")
+    style_axis(
+        ax, "sample size n", "rejection rate", title, xlog=10, ylim=(-0.02, 1.02), legend_size=8
+    )
+    # after the log scale, which would reset them
     ax.set_xticks(list(sample_sizes), [str(n) for n in sample_sizes])
     ax.minorticks_off()
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("sample size n")
-    ax.set_ylabel("rejection rate")
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize=8)
     return fig
 
 
@@ -74,7 +111,7 @@ def sequential_rate_plot(rows, x_key, *, bets, alpha, x_label, title, reference=
     One line per betting strategy; `reference` holds (x, rate) points drawn as stars. Shared by
     the sequential-test experiments (skit_power, seq_two_sample).
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_rate, ax_time) = plt.subplots(1, 2, figsize=(10, 3.8))
     for bet in bets:
         pts = [r for r in rows if r["bet"] == bet]
@@ -91,13 +128,13 @@ def sequential_rate_plot(rows, x_key, *, bets, alpha, x_label, title, reference=
     if reference:
         ax_rate.plot(*zip(*reference, strict=True), "k*", ms=9, label="authors' code")
     ax_rate.axhline(alpha, color="grey", linestyle="--", linewidth=1, label=f"alpha = {alpha}")
-    ax_rate.set_ylim(-0.02, 1.02)
-    ax_rate.set_ylabel("rejection rate")
-    ax_rate.set_title(title)
-    ax_time.set_ylim(0, 1.05)
-    ax_time.set_ylabel("mean stopping time / T")
-    ax_time.set_title("normalised stopping time (T if never rejected)")
-    for ax in (ax_rate, ax_time):
-        ax.set_xlabel(x_label)
-        ax.legend(fontsize=8)
+    style_axis(ax_rate, x_label, "rejection rate", title, ylim=(-0.02, 1.02), legend_size=8)
+    style_axis(
+        ax_time,
+        x_label,
+        "mean stopping time / T",
+        "normalised stopping time (T if never rejected)",
+        ylim=(0, 1.05),
+        legend_size=8,
+    )
     return fig

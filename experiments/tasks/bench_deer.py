@@ -25,8 +25,10 @@ import jax
 import jax.numpy as jnp
 
 from experiments.config import ConfigError, require_at_least
+from experiments.plots import style_axis
 from experiments.timing import first_and_warm
-from seqmodels import GRUCell, deer_solve, sequential_solve
+from seqmodels import deer_solve, sequential_solve
+from seqmodels.cells import GRUCell
 
 Method = Literal["sequential", "newton", "quasi"]
 
@@ -140,10 +142,5 @@ def _plot(records, ctx):
         for method in dict.fromkeys(r["method"] for r in timed):
             rows = [r for r in timed if r["L"] == length and r["method"] == method]
             ax.plot([r["H"] for r in rows], [r["warm_s"] for r in rows], "o-", label=method)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("hidden size H")
-        ax.set_ylabel("warm time (s)")
-        ax.set_title(f"GRU, L = {length}")
-        ax.legend(fontsize=7)
+        style_axis(ax, "hidden size H", "warm time (s)", f"GRU, L = {length}", xlog=2, ylog=10)
     ctx.save_figure(fig, "time_vs_hidden")

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments.config import ConfigError, require_at_least
+from experiments.plots import style_axis
 from experiments.timing import first_and_warm
 from seqmodels import linear_recurrence
 
@@ -127,10 +128,5 @@ def _plot(records, ctx):
             rows = [r for r in records if r["method"] == method and r["direction"] == direction]
             ax.plot([r["L"] for r in rows], [r["ratio_to_floor"] for r in rows], "o-", label=method)
         ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="memory floor")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("L")
-        ax.set_ylabel("time / floor")
-        ax.set_title(direction)
-        ax.legend(fontsize=7)
+        style_axis(ax, "L", "time / floor", direction, xlog=2, ylog=10)
     ctx.save_figure(fig, "ratio_to_floor")

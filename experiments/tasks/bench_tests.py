@@ -41,6 +41,7 @@ import numpy as np
 
 import kmethods as km
 from experiments.config import ConfigError, require_at_least
+from experiments.plots import style_axis
 from experiments.tasks import nonfinite
 from experiments.timing import timed
 
@@ -238,10 +239,5 @@ def _plot(records, ctx):
             ax.plot(ns, [r["kseq_warm_s"] for r in rows], "o-", label=f"kseq {test} (warm)")
             ax.plot(ns, [r["kseq_first_s"] for r in rows], "o:", label=f"kseq {test} (first)")
             ax.plot(ns, [r["hyppo_s"] for r in rows], "s--", label=f"hyppo {test}")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("n")
-        ax.set_ylabel("seconds")
-        ax.set_title(null)
-        ax.legend(fontsize=7)
+        style_axis(ax, "n", "seconds", null, xlog=10, ylog=10)
     ctx.save_figure(fig, "times")

@@ -41,6 +41,7 @@ import numpy as np
 
 import kmethods as km
 from experiments.config import ConfigError, require_at_least
+from experiments.plots import style_axis
 from experiments.timing import timed
 
 Method = Literal["kt", "compresspp"]
@@ -337,13 +338,8 @@ def _plot(records, ctx):
             )
         for row, label in ((0, "seconds (warm)"), (1, "MMD to the input")):
             ax = axes[row, col]
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("n")
-            ax.set_ylabel(label)
-            ax.set_title(f"d = {d}")
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
-            else:  # e.g. no MMD evaluated (every n above `mmd_max_n`)
+            drawn = bool(ax.get_legend_handles_labels()[0])
+            style_axis(ax, "n", label, f"d = {d}", xlog=10, ylog=10, legend=drawn)
+            if not drawn:  # e.g. no MMD evaluated (every n above `mmd_max_n`)
                 ax.text(0.5, 0.5, "nothing measured", ha="center", transform=ax.transAxes)
     ctx.save_figure(fig, "thinning")

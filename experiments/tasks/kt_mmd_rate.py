@@ -29,6 +29,7 @@ import numpy as np
 
 import kmethods as km
 from experiments.config import ConfigError, require_at_least
+from experiments.plots import style_axis
 
 Method = Literal["iid", "standard", "kt", "root_kt", "kt_plus", "compresspp"]
 Dataset = Literal["gaussian", "mog"]
@@ -189,10 +190,13 @@ def _plot(rows, slopes, settings, ctx):
             )
             label = method if slope is None else f"{method} ({slope:.2f})"
             ax.plot([r["n"] for r in pts], [r["mmd_median"] for r in pts], "o-", label=label)
-        ax.set_xscale("log", base=4)
-        ax.set_yscale("log")
-        ax.set_xlabel("n (coreset sqrt(n))")
-        ax.set_ylabel("MMD to the input")
-        ax.set_title(f"{dataset}, d = {d}")
-        ax.legend(fontsize=7, title="fitted slope")
+        style_axis(
+            ax,
+            "n (coreset sqrt(n))",
+            "MMD to the input",
+            f"{dataset}, d = {d}",
+            xlog=4,
+            ylog=10,
+            legend_title="fitted slope",
+        )
     ctx.save_figure(fig, "mmd_rate")

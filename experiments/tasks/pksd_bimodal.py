@@ -4,7 +4,7 @@ The setting of Liu, Duncan & Gandy (ICML 2023, Section 6.1, and their `run_bimod
 target is p = ½ N(0, I_d) + ½ N(Δ e_1, I_d) and the sample is drawn from N(0, I_d), the left
 component alone, so q and p share their modes but not their weights. The KSD test (IMQ kernel
 (1 + r²/h²)^(-1/2), h the median distance, multinomial bootstrap) loses its power as Δ grows,
-because the score of p near 0 is nearly that of N(0, I); pKSD (`kmethods.pksd.pksd_test`, with
+because the score of p near 0 is nearly that of N(0, I); pKSD (`kmethods.pksd_test`, with
 its defaults: BFGS mode finding, the mode-jumping MH kernel, θ ∈ linspace(0.5, 1.5, 21),
 T = 10, the IMQ kernel with the median bandwidth of each sample) keeps it. The paper reports at
 n = 1000 a KSD power of about 1.0 / 0.35 / 0.05 at Δ = 4 / 5 / 6 and spKSD, ospKSD power near 1
@@ -32,14 +32,13 @@ import numpy as np
 
 import kmethods as km
 from experiments.config import ConfigError, require_at_least
-from experiments.plots import binomial_halfwidth
+from experiments.plots import binomial_halfwidth, pyplot, style_axis
 from experiments.tasks import nonfinite
-from kmethods.pksd import pksd_test
 
 Method = Literal["ksd", "spksd", "ospksd"]
 _LABELS = {"ksd": "KSD", "spksd": "spKSD", "ospksd": "ospKSD"}
 # Row blocks of the KSD baseline's Stein matrix (blocks that stay in cache are faster on a CPU
-# than kmethods.pairwise's default; see kmethods.pksd).
+# than kmethods.pairwise's default; see kmethods.pksd_test).
 _KSD_BLOCK = 256
 # The KSD baseline's median heuristic, on a subset of this many points as pKSD's default kernel
 # (an XLA:CPU sort of all n(n-1)/2 distances at n = 1000 took longer than the test itself).
@@ -150,7 +149,7 @@ def outcomes(key, samples, delta, thetas, *, method, alpha, num_bootstrap, num_s
                 alpha=alpha,
                 block_size=_KSD_BLOCK,
             )
-        return pksd_test(
+        return km.pksd_test(
             key,
             x,
             log_prob,
@@ -237,12 +236,7 @@ def run(cfg: Config, ctx) -> dict:
 
 
 def _plot(rows, cfg, ctx):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     # Curves offset a little along Δ, so that equal rates (all at 1) stay visible.
     offsets = {m: 0.06 * (k - (len(cfg.methods) - 1) / 2) for k, m in enumerate(cfg.methods)}
     for m in cfg.methods:
@@ -274,12 +268,9 @@ def _plot(rows, cfg, ctx):
     if cfg.published_pksd:
         ax.plot(*zip(*cfg.published_pksd, strict=True), "kD", ms=6, mfc="none", label="paper: pKSD")
     ax.axhline(cfg.alpha, color="grey", linestyle="--", linewidth=1, label=f"alpha = {cfg.alpha}")
-    ax.set_ylim(-0.02, 1.05)
-    ax.set_xlabel("mode separation Δ")
-    ax.set_ylabel("rejection rate")
-    ax.set_title(
+    title = (
         f"½N(0,1) + ½N(Δ,1) vs N(0,1), n = {cfg.sample_size}, d = {cfg.dim}, "
         f"{cfg.replicates} replicates"
     )
-    ax.legend(fontsize=7)
+    style_axis(ax, "mode separation Δ", "rejection rate", title, ylim=(-0.02, 1.05))
     ctx.save_figure(fig, "pksd_bimodal")

@@ -3,7 +3,7 @@
 The task: each sequence is a stationary AR(1) process x_t = phi_c x_{t-1} + sqrt(1 - phi_c^2)
 eps_t of length L (>= 4,000), seen through additive noise of standard deviation `noise`; the
 class decides phi_c (negatively or positively correlated). The model is a GRU
-(`seqmodels.GRUCell`) whose states are averaged over time and read out linearly. Both runs
+(`seqmodels.cells.GRUCell`) whose states are averaged over time and read out linearly. Both runs
 start from the same parameters and see the same data (full-batch AdamW on a fixed training
 set): DEER (Lim et al., 2024) computes the same states and, by implicit differentiation, the
 same gradients as backpropagation through the scan, so the loss curves must coincide. DEER
@@ -42,7 +42,9 @@ import optax
 
 from experiments.checkpoints import TrainCheckpoints
 from experiments.config import ConfigError, require_at_least
-from seqmodels import GRUCell, deer_solve, sequential_solve
+from experiments.plots import style_axis
+from seqmodels import deer_solve, sequential_solve
+from seqmodels.cells import GRUCell
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,22 +293,26 @@ def _plot(runs, cfg, ctx):
     }
     for label, r in runs.items():
         axes[0].plot(r["losses"], label=label, **styles[label])
-    axes[0].set_xlabel("step")
-    axes[0].set_ylabel("training loss")
-    axes[0].set_title(f"GRU H = {cfg.hidden_size}, L = {cfg.length}")
-    axes[0].legend()
+    style_axis(
+        axes[0],
+        "step",
+        "training loss",
+        f"GRU H = {cfg.hidden_size}, L = {cfg.length}",
+        legend_size=None,
+    )
     seq = runs["sequential"]["losses"]
     for label, r in runs.items():
         if label != "sequential":
             gap = [max(abs(a - b), 1e-9) for a, b in zip(r["losses"], seq, strict=True)]
             axes[1].plot(gap, label=f"|{label} - sequential|", **styles[label])
     axes[1].axhline(cfg.agreement_tol, color="grey", lw=1, ls="--")
-    axes[1].set_yscale("log")
-    axes[1].set_xlabel("step")
-    axes[1].set_ylabel("loss gap")
-    axes[1].legend(fontsize=7)
+    style_axis(axes[1], "step", "loss gap", ylog=10)
     axes[2].plot(runs[cfg.method]["iterations"], "o", ms=2)
-    axes[2].set_xlabel("step")
-    axes[2].set_ylabel(f"{cfg.method} iterations")
-    axes[2].set_title("warm-started" if cfg.warm_start else "cold start")
+    style_axis(
+        axes[2],
+        "step",
+        f"{cfg.method} iterations",
+        "warm-started" if cfg.warm_start else "cold start",
+        legend=False,
+    )
     ctx.save_figure(fig, "loss_curves")

@@ -34,6 +34,7 @@ import optax
 
 from experiments.config import ConfigError, require_at_least
 from experiments.mesh import split_leading_axis
+from experiments.plots import style_axis
 from seqmodels.layers import LRU, S5, CKConv, GateLoop, LinearAttention, SequenceModel
 
 MIXERS = {
@@ -236,9 +237,12 @@ def _plot(curves, cfg, ctx):
     for mixer, curve in curves.items():
         ax.plot([r["step"] for r in curve], [r["eval_accuracy"] for r in curve], label=mixer)
     ax.axhline(1.0 / cfg.num_values, color="grey", linestyle="--", linewidth=1, label="chance")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("query accuracy (held out)")
-    ax.set_ylim(0, 1.02)
-    ax.set_title(f"MQAR, {cfg.num_pairs} pairs, {cfg.num_queries} queries")
-    ax.legend(fontsize=8)
+    style_axis(
+        ax,
+        "training step",
+        "query accuracy (held out)",
+        f"MQAR, {cfg.num_pairs} pairs, {cfg.num_queries} queries",
+        ylim=(0, 1.02),
+        legend_size=8,
+    )
     ctx.save_figure(fig, "accuracy")
