@@ -7,15 +7,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 from scipy import stats
 
 import kmethods as km
-from kmethods import sequential
-from kmethods.sequential import _hsic_witness_norm2
+from kmethods import betting
+from kmethods.betting import _core, _tests
 
 ALPHA = 0.05
 LEVEL_STREAMS = 500
 DEFAULT_MAX_BET = {"ons": 0.5, "agrapa": 0.9}
+BETTORS = {"ons": betting.ons, "agrapa": betting.agrapa}
 
 
 # ------------------------------------------------------------------ dense NumPy references
@@ -147,23 +149,20 @@ def test_mmd_betting_matches_dense_reference(x64, getkey, bet):
 
 def test_scans_in_growing_phases_match_the_dense_reference(x64, getkey, monkeypatch):
     """Long streams are scanned in stretches with growing buffers; force that on a short one."""
-    monkeypatch.setattr(sequential, "_PHASE_MIN_STEPS", 3)
-    monkeypatch.setattr(sequential, "_PHASES", 3)
+    monkeypatch.setattr(_core, "PHASE_MIN_STEPS", 3)
+    monkeypatch.setattr(_core, "PHASES", 3)
     x, y = _dependent_stream(getkey(), 26, 2.0)
     x, y = np.asarray(x), np.asarray(y)
-    log_threshold = -math.log(0.5)
-    res = sequential._skit_scan.__wrapped__(  # unjitted, so the patched constant is read
-        x, y, km.Gaussian(1.0), km.Gaussian(2.0), log_threshold, bet="ons", max_bet=0.5
-    )
+    test = betting.skit_test(km.Gaussian(1.0), km.Gaussian(2.0), alpha=0.5)
+    res = _tests._run_skit.__wrapped__(test, x, y)  # unjitted, so the patched constant is read
     payoffs, _ = _dense_skit_payoffs(x, y, 1.0, 2.0)
     _, wealth, reject, stopping_time = _dense_betting(payoffs, "ons", 0.5)
     np.testing.assert_allclose(np.asarray(res.wealth), wealth, rtol=1e-10)
     assert bool(res.reject) == reject and int(res.stopping_time) == stopping_time
 
     y = y + 1.0
-    res = sequential._mmd_scan.__wrapped__(
-        x, y, km.Gaussian(1.0), log_threshold, bet="agrapa", max_bet=0.9
-    )
+    test = betting.mmd_betting(km.Gaussian(1.0), alpha=0.5, bettor=betting.agrapa(0.9))
+    res = _tests._run_mmd.__wrapped__(test, x, y)
     _, wealth, reject, stopping_time = _dense_betting(_dense_mmd_payoffs(x, y, 1.0), "agrapa", 0.5)
     np.testing.assert_allclose(np.asarray(res.wealth), wealth, rtol=1e-10)
     assert bool(res.reject) == reject and int(res.stopping_time) == stopping_time
@@ -177,16 +176,17 @@ def test_online_steps_match_dense_payoffs_norms_and_fractions(x64, getkey, bet):
     kx, ky = km.Gaussian(1.0), km.Gaussian(1.4)
     payoffs, norms2 = _dense_skit_payoffs(x, y, 1.0, 1.4)
     fractions, wealth, _, _ = _dense_betting(payoffs, bet, ALPHA)
-    state = km.skit_init(15, 1, 1)
+    test = betting.checked(betting.skit_test(kx, ky, bettor=BETTORS[bet]()))
+    state = test.init(15, 1, 1)
     for t in range(15):
-        state = km.skit_step(state, x[2 * t : 2 * t + 2], y[2 * t : 2 * t + 2], kx, ky, bet=bet)
+        state = test.step(state, x[2 * t : 2 * t + 2], y[2 * t : 2 * t + 2])
         np.testing.assert_allclose(float(state.payoff), payoffs[t], rtol=1e-9, atol=1e-13)
         np.testing.assert_allclose(float(state.wealth), wealth[t], rtol=1e-10)
         m = 2 * (t + 1)
         k_mat, l_mat = _gauss(x[:m], x[:m], 1.0), _gauss(y[:m], y[:m], 1.4)
         centring = np.eye(m) - np.ones((m, m)) / m
         dense_norm2 = np.trace(k_mat @ centring @ l_mat @ centring) / m**2
-        np.testing.assert_allclose(float(_hsic_witness_norm2(state.witness)), dense_norm2, 1e-9)
+        np.testing.assert_allclose(float(state.witness.norm2()), dense_norm2, 1e-9)
         if t + 1 < 15:
             assert norms2[t + 1] == pytest.approx(dense_norm2, rel=1e-12)
         w = state.witness
@@ -196,7 +196,7 @@ def test_online_steps_match_dense_payoffs_norms_and_fractions(x64, getkey, bet):
         assert float(w.k_mean) == pytest.approx(k_mat.mean(), rel=1e-12)
         assert int(state.step) == t + 1
     # the fraction of the next bet
-    last = float(state.bettor.ons_fraction) if bet == "ons" else None
+    last = float(state.bettor.fraction) if bet == "ons" else None
     if bet == "ons":
         z = payoffs[-1] / (1.0 + fractions[-1] * payoffs[-1])
         scale = 1.0 + sum(
@@ -210,9 +210,10 @@ def test_mmd_incremental_norm_matches_dense(x64, getkey):
     x = np.asarray(jax.random.normal(getkey(), (12, 3)))
     y = np.asarray(0.3 + jax.random.normal(getkey(), (12, 3)))
     kernel = km.Gaussian(2.0)
-    state = km.mmd_betting_init(12, 3)
+    test = betting.checked(betting.mmd_betting(kernel))
+    state = test.init(12, 3)
     for t in range(12):
-        state = km.mmd_betting_step(state, x[t], y[t], kernel)
+        state = test.step(state, x[t], y[t])
         hx, hy = x[: t + 1], y[: t + 1]
         dense = (
             _gauss(hx, hx, 2.0).sum() + _gauss(hy, hy, 2.0).sum() - 2 * _gauss(hx, hy, 2.0).sum()
@@ -228,8 +229,8 @@ def test_skit_online_equals_scan(getkey, bet):
     x, y = _dependent_stream(getkey(), 24, 1.0, dx=2, dy=2)
     kx, ky = km.Gaussian(1.5), km.Gaussian(1.5)
     res = km.skit(getkey(), x, y, kx, ky, bet=bet, alpha=0.2)
-    state = km.skit_init(12, 2, 2)
-    step = jax.jit(lambda s, a, b: km.skit_step(s, a, b, kx, ky, bet=bet, alpha=0.2))
+    test = betting.skit_test(kx, ky, alpha=0.2, bettor=BETTORS[bet]())
+    state, step = test.init(12, 2, 2), jax.jit(test.step)
     wealth = []
     for t in range(12):
         state = step(state, x[2 * t : 2 * t + 2], y[2 * t : 2 * t + 2])
@@ -245,10 +246,11 @@ def test_mmd_online_equals_scan(getkey, bet):
     y = 1.0 + jax.random.normal(getkey(), (20, 2))
     kernel = km.Gaussian(1.5)
     res = km.mmd_betting_test(getkey(), x, y, kernel, bet=bet, alpha=0.2)
-    state = km.mmd_betting_init(20, 2)
+    test = betting.checked(betting.mmd_betting(kernel, alpha=0.2, bettor=BETTORS[bet]()))
+    state = test.init(20, 2)
     wealth = []
     for t in range(20):
-        state = km.mmd_betting_step(state, x[t], y[t], kernel, bet=bet, alpha=0.2)
+        state = test.step(state, x[t], y[t])
         wealth.append(float(state.wealth))
     np.testing.assert_allclose(wealth, np.asarray(res.wealth), rtol=1e-5)
     assert int(state.stopping_time) == int(res.stopping_time)
@@ -262,8 +264,9 @@ def test_vmap_over_streams_equals_a_loop(getkey):
     batched = jax.vmap(lambda x, y: km.skit(key, x, y, kx, ky, alpha=0.2))(xs, ys)
     mmd_batched = jax.vmap(lambda x, y: km.mmd_betting_test(key, x, y, kx, alpha=0.2))(xs, ys)
     # online monitoring of many streams: the step vmapped over a batch of states
-    states = jax.vmap(lambda _: km.skit_init(15, 1, 1))(jnp.arange(4))
-    step = jax.jit(jax.vmap(lambda s, a, b: km.skit_step(s, a, b, kx, ky, alpha=0.2)))
+    test = betting.skit_test(kx, ky, alpha=0.2)
+    states = jax.vmap(lambda _: test.init(15, 1, 1))(jnp.arange(4))
+    step = jax.jit(jax.vmap(test.step))
     for t in range(15):
         states = step(states, xs[:, 2 * t : 2 * t + 2], ys[:, 2 * t : 2 * t + 2])
         np.testing.assert_allclose(states.wealth, batched.wealth[:, t], rtol=1e-5)
@@ -276,6 +279,76 @@ def test_vmap_over_streams_equals_a_loop(getkey):
         single = km.mmd_betting_test(key, xs[i], ys[i], kx, alpha=0.2)
         np.testing.assert_allclose(mmd_batched.wealth[i], single.wealth, rtol=1e-5)
         assert int(mmd_batched.stopping_time[i]) == int(single.stopping_time)
+
+
+@pytest.mark.parametrize("bet", ["ons", "agrapa"])
+def test_lax_scan_over_the_pure_step_equals_the_one_call(getkey, bet):
+    """The factories' `step` is pure: a whole stream in one `lax.scan` (here under `jit`, with
+    the test passed in as a pytree argument) gives the one-call test's wealth, rejection and
+    stopping time, also with a non-default bettor passed as `bet`."""
+    x, y = _dependent_stream(getkey(), 40, 0.8, dx=2)
+    kx, ky = km.Gaussian(1.2), km.Gaussian(1.5)
+    bettor = BETTORS[bet](0.6)
+    skit = betting.skit_test(kx, ky, alpha=0.2, bettor=bettor)
+    mmd = betting.mmd_betting(kx, alpha=0.2, bettor=bettor)
+
+    def run(test, init, steps):
+        def body(state, step_points):
+            state = test.step(state, *step_points)
+            return state, state.wealth
+
+        return lax.scan(body, init, steps)
+
+    run = jax.jit(run)
+    state, wealth = run(skit, skit.init(20, 2, 1), (x.reshape(20, 2, 2), y.reshape(20, 2, 1)))
+    res = km.skit(None, x, y, kx, ky, alpha=0.2, bet=bettor)
+    np.testing.assert_allclose(wealth, res.wealth, rtol=1e-6)
+    assert bool(state.rejected) == bool(res.reject)
+    assert int(state.stopping_time) == int(res.stopping_time)
+
+    shifted = jnp.concatenate([y, y], axis=1) + 0.7
+    state, wealth = run(mmd, mmd.init(40, 2), (x, shifted))
+    res = km.mmd_betting_test(None, x, shifted, kx, alpha=0.2, bet=bettor)
+    np.testing.assert_allclose(wealth, res.wealth, rtol=1e-6)
+    assert bool(state.rejected) == bool(res.reject)
+    assert int(state.stopping_time) == int(res.stopping_time)
+
+
+def test_lax_scan_over_the_pure_step_under_vmap_over_streams(getkey):
+    """`vmap` over streams of a `lax.scan` over the pure step: each stream as the one-call
+    test on it alone; one stream with a NaN is void, one that outgrows its state overflows."""
+    xs = jax.random.normal(getkey(), (3, 24, 1))
+    ys = 0.9 * xs + jax.random.normal(getkey(), (3, 24, 1))
+    kx, ky = km.Gaussian(1.0), km.Gaussian(1.3)
+    test = betting.skit_test(kx, ky, alpha=0.2, bettor=betting.agrapa())
+
+    def stream(x, y, num_pairs):
+        def body(state, pair):
+            state = test.step(state, *pair)
+            return state, state.log_wealth
+
+        pairs = (x.reshape(12, 2, 1), y.reshape(12, 2, 1))
+        return lax.scan(body, test.init(num_pairs, 1, 1), pairs)
+
+    run = jax.jit(jax.vmap(stream, in_axes=(0, 0, None)), static_argnums=2)
+    states, log_wealth = run(xs, ys, 12)
+    for i in range(3):
+        single = km.skit(None, xs[i], ys[i], kx, ky, alpha=0.2, bet="agrapa")
+        np.testing.assert_allclose(np.exp(log_wealth[i]), single.wealth, rtol=1e-6)
+        assert bool(states.rejected[i]) == bool(single.reject)
+        assert int(states.stopping_time[i]) == int(single.stopping_time)
+    assert not np.any(np.asarray(states.overflow))
+
+    bad = xs.at[1, 7, 0].set(jnp.nan)
+    clean = log_wealth
+    states, log_wealth = run(bad, ys, 12)
+    assert np.all(np.isnan(log_wealth[1, 3:])) and not bool(states.rejected[1])
+    assert np.all(np.isfinite(log_wealth[1, :3]))
+    np.testing.assert_array_equal(log_wealth[np.array([0, 2])], clean[np.array([0, 2])])
+    states, log_wealth = run(xs, ys, 8)
+    np.testing.assert_array_equal(states.overflow, [True] * 3)
+    assert np.all(np.isnan(log_wealth[:, 8:])) and not np.any(np.asarray(states.rejected))
+    np.testing.assert_array_equal(states.step, [8] * 3)
 
 
 def test_float32_tracks_float64_on_long_streams(getkey):
@@ -376,16 +449,26 @@ def test_bad_input_raises_clear_errors(getkey):
     with pytest.raises(ValueError, match="same dimension"):
         km.mmd_betting_test(key, x, jnp.ones((20, 2)), k)
 
-    state = km.skit_init(2, 1, 1)
+    with pytest.raises(ValueError, match="`max_bet` is fixed"):
+        km.skit(key, x, x, k, k, bet=betting.ons(), max_bet=0.3)
+    with pytest.raises(TypeError, match="`bettor`"):
+        betting.skit_test(k, k, bettor="ons")
+
+    skit, mmd = betting.checked(betting.skit_test(k, k)), betting.checked(betting.mmd_betting(k))
+    state = skit.init(2, 1, 1)
     with pytest.raises(ValueError, match="`x_pair`"):
-        km.skit_step(state, x[:3], x[:2], k, k)
-    state = km.skit_step(state, x[:2], x[:2], k, k)
-    state = km.skit_step(state, x[2:4], x[2:4], k, k)
+        skit.step(state, x[:3], x[:2])
+    state = skit.step(state, x[:2], x[:2])
+    state = skit.step(state, x[2:4], x[2:4])
     with pytest.raises(ValueError, match="history is full"):
-        km.skit_step(state, x[4:6], x[4:6], k, k)
-    with pytest.raises(TypeError, match="skit_init"):
-        km.skit_step(km.mmd_betting_init(2, 1), x[:2], x[:2], k, k)
+        skit.step(state, x[4:6], x[4:6])
+    with pytest.raises(TypeError, match="the test's `init`"):
+        skit.step(mmd.init(2, 1), x[:2], x[:2])
+    with pytest.raises(TypeError, match="the test's `init`"):
+        skit.step((), x[:2], x[:2])
     with pytest.raises(ValueError, match="`num_pairs`"):
-        km.skit_init(0, 1, 1)
+        skit.init(0, 1, 1)
     with pytest.raises(ValueError, match="`y_new`"):
-        km.mmd_betting_step(km.mmd_betting_init(4, 2), jnp.ones(2), jnp.ones(3), k)
+        mmd.step(mmd.init(4, 2), jnp.ones(2), jnp.ones(3))
+    with pytest.raises(ValueError, match="NaN"):
+        mmd.step(mmd.init(4, 1), jnp.ones(1), jnp.full(1, jnp.nan))

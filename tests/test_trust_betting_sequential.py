@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import kmethods as km
+from kmethods import betting
 
 ALPHA = 0.05
 STREAMS = 500
@@ -97,9 +98,9 @@ def test_online_step_with_nan_under_jit_voids_the_state():
     """Online monitoring under jit: a NaN point after the rejection voids the state."""
     x, y = _dependent(jax.random.key(0))
     kernel = km.Gaussian(1.0)
-    skit_step = jax.jit(lambda s, a, b: km.skit_step(s, a, b, kernel, kernel))
-    mmd_step = jax.jit(lambda s, a, b: km.mmd_betting_step(s, a, b, kernel))
-    skit_state, mmd_state = km.skit_init(N // 2 + 1, 1, 1), km.mmd_betting_init(N, 1)
+    skit, mmd = betting.skit_test(kernel, kernel), betting.mmd_betting(kernel)
+    skit_step, mmd_step = jax.jit(skit.step), jax.jit(mmd.step)
+    skit_state, mmd_state = skit.init(N // 2 + 1, 1, 1), mmd.init(N, 1)
     for t in range(N // 2):
         skit_state = skit_step(skit_state, x[2 * t : 2 * t + 2], y[2 * t : 2 * t + 2])
     for t in range(N - 1):
@@ -124,8 +125,8 @@ def test_steps_past_capacity_under_jit_and_vmap_void_and_freeze_the_state():
     x, y = _dependent(jax.random.key(3))
     kernel = km.Gaussian(1.0)
     reference = _skit(x[:4], y[:4], alpha=0.5)
-    step = jax.jit(lambda s, a, b: km.skit_step(s, a, b, kernel, kernel, alpha=0.5))
-    state = km.skit_init(2, 1, 1)
+    skit = betting.skit_test(kernel, kernel, alpha=0.5)
+    step, state = jax.jit(skit.step), skit.init(2, 1, 1)
     for t in range(2):
         state = step(state, x[2 * t : 2 * t + 2], y[2 * t : 2 * t + 2])
         assert not bool(state.overflow)
@@ -139,16 +140,16 @@ def test_steps_past_capacity_under_jit_and_vmap_void_and_freeze_the_state():
         for a, b in zip(jax.tree.leaves(state.witness), jax.tree.leaves(full.witness), strict=True):
             np.testing.assert_array_equal(a, b)
     # Under vmap, with one full state and one empty one: only the full one is voided.
-    states = jax.tree.map(lambda a, b: jnp.stack([a, b]), full, km.skit_init(2, 1, 1))
-    step = jax.jit(jax.vmap(lambda s, a, b: km.skit_step(s, a, b, kernel, kernel)))
+    states = jax.tree.map(lambda a, b: jnp.stack([a, b]), full, skit.init(2, 1, 1))
+    step = jax.jit(jax.vmap(skit.step))
     states = step(states, jnp.stack([x[4:6]] * 2), jnp.stack([y[4:6]] * 2))
     np.testing.assert_array_equal(states.overflow, [True, False])
     assert np.isnan(float(states.wealth[0])) and np.isfinite(float(states.wealth[1]))
     np.testing.assert_array_equal(states.witness.count, [4, 2])
 
     reference = _mmd(x[:3], y[:3], alpha=0.5)
-    step = jax.jit(lambda s, a, b: km.mmd_betting_step(s, a, b, kernel, alpha=0.5))
-    state = km.mmd_betting_init(3, 1)
+    mmd = betting.mmd_betting(kernel, alpha=0.5)
+    step, state = jax.jit(mmd.step), mmd.init(3, 1)
     for t in range(6):
         state = step(state, x[t], y[t] + 2.0)
         if t < 3:
@@ -173,8 +174,9 @@ def test_half_precision_is_computed_in_float32(dtype):
     assert res.wealth.dtype == jnp.float32
     np.testing.assert_allclose(res.wealth, ref.wealth, rtol=1e-5)
     assert _mmd(xh, yh).wealth.dtype == jnp.float32
-    for state in (km.skit_init(4, 1, 1, dtype=dtype), km.mmd_betting_init(4, 1, dtype=dtype)):
-        assert state.bettor.log_wealth.dtype == jnp.float32
+    skit, mmd = betting.skit_test(KERNEL, KERNEL), betting.mmd_betting(KERNEL)
+    for state in (skit.init(4, 1, 1, dtype=dtype), mmd.init(4, 1, dtype=dtype)):
+        assert state.log_wealth.dtype == jnp.float32
         assert state.witness.x.dtype == jnp.float32
 
 
@@ -196,9 +198,9 @@ def test_bad_options_raise_clear_errors():
     x = jnp.ones((8, 1))
     k = km.Gaussian(1.0)
     with pytest.raises(TypeError, match="`dtype`"):
-        km.skit_init(2, 1, 1, dtype="not a dtype")
+        betting.skit_test(k, k).init(2, 1, 1, dtype="not a dtype")
     with pytest.raises(TypeError, match="`dtype`"):
-        km.mmd_betting_init(2, 1, dtype=jnp.int32)
+        betting.mmd_betting(k).init(2, 1, dtype=jnp.int32)
     with pytest.raises(TypeError, match="`max_bet`"):
         jax.vmap(lambda b: km.skit(None, x, x, k, k, max_bet=b))(jnp.asarray([0.5, 0.6]))
     with pytest.raises(TypeError, match="`alpha`"):
@@ -206,7 +208,9 @@ def test_bad_options_raise_clear_errors():
     with pytest.raises(ValueError, match="`max_bet`"):
         km.mmd_betting_test(None, x, x, k, max_bet=0.0)
     with pytest.raises(TypeError, match="`num_steps`"):
-        km.mmd_betting_init(2.5, 1)
+        betting.mmd_betting(k).init(2.5, 1)
+    with pytest.raises(TypeError, match="`max_bet`"):
+        jax.vmap(betting.agrapa)(jnp.asarray([0.5, 0.6]))
 
 
 # ------------------------------------------------------------------ nearly constant kernels

@@ -39,7 +39,7 @@ import kmethods as km
 from experiments.config import ConfigError, require_at_least
 from experiments.plots import binomial_halfwidth, sequential_rate_plot
 from experiments.tasks import nonfinite_streams
-from kmethods.sequential import DEFAULT_MAX_BET
+from kmethods.betting import DEFAULT_MAX_BET
 
 Bet = Literal["ons", "agrapa"]
 Backend = Literal["numpy", "sklearn"]
