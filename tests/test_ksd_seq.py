@@ -305,6 +305,49 @@ def test_num_neighbours_and_padding_convention():
     assert np.asarray(empty.weights).sum() == 3 * 0.5  # only the three insertions
 
 
+def test_neighbourhood_objects_are_what_the_strings_mean():
+    """ "zs", "zs_inf" and "substitution" (with `window`) are `Edits(window)`, `Edits(None)` and
+    `Substitutions(window)`: the same slot counts and the same statistic (one compilation)."""
+    assert ks.num_neighbours(6, 3, neighbourhood=ks.Edits(2)) == 2 * 3 + 2 * 3 + 2
+    assert ks.num_neighbours(6, 3, neighbourhood=ks.Edits(None)) == ks.num_neighbours(
+        6, 3, neighbourhood="zs_inf"
+    )
+    assert ks.num_neighbours(6, 3, neighbourhood=ks.Substitutions()) == 18
+    assert ks.Edits(2).edited_tail == 2 and ks.Substitutions().edited_tail is None
+    args = (_SEQS, _LENS, _MODEL.log_prob, _K)
+    by_name = ks.ksd2_seq(*args, num_states=3, neighbourhood="substitution", window=2)
+    by_object = ks.ksd2_seq(*args, num_states=3, neighbourhood=ks.Substitutions(2))
+    assert float(by_name) == float(by_object)
+
+
+class _PlainHamming(ks.SequenceKernel):
+    """The Hamming kernel through `__call__` alone: the generic Gram route of `stein_matvec`."""
+
+    def __call__(self, x, y):
+        return ks.HammingKernel()(x, y)
+
+
+class _PlainLength(ks.SequenceKernel):
+    """The length kernel without its feature map: the generic Gram route."""
+
+    def __call__(self, x, y):
+        return ks.LengthKernel(1.5)(x, y)
+
+
+def test_stein_matvec_routes_agree(x64):
+    """A kernel that only defines `__call__` gets the generic Stein matvec; it matches the
+    built-in kernels' own routes (Hamming's short-tail block under ZS_2, the length kernel's
+    feature map), also inside a sum."""
+    tuples, seqs, lengths = _space()
+    v = np.random.default_rng(0).normal(size=(len(tuples), 2))
+    opts = dict(num_states=S_ENUM, neighbourhood=ks.Edits(2), block_size=9)
+    fast = ks.HammingKernel() + ks.LengthKernel(1.5)
+    plain = _PlainHamming() + _PlainLength()
+    got = ks.zs_stein_matvec(seqs, lengths, table_log_prob, fast, v, **opts)
+    expected = ks.zs_stein_matvec(seqs, lengths, table_log_prob, plain, v, **opts)
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+
+
 # -------------------------------------------------------------------------------- kernels
 
 
@@ -640,6 +683,9 @@ def _test(**kw):
         (lambda: _stat(neighbourhood="gibbs"), ValueError, "`neighbourhood`"),
         (lambda: _stat(balance="mh"), ValueError, "`balance`"),
         (lambda: _stat(window=0), ValueError, "`window`"),
+        (lambda: _stat(neighbourhood=ks.Edits(2), window=2), ValueError, "`window`"),
+        (lambda: _stat(neighbourhood=2), TypeError, "`neighbourhood`"),
+        (lambda: ks.Edits(0), ValueError, "`window`"),
         (lambda: _stat(kernel=ks.HammingKernel), TypeError, "`kernel`"),
         (lambda: _stat(log_prob="model"), TypeError, "`log_prob`"),
         (

@@ -309,7 +309,17 @@ def random_walk_with_memory(
     i + 2 with probability `memory` and returns to i otherwise. Every probability is floored at
     `floor` and renormalised, and the stop probability is 1 / mean_length, as in the authors'
     `RandomWalkWithMemory` (their experiment: S = 10, mean length 8, memory 0.95 against
-    0.05). Needs S >= 3.
+    0.05).
+
+    Args:
+      num_states: S >= 3, the number of symbols on the cycle.
+      mean_length: the mean length (> 1); the stop probability is 1 / mean_length.
+      memory: in [0, 1], the probability of a second upward step after an upward step.
+      floor: in [0, 1), the floor of every transition probability before renormalising.
+      max_length: optional cap on the length (the model is conditioned on it).
+
+    Returns:
+      A `SecondOrderMarkovChain`.
     """
     num_states = _checks.positive_int(num_states, "num_states", minimum=3)
     _check_mean_length(mean_length)
@@ -353,7 +363,19 @@ def random_second_order_chain(
     """A random second-order chain: every row Dirichlet(concentration), floored at `floor` and
     renormalised, stop probability 1 / mean_length (the authors' `RandomNgramModel`, n = 2,
     which uses concentration 1). Dirichlet(1) rows are normalised exponential draws (uniform on
-    the simplex), which spares compiling the gamma sampler."""
+    the simplex), which spares compiling the gamma sampler.
+
+    Args:
+      key: PRNG key of the Dirichlet draws.
+      num_states: S, the number of symbols.
+      mean_length: the mean length (> 1); the stop probability is 1 / mean_length.
+      concentration: the Dirichlet concentration (> 0) of every row.
+      floor: in [0, 1), the floor of every transition probability before renormalising.
+      max_length: optional cap on the length (the model is conditioned on it).
+
+    Returns:
+      A `SecondOrderMarkovChain`.
+    """
     num_states = _checks.positive_int(num_states, "num_states")
     _check_mean_length(mean_length)
     _check_floor(floor)
