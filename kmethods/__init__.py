@@ -32,7 +32,7 @@ from kmethods.pksd import DEFAULT_THETAS as DEFAULT_THETAS
 from kmethods.pksd import Modes as Modes
 from kmethods.pksd import find_modes as find_modes
 from kmethods.pksd import perturb as perturb
-from kmethods.pksd import pksd_test as pksd_test
+from kmethods.pksd._pksd import pksd_test as pksd_test
 from kmethods.sequences import ContiguousSubsequenceKernel as ContiguousSubsequenceKernel
 from kmethods.sequences import HammingKernel as HammingKernel
 from kmethods.sequences import LengthKernel as LengthKernel

@@ -19,8 +19,10 @@ __all__ = [
     "multinomial_weights",
     "permuted_labels",
     "resample_p_value",
+    "resampled_weights",
     "stein_bootstrap_columns",
     "stein_bootstrap_result",
+    "u_statistic_columns",
     "wild_bootstrap_signs",
 ]
 
@@ -105,8 +107,15 @@ def permuted_labels(key, labels, num_permutations):
 
 def multinomial_weights(key, n, num_draws, dtype):
     """Bootstrap weights w = counts / n with counts ~ Multinomial(n; 1/n, ..., 1/n); (B, n)."""
-    idx = jax.random.randint(key, (num_draws, n), 0, n)
-    counts = jax.vmap(lambda i: jnp.zeros(n, dtype).at[i].add(1.0))(idx)
+    return resampled_weights(jax.random.randint(key, (num_draws, n), 0, n), dtype)
+
+
+def resampled_weights(indices, dtype):
+    """Weights counts / n of n points resampled as the rows of `indices`, shape (B, n) with
+    entries in [0, n): how often each point was drawn, over n (`multinomial_weights` for any
+    source of uniform indices)."""
+    n = indices.shape[1]
+    counts = jax.vmap(lambda i: jnp.zeros(n, dtype).at[i].add(1.0))(indices)
     return counts / n
 
 
@@ -137,10 +146,16 @@ def stein_bootstrap_columns(key, n, num_draws, *, wild, flip_probability, dtype)
     if wild:
         weights = wild_bootstrap_signs(key, n, num_draws, flip_probability, dtype) / n
         observed = jnp.full((1, n), 1.0 / n, dtype)
-    else:
-        weights = multinomial_weights(key, n, num_draws, dtype) - 1.0 / n
-        observed = jnp.ones((1, n), dtype)
-    return jnp.concatenate([observed, weights]).T
+        return jnp.concatenate([observed, weights]).T
+    return u_statistic_columns(multinomial_weights(key, n, num_draws, dtype))
+
+
+def u_statistic_columns(weights):
+    """The columns v_0 = 1, v_b = w_b - 1/n, shape (n, B + 1), of a U-statistic's multinomial
+    bootstrap from weights w of shape (B, n) (`stein_bootstrap_columns` without `wild`)."""
+    n = weights.shape[1]
+    observed = jnp.ones((1, n), weights.dtype)
+    return jnp.concatenate([observed, weights - 1.0 / n]).T
 
 
 def stein_bootstrap_result(columns, h_columns, *, wild, alpha):

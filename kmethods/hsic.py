@@ -16,10 +16,11 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 from kmethods import _checks
-from kmethods.calibration import decide, gamma_p_value, resample_p_value
-from kmethods.kernels import check_kernel
+from kmethods.calibration import TestResult, decide, gamma_p_value, resample_p_value
+from kmethods.kernels import Kernel, check_kernel
 from kmethods.pairwise import map_row_blocks, mask_diagonal
 
 __all__ = ["hsic", "hsic_test"]
@@ -34,7 +35,15 @@ def _paired_inputs(x, y, kernel_x, kernel_y):
     return _checks.promote(x, y)
 
 
-def hsic(x, y, kernel_x, kernel_y, *, unbiased=False, block_size=None):
+def hsic(
+    x: Float[Array, "n dx"],
+    y: Float[Array, "n dy"],
+    kernel_x: Kernel,
+    kernel_y: Kernel,
+    *,
+    unbiased: bool = False,
+    block_size: int | None = None,
+) -> Float[Scalar, ""]:
     """Hilbert-Schmidt independence criterion of the paired sample (x_i, y_i).
 
     Biased (Gretton et al. 2005): tr(K H L H) / n^2 with K = [k(x_i, x_j)],
@@ -86,19 +95,19 @@ def _hsic(x, y, kernel_x, kernel_y, *, unbiased, block_size):
 
 
 def hsic_test(
-    key,
-    x,
-    y,
-    kernel_x,
-    kernel_y,
+    key: PRNGKeyArray,
+    x: Float[Array, "n dx"],
+    y: Float[Array, "n dy"],
+    kernel_x: Kernel,
+    kernel_y: Kernel,
     *,
-    num_permutations=1000,
-    alpha=0.05,
-    null="permutation",
-    unbiased=False,
-    block_size=None,
-    permutation_batch=None,
-):
+    num_permutations: int = 1000,
+    alpha: float = 0.05,
+    null: str = "permutation",
+    unbiased: bool = False,
+    block_size: int | None = None,
+    permutation_batch: int | None = None,
+) -> TestResult:
     """Kernel independence test of H0: x and y are independent, from paired observations.
 
     `null="permutation"`: the statistic is `hsic(x, y, ..., unbiased=unbiased)`, recomputed with

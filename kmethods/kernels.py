@@ -32,6 +32,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 from kmethods._checks import as_points, check_positive, positive_int
 from kmethods._numerics import median_distance, safe_sqrt
@@ -466,7 +467,9 @@ class ScaledKernel(Kernel):
         return self.weight * self.base.stein_gram(x, sx, y, sy)
 
 
-def median_bandwidth(x, *, key=None, max_points: int = 1000):
+def median_bandwidth(
+    x: Float[Array, "n d"], *, key: PRNGKeyArray | None = None, max_points: int = 1000
+) -> Float[Scalar, ""]:
     """Median heuristic: the median Euclidean distance between distinct points of `x`.
 
     Args:

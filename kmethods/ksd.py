@@ -10,15 +10,17 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 from kmethods import _checks
-from kmethods.calibration import stein_bootstrap_columns, stein_bootstrap_result
-from kmethods.kernels import check_kernel
+from kmethods.calibration import TestResult, stein_bootstrap_columns, stein_bootstrap_result
+from kmethods.kernels import Kernel, check_kernel
 from kmethods.stein import langevin_stein_matvec
 
 __all__ = ["ksd2", "ksd_test"]
@@ -57,7 +59,14 @@ def _scores(x, score):
     return x.astype(dtype), s.astype(dtype)
 
 
-def ksd2(x, score, kernel, *, unbiased=True, block_size=None):
+def ksd2(
+    x: Float[Array, "n d"],
+    score: Callable[[Float[Array, " d"]], Float[Array, " d"]] | Float[Array, "n d"],
+    kernel: Kernel,
+    *,
+    unbiased: bool = True,
+    block_size: int | None = None,
+) -> Float[Scalar, ""]:
     """Squared kernel Stein discrepancy of the sample `x` from the density with score `score`.
 
     With the Langevin Stein kernel u_p (see `kmethods.stein`):
@@ -111,17 +120,17 @@ def _ksd2_with_function(x, kernel, score, unbiased, block_size):
 
 
 def ksd_test(
-    key,
-    x,
-    score,
-    kernel,
+    key: PRNGKeyArray,
+    x: Float[Array, "n d"],
+    score: Callable[[Float[Array, " d"]], Float[Array, " d"]] | Float[Array, "n d"],
+    kernel: Kernel,
     *,
-    num_bootstrap=1000,
-    alpha=0.05,
-    bootstrap="multinomial",
-    flip_probability=0.5,
-    block_size=None,
-):
+    num_bootstrap: int = 1000,
+    alpha: float = 0.05,
+    bootstrap: str = "multinomial",
+    flip_probability: float = 0.5,
+    block_size: int | None = None,
+) -> TestResult:
     """Kernel Stein discrepancy goodness-of-fit test of H0: x ~ p, knowing only grad log p.
 
     `bootstrap="multinomial"` (Liu, Lee & Jordan 2016): the statistic is the U-statistic

@@ -11,16 +11,30 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 from kmethods import _checks
-from kmethods.calibration import decide, gamma_p_value, permuted_labels, resample_p_value
-from kmethods.kernels import check_kernel
+from kmethods.calibration import (
+    TestResult,
+    decide,
+    gamma_p_value,
+    permuted_labels,
+    resample_p_value,
+)
+from kmethods.kernels import Kernel, check_kernel
 from kmethods.pairwise import gram_matvec, kernel_sum, map_row_blocks, mask_diagonal
 
 __all__ = ["mmd2", "mmd_test"]
 
 
-def mmd2(x, y, kernel, *, unbiased=True, block_size=None):
+def mmd2(
+    x: Float[Array, "n d"],
+    y: Float[Array, "m d"],
+    kernel: Kernel,
+    *,
+    unbiased: bool = True,
+    block_size: int | None = None,
+) -> Float[Scalar, ""]:
     """Squared maximum mean discrepancy between the samples `x` and `y`.
 
     Unbiased (U-statistic, Gretton et al. 2012, eq. 3):
@@ -63,17 +77,17 @@ def _mmd2(x, y, kernel, *, unbiased, block_size):
 
 
 def mmd_test(
-    key,
-    x,
-    y,
-    kernel,
+    key: PRNGKeyArray,
+    x: Float[Array, "n d"],
+    y: Float[Array, "m d"],
+    kernel: Kernel,
     *,
-    num_permutations=1000,
-    alpha=0.05,
-    null="permutation",
-    unbiased=True,
-    block_size=None,
-):
+    num_permutations: int = 1000,
+    alpha: float = 0.05,
+    null: str = "permutation",
+    unbiased: bool = True,
+    block_size: int | None = None,
+) -> TestResult:
     """Kernel two-sample test of H0: P = Q from samples x ~ P and y ~ Q.
 
     `null="permutation"`: the statistic is `mmd2(x, y, kernel, unbiased=unbiased)`, recomputed

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Float
 
 __all__ = [
     "centring_point",
@@ -45,7 +46,7 @@ def centring_point(y):
     return jax.lax.stop_gradient(y[:1])
 
 
-def sqdist(x, y):
+def sqdist(x: Float[Array, "n d"], y: Float[Array, "m d"]) -> Float[Array, "n m"]:
     """Squared Euclidean distances, shape (n, m), for x of shape (n, d) and y of shape (m, d)."""
     d = x.shape[-1]
     if d <= _COORDINATEWISE_MAX_DIM:
@@ -126,7 +127,15 @@ def gram_matvec(gram_block, arrays, v, *, exclude_diagonal=False, block_size=Non
     return map_row_blocks(block, *arrays, block_size=block_size, num_columns=v.shape[0])
 
 
-def kernel_matvec(kernel, x, y, v, *, exclude_diagonal=False, block_size=None):
+def kernel_matvec(
+    kernel,
+    x: Float[Array, "n d"],
+    y: Float[Array, "m d"],
+    v: Float[Array, "m ..."],
+    *,
+    exclude_diagonal: bool = False,
+    block_size: int | None = None,
+) -> Float[Array, "n ..."]:
     """K v with K = [k(x_i, y_j)], without forming K.
 
     Args:
@@ -147,7 +156,14 @@ def kernel_matvec(kernel, x, y, v, *, exclude_diagonal=False, block_size=None):
     )
 
 
-def kernel_row_sums(kernel, x, y, *, exclude_diagonal=False, block_size=None):
+def kernel_row_sums(
+    kernel,
+    x: Float[Array, "n d"],
+    y: Float[Array, "m d"],
+    *,
+    exclude_diagonal: bool = False,
+    block_size: int | None = None,
+) -> Float[Array, " n"]:
     """Row sums sum_j k(x_i, y_j), shape (n,), without forming the kernel matrix."""
     ones = jnp.ones(y.shape[0], jnp.result_type(x, y))
     return kernel_matvec(
@@ -155,7 +171,14 @@ def kernel_row_sums(kernel, x, y, *, exclude_diagonal=False, block_size=None):
     )
 
 
-def kernel_sum(kernel, x, y, *, exclude_diagonal=False, block_size=None):
+def kernel_sum(
+    kernel,
+    x: Float[Array, "n d"],
+    y: Float[Array, "m d"],
+    *,
+    exclude_diagonal: bool = False,
+    block_size: int | None = None,
+) -> Float[Array, ""]:
     """sum_{i, j} k(x_i, y_j) (over i != j when `exclude_diagonal`)."""
     return jnp.sum(
         kernel_row_sums(kernel, x, y, exclude_diagonal=exclude_diagonal, block_size=block_size)

@@ -6,10 +6,10 @@ from typing import Protocol
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar
 
 from kmethods import _checks
-from kmethods.kernels import check_kernel
+from kmethods.kernels import Kernel, check_kernel
 from kmethods.mmd import mmd2
 from kmethods.pairwise import kernel_sum
 from kmethods.thinning._sizes import check_key, default_out_size, standard_indices
@@ -34,7 +34,9 @@ def _baseline_inputs(x, out_size):
     return n, out_size
 
 
-def standard_thin(key, x, *, out_size=None):
+def standard_thin(
+    key: PRNGKeyArray | None, x: Float[Array, "n d"], *, out_size: int | None = None
+) -> Int[Array, " s"]:
     """Standard thinning: every (n // s)-th point, counted back from the last one.
 
     `key` is unused; it is taken so that every thinning routine is a `Thinner`, called as
@@ -45,14 +47,23 @@ def standard_thin(key, x, *, out_size=None):
     return standard_indices(n, out_size)
 
 
-def iid_thin(key, x, *, out_size=None):
+def iid_thin(
+    key: PRNGKeyArray, x: Float[Array, "n d"], *, out_size: int | None = None
+) -> Int[Array, " s"]:
     """An i.i.d. baseline: `out_size` indices drawn uniformly without replacement."""
     check_key(key)
     n, out_size = _baseline_inputs(x, out_size)
     return jax.random.choice(key, n, (out_size,), replace=False)
 
 
-def mmd_to_sample(x, indices, kernel, *, mean_kxx=None, block_size=None):
+def mmd_to_sample(
+    x: Float[Array, "n d"],
+    indices: Int[Array, " s"],
+    kernel: Kernel,
+    *,
+    mean_kxx: float | None = None,
+    block_size: int | None = None,
+) -> Float[Scalar, ""]:
     """MMD between the empirical distributions of x and of x[indices] (repeats count twice).
 
     The V-statistic sqrt(mean K(x, x) - 2 mean K(x, c) + mean K(c, c)), blocked.

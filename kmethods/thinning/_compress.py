@@ -6,9 +6,11 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from kmethods import _checks
 from kmethods._jit import cpu_jit
+from kmethods.kernels import Kernel
 from kmethods.thinning._kt import kernel_thin_program
 from kmethods.thinning._sizes import (
     check_key,
@@ -82,7 +84,16 @@ def _compresspp(key, x, kernel, delta, *, out_size, g, levels, leaf, skip):
     return compressed[chosen]
 
 
-def compresspp(key, x, kernel, *, g=4, out_size=None, delta=0.5, num_bins=4):
+def compresspp(
+    key: PRNGKeyArray,
+    x: Float[Array, "n d"],
+    kernel: Kernel,
+    *,
+    g: int = 4,
+    out_size: int | None = None,
+    delta: float = 0.5,
+    num_bins: int = 4,
+) -> Int[Array, " s"]:
     """Compress++ (Shetty, Dwivedi & Mackey, 2022) with kernel halving and KT, near-linear time.
 
     Compress recursively splits its input in four, compresses each quarter, concatenates the

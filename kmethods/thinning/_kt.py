@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from kmethods import _checks
 from kmethods._jit import cpu_jit
-from kmethods.kernels import check_kernel
+from kmethods.kernels import Kernel, check_kernel
 from kmethods.thinning._sizes import (
     check_key,
     halving_rounds,
@@ -33,7 +34,16 @@ def kernel_thin_program(key, x, kernel, split_kernel, delta, *, out_size, m, swa
     return kt_swap(x, kernel, candidates)
 
 
-def kernel_thin(key, x, kernel, *, out_size=None, split_kernel=None, delta=0.5, swap=True):
+def kernel_thin(
+    key: PRNGKeyArray,
+    x: Float[Array, "n d"],
+    kernel: Kernel,
+    *,
+    out_size: int | None = None,
+    split_kernel: Kernel | None = None,
+    delta: float = 0.5,
+    swap: bool = True,
+) -> Int[Array, " s"]:
     """Kernel thinning: `out_size` indices of x whose points match x's distribution in MMD.
 
     KT-SPLIT (Dwivedi & Mackey, 2021, Algorithm 1a) splits the input into 2^m candidate
