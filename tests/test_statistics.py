@@ -1,3 +1,4 @@
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -228,3 +229,25 @@ def test_ksd2_with_a_score_function_compiles_once_for_new_bandwidths(getkey):
     km.ksd2(x, score, km.IMQ(bandwidth=3.0))
     # New Python-float bandwidths are traced leaves, not static values: nothing is traced again.
     assert len(traces) == first
+
+
+def test_statistics_agree_with_and_without_jit():
+    # chex.fake_jit runs the library's jitted cores op by op: the compiled programs must
+    # compute what their Python says.
+    x = jax.random.normal(jax.random.key(0), (20, 3))
+    y = 0.5 + jax.random.normal(jax.random.key(1), (25, 3))
+    k = km.Gaussian(1.3)
+    key = jax.random.key(2)
+
+    def statistics():
+        return (
+            km.mmd2(x, y, k),
+            km.hsic(x, y[:20], k, k),
+            km.ksd2(x, lambda z: -z, km.IMQ()),
+            km.mmd_test(key, x, y, k, num_permutations=20).null_samples,
+        )
+
+    compiled = statistics()
+    with chex.fake_jit():
+        eager = statistics()
+    chex.assert_trees_all_close(eager, compiled, rtol=1e-5, atol=1e-7)
