@@ -273,8 +273,8 @@ def test_nonfinite_counts_what_a_task_reports():
     import jax.numpy as jnp
 
     from experiments.tasks import nonfinite, nonfinite_streams
+    from kmethods.betting import SequentialResult
     from kmethods.calibration import TestResult
-    from kmethods.sequential import SequentialResult
 
     nan, inf = float("nan"), float("inf")
     res = TestResult(
