@@ -23,13 +23,17 @@ on disk before the loop moves on.
 
 from __future__ import annotations
 
+import os
 import pathlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from experiments.distributed import host_array, is_prng_key
 from experiments.files import to_jsonable
+
+if TYPE_CHECKING:
+    from jaxtyping import PyTree
 
 __all__ = ["TrainCheckpoints"]
 
@@ -81,7 +85,7 @@ class TrainCheckpoints:
       keep: how many of the latest checkpoints are kept.
     """
 
-    def __init__(self, directory, *, every: int, keep: int = 2):
+    def __init__(self, directory: str | os.PathLike, *, every: int, keep: int = 2):
         if every < 0 or keep < 1:
             raise ValueError(f"`every` must be >= 0 and `keep` >= 1, got {every} and {keep}.")
         self.directory = pathlib.Path(directory).absolute()
@@ -102,7 +106,7 @@ class TrainCheckpoints:
             self._manager = ocp.CheckpointManager(self.directory, options=options)
         return self._manager
 
-    def restore(self, state, history: Any = None) -> tuple[int, Any, Any]:
+    def restore(self, state: PyTree, history: Any = None) -> tuple[int, PyTree, Any]:
         """The latest checkpoint as (step, state, history), the state with the structure,
         dtypes and shardings of `state`; `(0, state, history)` when there is none."""
         import jax
@@ -129,7 +133,7 @@ class TrainCheckpoints:
             leaves[i] = _like(leaves[i], data)
         return int(step), jax.tree.unflatten(treedef, leaves), saved["history"]["history"]
 
-    def save(self, step: int, state, history: Any = None, *, force: bool = False) -> bool:
+    def save(self, step: int, state: PyTree, history: Any = None, *, force: bool = False) -> bool:
         """Saves `state` and `history` (JSON-able) as the checkpoint of `step` when `step` is a
         multiple of `every` (or `force`); returns whether it saved."""
         import jax
@@ -154,8 +158,8 @@ class TrainCheckpoints:
             self._manager.close()
             self._manager = None
 
-    def __enter__(self):
+    def __enter__(self) -> TrainCheckpoints:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -113,24 +113,24 @@ def launch(args, *, processes: int, devices_per_process: int, timeout: float = 1
     return outs
 
 
-def test_two_processes_write_the_results_of_one(tmp_path):
-    out = tmp_path / "two"
+def launch_run(task: str, overrides, out) -> list:
+    """`kseq run configs/TASK.yaml` with `overrides` (KEY=VALUE) into `out`, as two processes
+    of two devices each; checks that both exit 0 and returns their (returncode, stdout,
+    stderr)."""
+    args = [a for o in [*overrides, "devices.distributed=true"] for a in ("--set", o)]
     outs = launch(
-        [
-            "run",
-            "configs/quickstart.yaml",
-            *[a for o in POWER_STUDY for a in ("--set", o)],
-            "--set",
-            "devices.distributed=true",
-            "--out",
-            str(out),
-            "--quiet",
-        ],
+        ["run", f"configs/{task}.yaml", *args, "--out", str(out), "--quiet"],
         processes=2,
         devices_per_process=2,
     )
     for code, _, stderr in outs:
         assert code == 0, stderr[-3000:]
+    return outs
+
+
+def test_two_processes_write_the_results_of_one(tmp_path):
+    out = tmp_path / "two"
+    outs = launch_run("quickstart", POWER_STUDY, out)
     (run_dir,) = (out / "quickstart").iterdir()  # one folder, process 0's
     assert [o[1].strip().splitlines()[-1] for o in outs] == [str(run_dir)] * 2
     data = _results(run_dir)
@@ -212,23 +212,8 @@ def test_two_processes_resume_and_train(tmp_path):
     resumed by two processes; a thinning experiment over two processes equals one device bit
     for bit; data-parallel training over two processes agrees with one device to float32
     rounding (the batch mean is reduced in another order) and checkpoints from both."""
-    quick = [a for o in POWER_STUDY for a in ("--set", o)]
     out = tmp_path / "quick"
-    outs = launch(
-        [
-            "run",
-            "configs/quickstart.yaml",
-            *quick,
-            "--set",
-            "devices.distributed=true",
-            "--out",
-            str(out),
-            "--quiet",
-        ],
-        processes=2,
-        devices_per_process=2,
-    )
-    assert all(code == 0 for code, _, _ in outs), outs
+    launch_run("quickstart", POWER_STUDY, out)
     (run_dir,) = (out / "quickstart").iterdir()
     reference = _results(run_dir)
     (run_dir / "units" / "ksd-n16.json").unlink()
@@ -259,21 +244,7 @@ def test_two_processes_resume_and_train(tmp_path):
     }
     for task, overrides in tasks.items():
         out = tmp_path / task
-        outs = launch(
-            [
-                "run",
-                f"configs/{task}.yaml",
-                *[a for o in overrides for a in ("--set", o)],
-                "--set",
-                "devices.distributed=true",
-                "--out",
-                str(out / "two"),
-                "--quiet",
-            ],
-            processes=2,
-            devices_per_process=2,
-        )
-        assert all(code == 0 for code, _, _ in outs), outs
+        launch_run(task, overrides, out / "two")
         (two,) = (out / "two" / task).iterdir()
         cfg = load_config(f"configs/{task}.yaml", [*overrides, "devices.count=1"])
         one = _results(run_experiment(cfg, out / "one", quiet=True))["results"]
