@@ -1,26 +1,37 @@
-"""seqmodels: linear recurrences solved by sequential, associative and chunked scans, the layers
-built on them (`seqmodels.layers`), and nonlinear recurrences evaluated in parallel over the
-sequence length (DEER, quasi-DEER, ELK; `deer_solve`) with the cells they run (`seqmodels.cells`).
+"""seqmodels: linear and nonlinear recurrences solved fast, and the layers built on them.
+
+Top level, the solvers:
+  `linear_recurrence(a, b, h0, *, method, reverse, chunk_size)`: h_t = a_t h_{t-1} + b_t by
+    a sequential, associative (log-depth) or chunked scan, with a custom gradient.
+  `deer_solve(step, h0, xs, *, method, ...)` -> `DeerSolution`: a nonlinear recurrence
+    h_t = step(h_{t-1}, x_t) solved for all t at once (DEER, quasi-DEER, ELK);
+    `sequential_solve` is the `lax.scan` reference.
+  `RNN(cell, *, solver)`: a cell run over a sequence by the solver its name chooses.
+
+One namespace down:
+  `seqmodels.cells`: recurrent cells (`ElmanCell`, `GRUCell`, `LSTMCell`, `NeuralODECell`).
+  `seqmodels.layers`: sequence-mixing layers (GateLoop, LinearAttention, LRU, S5, CKConv,
+    ShortConv), the `SequenceModel` stack, and gated linear attention as a function.
+  `seqmodels.parallel`: the time axis split across devices (LASP-2).
+  `seqmodels.flax`: the layers as Flax nnx modules (imported on its own: it needs flax).
 """
 
-from seqmodels.cells import RNN as RNN
-from seqmodels.cells import ElmanCell as ElmanCell
-from seqmodels.cells import GRUCell as GRUCell
-from seqmodels.cells import LSTMCell as LSTMCell
-from seqmodels.cells import NeuralODECell as NeuralODECell
-from seqmodels.deer import DeerSolution as DeerSolution
-from seqmodels.deer import deer_solve as deer_solve
-from seqmodels.deer import sequential_solve as sequential_solve
-from seqmodels.scan import linear_recurrence as linear_recurrence
+from seqmodels import cells as cells
+from seqmodels import layers as layers
+from seqmodels import parallel as parallel
+from seqmodels._deer import DeerSolution as DeerSolution
+from seqmodels._deer import deer_solve as deer_solve
+from seqmodels._deer import sequential_solve as sequential_solve
+from seqmodels._rnn import RNN as RNN
+from seqmodels._scan import linear_recurrence as linear_recurrence
 
 __all__ = [
     "RNN",
     "DeerSolution",
-    "ElmanCell",
-    "GRUCell",
-    "LSTMCell",
-    "NeuralODECell",
+    "cells",
     "deer_solve",
+    "layers",
     "linear_recurrence",
+    "parallel",
     "sequential_solve",
 ]

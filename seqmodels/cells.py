@@ -1,8 +1,8 @@
 """Recurrent cells as step functions `cell(h, x) -> h_next`, for `lax.scan` and `deer_solve`.
 
-Every cell is an equinox module that works on one time step; `RNN` runs a cell over a sequence
-with the solver chosen by option (the sequential scan, DEER or quasi-DEER). The cells with a
-closed-form Jacobian diagonal (`ElmanCell`, `GRUCell`, `LSTMCell`) expose it as
+Every cell is an equinox module that works on one time step; `seqmodels.RNN` runs a cell over
+a sequence with the solver chosen by option (the sequential scan, DEER or quasi-DEER). The
+cells with a closed-form Jacobian diagonal (`ElmanCell`, `GRUCell`, `LSTMCell`) expose it as
 `diag_jacobian(h, x)`, which quasi-DEER uses instead of forming any Jacobian.
 """
 
@@ -14,11 +14,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from seqmodels.deer import DeerSolution, deer_solve, sequential_solve
-
-__all__ = ["RNN", "ElmanCell", "GRUCell", "LSTMCell", "NeuralODECell"]
-
-SOLVERS = ("sequential", "newton", "quasi")
+__all__ = ["ElmanCell", "GRUCell", "LSTMCell", "NeuralODECell"]
 
 
 def _uniform(key, shape, fan, dtype):
@@ -209,90 +205,3 @@ class NeuralODECell(eqx.Module):
         k3 = v(h + 0.5 * dt * k2, x)
         k4 = v(h + dt * k3, x)
         return h + (dt / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
-
-
-ON_FAILURE = ("nan", "raise")
-
-
-class RNN(eqx.Module):
-    """A cell run over a sequence, by the solver chosen with `solver`:
-
-    "sequential" (`lax.scan`), "newton" (DEER) or "quasi" (quasi-DEER); `damping` (ELK, with
-    either), `max_iter` and `tol` go to `deer_solve`. All give the same states (up to the DEER
-    tolerance) and the same gradients, in the dtype of the cell's state (float16 and bfloat16
-    are solved in float32; see `deer_solve`).
-
-    A DEER solve can fail where the sequential scan would not: it may stop at `max_iter`, or
-    diverge. Calling the RNN never returns such states as if they were the answer: with
-    `on_failure="nan"` (the default) the states of a solve that did not converge are all NaN
-    (per sequence under `vmap`), and so are the gradients through them; with
-    `on_failure="raise"` the call raises (an `equinox` runtime error, which works under `jit`
-    too). `RNN.solve` returns the solution with its `converged` flag and the last iterate,
-    untouched, for those who want it. (The sequential scan's states are never replaced: a
-    diverging cell gives its infs there.)
-    """
-
-    cell: eqx.Module
-    solver: str = eqx.field(static=True)
-    damping: float | None = eqx.field(static=True)
-    max_iter: int | None = eqx.field(static=True)
-    tol: float | None = eqx.field(static=True)
-    on_failure: str = eqx.field(static=True)
-
-    def __init__(
-        self,
-        cell,
-        *,
-        solver="sequential",
-        damping=None,
-        max_iter=None,
-        tol=None,
-        on_failure="nan",
-    ):
-        if solver not in SOLVERS:
-            raise ValueError(f"`solver` must be one of {SOLVERS}, got {solver!r}.")
-        if on_failure not in ON_FAILURE:
-            raise ValueError(f"`on_failure` must be one of {ON_FAILURE}, got {on_failure!r}.")
-        self.cell = cell
-        self.solver = solver
-        self.damping = damping
-        self.max_iter = max_iter
-        self.tol = tol
-        self.on_failure = on_failure
-
-    def solve(self, xs, h0=None, *, init=None) -> DeerSolution:
-        """All states as a `DeerSolution` (for "sequential": one pass, converged), as the
-        solver left them: check `converged`."""
-        if h0 is None:
-            h0 = self.cell.init_state()
-        if self.solver == "sequential":
-            states = sequential_solve(self.cell, h0, xs)
-            return DeerSolution(states, jnp.int32(1), jnp.bool_(True))
-        return deer_solve(
-            self.cell,
-            h0,
-            xs,
-            method=self.solver,
-            damping=self.damping,
-            max_iter=self.max_iter,
-            tol=self.tol,
-            init=init,
-        )
-
-    def __call__(self, xs, h0=None, *, init=None):
-        """The states h_0 ... h_{L-1}, with a leading time axis: all NaN (or an error, with
-        `on_failure="raise"`) if a DEER solve did not converge."""
-        sol = self.solve(xs, h0, init=init)
-        if self.solver == "sequential":
-            return sol.states
-        if self.on_failure == "raise":
-            return eqx.error_if(
-                sol.states,
-                ~sol.converged,
-                f"RNN(solver={self.solver!r}): the DEER iteration did not converge (diverged, "
-                "or needs more than `max_iter` iterations); RNN.solve returns the last iterate.",
-            )
-        # a product rather than a select, so that gradients through an unconverged solve are
-        # NaN as well (a select would give them silently as zeros)
-        poison = jnp.where(sol.converged, 1.0, jnp.nan)
-        return jax.tree.map(lambda s: s * poison.astype(s.dtype), sol.states)

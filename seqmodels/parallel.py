@@ -22,18 +22,12 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
+from jaxtyping import Array, ArrayLike, Inexact
 
-from seqmodels.layers.retention import _chunkwise
-from seqmodels.scan import (
-    METHODS,
-    _act,
-    _compose,
-    check_positive_int,
-    common_dtype,
-    compute_dtype,
-    linear_recurrence,
-    prepare_recurrence,
-)
+from seqmodels._affine import act, compose
+from seqmodels._checks import check_positive_int, common_dtype, compute_dtype
+from seqmodels._gla import chunkwise_form
+from seqmodels._scan import check_method, linear_recurrence, prepare_recurrence
 
 __all__ = ["gated_linear_attention_sharded", "linear_recurrence_sharded"]
 
@@ -78,7 +72,15 @@ def _check_length(length, num_devices, axis_name):
         )
 
 
-def linear_recurrence_sharded(a, b, h0=None, *, mesh, axis_name="seq", method="auto"):
+def linear_recurrence_sharded(
+    a: Inexact[ArrayLike, " L *state"],
+    b: Inexact[ArrayLike, " L *state"],
+    h0: Inexact[ArrayLike, "*state"] | None = None,
+    *,
+    mesh: jax.sharding.Mesh,
+    axis_name: str = "seq",
+    method: str = "auto",
+) -> Inexact[Array, " L *state"]:
     """`linear_recurrence` with the time axis split across the devices of `mesh[axis_name]`.
 
     Args:
@@ -97,8 +99,7 @@ def linear_recurrence_sharded(a, b, h0=None, *, mesh, axis_name="seq", method="a
     identity transitions and zero inputs leaves the state unchanged). Works eagerly, under
     `jit`, and under `jax.grad` either way, inside `jax.set_mesh(mesh)` or not.
     """
-    if method not in METHODS:
-        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
+    check_method(method)
     num_devices = _axis_size(mesh, axis_name)
     a, b, h0, matrix = prepare_recurrence(a, b, h0)
     _check_length(b.shape[0], num_devices, axis_name)
@@ -121,7 +122,7 @@ def _recurrence_sharded(a, b, h0, *, mesh, axis_name, method, matrix):
         # h0 arrives replicated; the states computed from it differ per device ("varying")
         h0 = jax.lax.pcast(h0, (axis_name,), to="varying")
         end = linear_recurrence(a, b, jnp.zeros_like(h0), method=method)[-1]
-        prod = jax.lax.fori_loop(1, a.shape[0], lambda t, p: _compose(a[t], p, matrix), a[0])
+        prod = jax.lax.fori_loop(1, a.shape[0], lambda t, p: compose(a[t], p, matrix), a[0])
         # 2. everyone's summaries (O(state) per device, independent of L)
         prods = jax.lax.all_gather(prod, axis_name)
         ends = jax.lax.all_gather(end, axis_name)
@@ -129,7 +130,7 @@ def _recurrence_sharded(a, b, h0, *, mesh, axis_name, method, matrix):
         # 3. the state entering each device, then this chunk again from its true start
         def step(carry, summary):
             p, e = summary
-            return _act(p, carry, matrix) + e, carry
+            return act(p, carry, matrix) + e, carry
 
         _, starts = jax.lax.scan(step, h0, (prods, ends))
         start = starts[jax.lax.axis_index(axis_name)]
@@ -139,7 +140,16 @@ def _recurrence_sharded(a, b, h0, *, mesh, axis_name, method, matrix):
     return _sharded(local, mesh, (spec, spec, PartitionSpec()), spec, a, b, h0).astype(dtype)
 
 
-def gated_linear_attention_sharded(q, k, v, log_a, *, mesh, axis_name="seq", chunk_size=64):
+def gated_linear_attention_sharded(
+    q: Inexact[Array, "L K"],
+    k: Inexact[Array, "L K"],
+    v: Inexact[Array, "L V"],
+    log_a: Inexact[Array, "L K"],
+    *,
+    mesh: jax.sharding.Mesh,
+    axis_name: str = "seq",
+    chunk_size: int = 64,
+) -> Inexact[Array, "L V"]:
     """`gated_linear_attention` (y_t = q_t H_t, H_t = diag(a_t) H_{t-1} + k_t^T v_t) with the
     time axis split across `mesh[axis_name]`, as in LASP-2.
 
@@ -174,7 +184,7 @@ def gated_linear_attention_sharded(q, k, v, log_a, *, mesh, axis_name="seq", chu
     chunk_size = min(chunk_size, q.shape[0] // num_devices)
 
     def local(q, k, v, log_a):
-        intra = _chunkwise(q, k, v, log_a, chunk_size)
+        intra = chunkwise_form(q, k, v, log_a, chunk_size)
         cum = jnp.cumsum(log_a, axis=0)
         total = cum[-1]
         state = jnp.einsum("tk,tv->kv", k * jnp.exp(total[None] - cum), v)

@@ -10,9 +10,9 @@ from jax.flatten_util import ravel_pytree
 from jax.test_util import check_grads
 
 import seqmodels as sm
-from seqmodels.deer import _damped_step
+from seqmodels._elk import damped_step
 
-CELLS = [sm.ElmanCell, sm.GRUCell, sm.LSTMCell, sm.NeuralODECell]
+CELLS = [sm.cells.ElmanCell, sm.cells.GRUCell, sm.cells.LSTMCell, sm.cells.NeuralODECell]
 
 
 def _max_dev(a, b, relative=False):
@@ -34,7 +34,7 @@ def _problem(cell_type, hidden, length, dtype, seed=0, inputs=3):
     return cell, xs
 
 
-@pytest.mark.parametrize("cell_type", [sm.ElmanCell, sm.GRUCell, sm.LSTMCell])
+@pytest.mark.parametrize("cell_type", [sm.cells.ElmanCell, sm.cells.GRUCell, sm.cells.LSTMCell])
 def test_diag_jacobian_is_the_jacobian_diagonal(cell_type, x64):
     cell, xs = _problem(cell_type, 8, 1, jnp.float64)
     state = jax.tree.map(
@@ -47,7 +47,8 @@ def test_diag_jacobian_is_the_jacobian_diagonal(cell_type, x64):
 
 
 @pytest.mark.parametrize(
-    ("cell_type", "hidden", "length"), [(sm.GRUCell, 32, 2000), (sm.ElmanCell, 16, 10000)]
+    ("cell_type", "hidden", "length"),
+    [(sm.cells.GRUCell, 32, 2000), (sm.cells.ElmanCell, 16, 10000)],
 )
 def test_newton_matches_sequential_float64(cell_type, hidden, length, x64):
     cell, xs = _problem(cell_type, hidden, length, jnp.float64)
@@ -70,11 +71,11 @@ def test_quasi_matches_sequential_float64(cell_type, x64):
 @pytest.mark.parametrize(
     ("cell_type", "method"),
     [
-        (sm.GRUCell, "newton"),
-        (sm.GRUCell, "quasi"),
-        (sm.LSTMCell, "newton"),
-        (sm.ElmanCell, "quasi"),
-        (sm.NeuralODECell, "newton"),
+        (sm.cells.GRUCell, "newton"),
+        (sm.cells.GRUCell, "quasi"),
+        (sm.cells.LSTMCell, "newton"),
+        (sm.cells.ElmanCell, "quasi"),
+        (sm.cells.NeuralODECell, "newton"),
     ],
 )
 def test_float32_matches_sequential(cell_type, method):
@@ -87,7 +88,7 @@ def test_float32_matches_sequential(cell_type, method):
 
 
 @pytest.mark.parametrize("method", ["newton", "quasi"])
-@pytest.mark.parametrize("cell_type", [sm.GRUCell, sm.LSTMCell])
+@pytest.mark.parametrize("cell_type", [sm.cells.GRUCell, sm.cells.LSTMCell])
 def test_gradients_match_backprop_through_the_scan(cell_type, method, x64):
     cell, xs = _problem(cell_type, 12, 300, jnp.float64)
     h0 = jax.tree.map(lambda v: v + 0.1, cell.init_state())
@@ -113,7 +114,7 @@ def test_gradients_match_backprop_through_the_scan(cell_type, method, x64):
 
 @pytest.mark.parametrize("method", ["newton", "quasi"])
 def test_gradient_against_finite_differences(method, x64):
-    cell, xs = _problem(sm.ElmanCell, 4, 30, jnp.float64)
+    cell, xs = _problem(sm.cells.ElmanCell, 4, 30, jnp.float64)
 
     def f(w_hh, h0, xs):
         c = eqx.tree_at(lambda m: m.weight_hh, cell, w_hh)
@@ -145,7 +146,7 @@ def test_damped_step_is_the_regularised_least_squares_solution(x64):
             rows[n + t * size : n + (t + 1) * size, sl] = np.sqrt(lam) * np.eye(size)
             rhs[n + t * size : n + (t + 1) * size] = np.sqrt(lam) * guess[t]
         dense = np.linalg.lstsq(rows, rhs, rcond=None)[0].reshape(length, size)
-        got = _damped_step(
+        got = damped_step(
             jnp.asarray(a),
             jnp.asarray(b),
             jnp.asarray(h0),
@@ -159,7 +160,7 @@ def test_damped_step_is_the_regularised_least_squares_solution(x64):
 
 @pytest.mark.parametrize("method", ["newton", "quasi"])
 def test_damped_solve_converges_to_the_sequential_solution(method, x64):
-    cell, xs = _problem(sm.GRUCell, 8, 200, jnp.float64)
+    cell, xs = _problem(sm.cells.GRUCell, 8, 200, jnp.float64)
     ref = sm.sequential_solve(cell, cell.init_state(), xs)
     sol = jax.jit(lambda c, x: sm.deer_solve(c, c.init_state(), x, method=method, damping=0.1))(
         cell, xs
@@ -169,7 +170,7 @@ def test_damped_solve_converges_to_the_sequential_solution(method, x64):
 
 
 def test_warm_start_from_the_solution_stops_at_once(x64):
-    cell, xs = _problem(sm.GRUCell, 8, 300, jnp.float64)
+    cell, xs = _problem(sm.cells.GRUCell, 8, 300, jnp.float64)
     ref = sm.sequential_solve(cell, cell.init_state(), xs)
     cold = sm.deer_solve(cell, cell.init_state(), xs)
     warm = sm.deer_solve(cell, cell.init_state(), xs, init=ref)
@@ -178,7 +179,7 @@ def test_warm_start_from_the_solution_stops_at_once(x64):
 
 
 def test_non_convergence_is_reported():
-    cell, xs = _problem(sm.GRUCell, 8, 300, jnp.float32)
+    cell, xs = _problem(sm.cells.GRUCell, 8, 300, jnp.float32)
     sol = sm.deer_solve(cell, cell.init_state(), xs, method="quasi", max_iter=2)
     assert int(sol.num_iters) == 2
     assert not bool(sol.converged)
@@ -203,7 +204,7 @@ def test_overflow_is_returned_not_reset():
 def test_nan_and_huge_iterates_are_reset_and_the_iteration_recovers():
     """The reset still lets the iteration recover: a NaN / overflowing initial guess is
     sanitised before it is linearised, and the solve converges to the sequential answer."""
-    cell, xs = _problem(sm.GRUCell, 4, 50, jnp.float32)
+    cell, xs = _problem(sm.cells.GRUCell, 4, 50, jnp.float32)
     ref = sm.sequential_solve(cell, cell.init_state(), xs)
     for bad in (jnp.nan, 1e30):
         sol = sm.deer_solve(cell, cell.init_state(), xs, init=jnp.full((50, 4), bad))
@@ -212,7 +213,7 @@ def test_nan_and_huge_iterates_are_reset_and_the_iteration_recovers():
 
 
 def test_vmap_over_a_batch_equals_single_calls():
-    cell, _ = _problem(sm.GRUCell, 8, 1, jnp.float32)
+    cell, _ = _problem(sm.cells.GRUCell, 8, 1, jnp.float32)
     xs = jax.random.normal(jax.random.key(3), (4, 400, 3))
     batched = jax.jit(jax.vmap(lambda x: sm.deer_solve(cell, cell.init_state(), x).states))(xs)
     for i in range(4):
@@ -236,14 +237,14 @@ def test_plain_function_step_with_closed_over_parameters(x64):
 
 @pytest.mark.parametrize("solver", ["sequential", "newton", "quasi"])
 def test_rnn_layer_solvers_agree(solver):
-    cell, xs = _problem(sm.LSTMCell, 8, 300, jnp.float32)
+    cell, xs = _problem(sm.cells.LSTMCell, 8, 300, jnp.float32)
     ref = sm.sequential_solve(cell, cell.init_state(), xs)
     out = sm.RNN(cell, solver=solver)(xs)
     assert _max_dev(out, ref) < 1e-4
 
 
 def test_bad_input():
-    cell, xs = _problem(sm.GRUCell, 4, 10, jnp.float32)
+    cell, xs = _problem(sm.cells.GRUCell, 4, 10, jnp.float32)
     h0 = cell.init_state()
     with pytest.raises(ValueError, match="method"):
         sm.deer_solve(cell, h0, xs, method="jacobi")
@@ -262,4 +263,4 @@ def test_bad_input():
     with pytest.raises(ValueError, match="solver"):
         sm.RNN(cell, solver="fast")
     with pytest.raises(ValueError, match="hidden_size"):
-        sm.GRUCell(3, 0, key=jax.random.key(0))
+        sm.cells.GRUCell(3, 0, key=jax.random.key(0))

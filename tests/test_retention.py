@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from seqmodels.layers import gated_linear_attention, multihead_gated_linear_attention
-from seqmodels.layers.retention import MODES
+
+MODES = ("recurrent", "parallel", "attention", "chunkwise")
 
 
 def loop_reference(q, k, v, log_a):
@@ -79,3 +80,15 @@ def test_layer_modes_agree(getkey, layer_cls):
     for m in MODES[1:]:
         np.testing.assert_allclose(outs[m], outs["recurrent"], rtol=1e-5, atol=1e-5)
     assert outs["recurrent"].shape == x.shape
+
+
+def test_a_form_function_is_accepted_as_mode(getkey):
+    """`mode` names map to form functions; passing the function is the same."""
+    from seqmodels._gla import recurrent_form
+
+    q, k, v, log_a = _inputs(getkey(), 11, False)
+    by_name = gated_linear_attention(q, k, v, log_a, mode="recurrent")
+    by_form = gated_linear_attention(q, k, v, log_a, mode=recurrent_form)
+    np.testing.assert_array_equal(by_form, by_name)
+    with pytest.raises(ValueError, match="mode"):
+        gated_linear_attention(q, k, v, log_a, mode="fast")

@@ -191,3 +191,15 @@ def test_bad_input():
         linear_recurrence(b, b, method="chunked", chunk_size=0)
     with pytest.raises(ValueError, match="matrix"):
         linear_recurrence(jnp.ones((5, 3, 2)), b)
+
+
+def test_a_solver_object_is_the_method_its_name_maps_to(getkey):
+    """`method` names are mapped once to `Solver` objects; passing the object is the same."""
+    from seqmodels._solvers import Chunked
+
+    a, b, h0 = _inputs(getkey(), (37, 3), False, jnp.float32)
+    by_name = linear_recurrence(a, b, h0, method="chunked", chunk_size=5)
+    by_object = linear_recurrence(a, b, h0, method=Chunked(5))
+    np.testing.assert_array_equal(by_object, by_name)
+    with pytest.raises(ValueError, match="method"):
+        linear_recurrence(a, b, h0, method="fast")

@@ -173,7 +173,7 @@ def test_low_precision_deer_solves_in_float32(dtype):
     agree, in a few iterations (bfloat16 iterates chased rounding noise for ~L iterations),
     and equal the float32 solution of the same values to the output precision."""
     k1, k2 = jax.random.split(jax.random.key(0))
-    cell = sm.GRUCell(3, 8, key=k1, dtype=dtype)
+    cell = sm.cells.GRUCell(3, 8, key=k1, dtype=dtype)
     xs = jax.random.normal(k2, (100, 3)).astype(dtype)
     cell32 = jax.tree.map(lambda v: v.astype(jnp.float32), cell)
 
@@ -237,7 +237,7 @@ def test_unconverged_rnn_output_is_nan_or_raises():
     """Stopped by `max_iter`, an RNN gives NaN states (under jit and vmap too) or, with
     on_failure="raise", an error under eager and jit; `solve` still returns the iterate."""
     k1, k2 = jax.random.split(jax.random.key(1))
-    cell = sm.GRUCell(3, 4, key=k1)
+    cell = sm.cells.GRUCell(3, 4, key=k1)
     xs = jax.random.normal(k2, (2, 100, 3))
     rnn = sm.RNN(cell, solver="quasi", max_iter=2)
     out, sol = eqx.filter_jit(lambda x: (rnn(x), rnn.solve(x)))(xs[0])
@@ -260,7 +260,7 @@ def test_damping_can_be_traced():
     """damping only enters arithmetic, so it may be traced (jit, vmap over dampings); a traced
     damping <= 0, which cannot be refused, makes the states NaN and converged False."""
     k1, k2 = jax.random.split(jax.random.key(2))
-    cell = sm.GRUCell(3, 4, key=k1)
+    cell = sm.cells.GRUCell(3, 4, key=k1)
     xs = jax.random.normal(k2, (30, 3))
     ref = sm.sequential_solve(cell, cell.init_state(), xs)
     solve = jax.jit(jax.vmap(lambda d: sm.deer_solve(cell, cell.init_state(), xs, damping=d)))

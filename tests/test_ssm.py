@@ -70,7 +70,7 @@ def test_ssm_layers_compose(getkey, cls):
 
 
 def test_hippo_n_is_diagonalised_exactly(x64):
-    from seqmodels.layers.ssm import hippo_n
+    from seqmodels.layers import hippo_n
 
     legs = lambda n, k: -np.sqrt((2 * n + 1) * (2 * k + 1)) if n > k else -(n + 1.0) * (n == k)
     size = 6
@@ -89,7 +89,7 @@ def test_s5_hippo_init_equals_the_dense_system(x64, getkey):
     with B = V b real (b = V^H B) and C = c V^H."""
     from scipy.linalg import block_diag, expm
 
-    from seqmodels.layers.ssm import hippo_n
+    from seqmodels.layers import hippo_n
 
     layer = S5(3, 8, blocks=2, key=getkey())
     layer = eqx.tree_at(lambda m: m.log_step, layer, jnp.full(8, np.log(0.05)))

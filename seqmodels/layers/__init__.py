@@ -1,17 +1,37 @@
-"""Sequence-mixing layers built on linear recurrences, and a model stack around them."""
+"""Sequence-mixing layers built on linear recurrences, and a model stack around them.
 
-from seqmodels.layers.ckconv import CKConv as CKConv
-from seqmodels.layers.ckconv import causal_fft_conv as causal_fft_conv
-from seqmodels.layers.gateloop import GateLoop as GateLoop
-from seqmodels.layers.linear_attention import LinearAttention as LinearAttention
-from seqmodels.layers.retention import gated_linear_attention as gated_linear_attention
-from seqmodels.layers.retention import (
+Every layer is an equinox module that maps one sequence of shape (L, d_model) to (L, d_model)
+(`jax.vmap` it over a batch); float16 and bfloat16 inputs are computed in float32.
+
+Layers:
+  `GateLoop`: data-controlled complex gates over gated linear attention (Katsch, 2023).
+  `LinearAttention`: RetNet retention with a fixed per-head decay, or plain linear attention.
+  `LRU`, `S5`: diagonal complex state-space layers (S5's HiPPO-N initialisation: `hippo_n`).
+  `CKConv`: continuous kernel convolution, by FFT (`causal_fft_conv`).
+  `ShortConv`: a depthwise causal convolution over a few steps.
+  `SequenceModel`: embedding, residual blocks around any mixing layer, head.
+
+Functions:
+  `gated_linear_attention`, `multihead_gated_linear_attention`: the recurrence that GateLoop
+  and LinearAttention share, in four equal forms chosen by `mode` ("recurrent", "parallel",
+  "attention", "chunkwise").
+"""
+
+from seqmodels.layers._ckconv import CKConv as CKConv
+from seqmodels.layers._ckconv import causal_fft_conv as causal_fft_conv
+from seqmodels.layers._gated_linear_attention import (
+    gated_linear_attention as gated_linear_attention,
+)
+from seqmodels.layers._gated_linear_attention import (
     multihead_gated_linear_attention as multihead_gated_linear_attention,
 )
-from seqmodels.layers.ssm import LRU as LRU
-from seqmodels.layers.ssm import S5 as S5
-from seqmodels.layers.stack import SequenceModel as SequenceModel
-from seqmodels.layers.stack import ShortConv as ShortConv
+from seqmodels.layers._gateloop import GateLoop as GateLoop
+from seqmodels.layers._linear_attention import LinearAttention as LinearAttention
+from seqmodels.layers._sequence_model import SequenceModel as SequenceModel
+from seqmodels.layers._short_conv import ShortConv as ShortConv
+from seqmodels.layers._ssm import LRU as LRU
+from seqmodels.layers._ssm import S5 as S5
+from seqmodels.layers._ssm import hippo_n as hippo_n
 
 __all__ = [
     "LRU",
@@ -23,5 +43,6 @@ __all__ = [
     "ShortConv",
     "causal_fft_conv",
     "gated_linear_attention",
+    "hippo_n",
     "multihead_gated_linear_attention",
 ]

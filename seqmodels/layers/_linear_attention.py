@@ -6,10 +6,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float
 
-from seqmodels.layers._checks import prepare_sequence
-from seqmodels.layers.retention import multihead_gated_linear_attention
-from seqmodels.scan import check_positive_int
+from seqmodels._checks import check_positive_int, prepare_sequence
+from seqmodels.layers._gated_linear_attention import multihead_gated_linear_attention
 
 __all__ = ["LinearAttention"]
 
@@ -60,8 +60,14 @@ class LinearAttention(eqx.Module):
         self.num_heads, self.head_dim = num_heads, head_dim
 
     def __call__(
-        self, x, *, mode: str = "chunkwise", chunk_size: int = 64, mesh=None, axis_name="seq"
-    ):
+        self,
+        x: Float[Array, "L d_model"],
+        *,
+        mode: str = "chunkwise",
+        chunk_size: int = 64,
+        mesh: jax.sharding.Mesh | None = None,
+        axis_name: str = "seq",
+    ) -> Float[Array, "L d_model"]:
         """Mixes a sequence x of shape (L, d_model); returns (L, d_model) in x's dtype (float16
         and bfloat16 are computed in float32). With a `mesh`, the time axis is split across
         `mesh[axis_name]` (sequence parallelism, LASP-2). For a batch, `jax.vmap` it."""

@@ -7,14 +7,16 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Float
 
-from seqmodels.layers._checks import prepare_sequence
-from seqmodels.scan import compute_dtype
+from seqmodels._checks import compute_dtype, prepare_sequence
 
 __all__ = ["CKConv", "causal_fft_conv"]
 
 
-def causal_fft_conv(x, kernel):
+def causal_fft_conv(
+    x: Float[Array, "L C_in"], kernel: Float[Array, "L_k C_out C_in"]
+) -> Float[Array, "L C_out"]:
     """y_t = sum_{s=0}^{t} kernel_s @ x_{t-s}, for x (L, C_in) and kernel (L_k, C_out, C_in).
 
     Computed with real FFTs of length >= L + L_k - 1 (no circular wrap-around): O(L log L),
@@ -90,7 +92,7 @@ class CKConv(eqx.Module):
 
         return jax.vmap(at)(positions)
 
-    def __call__(self, x):
+    def __call__(self, x: Float[Array, "L C_in"]) -> Float[Array, "L C_out"]:
         """Maps x of shape (L, C_in) to (L, C_out), in x's dtype (float16 and bfloat16 are
         computed in float32). For a batch, `jax.vmap` it."""
         x, dtype = prepare_sequence(x, self.in_channels, "CKConv", "in_channels")

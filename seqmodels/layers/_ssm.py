@@ -9,9 +9,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float
 
-from seqmodels.layers._checks import prepare_sequence
-from seqmodels.scan import linear_recurrence
+from seqmodels._checks import prepare_sequence
+from seqmodels._scan import linear_recurrence
 
 __all__ = ["LRU", "S5", "hippo_n"]
 
@@ -99,7 +100,7 @@ class LRU(eqx.Module):
         """lambda, shape (N,), complex."""
         return jnp.exp(jax.lax.complex(-jnp.exp(self.nu_log), jnp.exp(self.theta_log)))
 
-    def __call__(self, u, *, method: str = "auto"):
+    def __call__(self, u: Float[Array, "L H"], *, method: str = "auto") -> Float[Array, "L H"]:
         """Maps u of shape (L, H) to y of shape (L, H), in u's dtype (float16 and bfloat16 are
         computed in float32 / complex64). For a batch, `jax.vmap` it."""
         u, dtype = prepare_sequence(u, self.d.shape[0], "LRU")
@@ -196,7 +197,13 @@ class S5(eqx.Module):
         b_bar = ((lam_bar - 1.0) / lam)[..., :, None] * b
         return lam_bar, b_bar
 
-    def __call__(self, u, *, step_scale=None, method: str = "auto"):
+    def __call__(
+        self,
+        u: Float[Array, "L H"],
+        *,
+        step_scale: Float[ArrayLike, " L"] | None = None,
+        method: str = "auto",
+    ) -> Float[Array, "L H"]:
         """Maps u of shape (L, H) to y of shape (L, H), in u's dtype (float16 and bfloat16 are
         computed in float32 / complex64). For a batch, `jax.vmap` it.
 

@@ -60,9 +60,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Float, PyTree, Shaped
 
-from seqmodels.scan import METHODS as SOLVERS
-from seqmodels.scan import compute_dtype, linear_recurrence
+from seqmodels._checks import compute_dtype
+from seqmodels._elk import damped_step
+from seqmodels._scan import METHODS as SOLVERS
+from seqmodels._scan import linear_recurrence, resolve_solver
 
 __all__ = ["DeerSolution", "deer_solve", "sequential_solve"]
 
@@ -127,60 +130,6 @@ def _linearise(fns, consts, hprev, xs, quasi):
     return jac, fs - jnp.einsum("lij,lj->li", jac, hprev)
 
 
-# ------------------------------------------------------------------------ damped (ELK) step
-
-
-def _damped_step(a, b, h0, guess, damping, quasi, solver):
-    """argmin_h sum_t ||h_t - a_t h_{t-1} - b_t||^2 + damping ||h_t - guess_t||^2 (h_{-1} = h0).
-
-    Kalman filter (unit process noise, observation guess_t with variance 1 / damping) and RTS
-    smoother; see the module docstring.
-    """
-    size = b.shape[-1]
-    noise = 1.0 / damping
-    if quasi:
-
-        def cov_step(p, a_t):
-            p_pred = a_t * a_t * p + 1.0
-            gain = p_pred / (p_pred + noise)
-            return (1.0 - gain) * p_pred, (gain, p_pred, (1.0 - gain) * p_pred)
-
-        _, (gain, p_pred, p_filt) = jax.lax.scan(cov_step, jnp.zeros_like(h0), a)
-        keep = 1.0 - gain
-        m = linear_recurrence(keep * a, keep * b + gain * guess, h0, method=solver)
-        # G_t = P_t a_{t+1} / P^-_{t+1}
-        smooth_gain = p_filt[:-1] * a[1:] / p_pred[1:]
-        m_pred_next = a[1:] * m[:-1] + b[1:]
-        offset = m[:-1] - smooth_gain * m_pred_next
-    else:
-        eye = jnp.eye(size, dtype=b.dtype)
-
-        def cov_step(p, a_t):
-            p_pred = a_t @ p @ a_t.T + eye
-            # K = P^- (P^- + noise I)^{-1}; both symmetric, so K = solve(S, P^-)^T.
-            gain = jnp.linalg.solve(p_pred + noise * eye, p_pred).T
-            p_new = (eye - gain) @ p_pred
-            p_new = 0.5 * (p_new + p_new.T)
-            return p_new, (gain, p_pred, p_new)
-
-        _, (gain, p_pred, p_filt) = jax.lax.scan(cov_step, jnp.zeros((size, size), b.dtype), a)
-        keep = eye[None] - gain
-        m = linear_recurrence(
-            keep @ a,
-            jnp.einsum("lij,lj->li", keep, b) + jnp.einsum("lij,lj->li", gain, guess),
-            h0,
-            method=solver,
-        )
-        # G_t = P_t a_{t+1}^T (P^-_{t+1})^{-1} = solve(P^-_{t+1}, a_{t+1} P_t)^T
-        smooth_gain = jnp.swapaxes(jnp.linalg.solve(p_pred[1:], a[1:] @ p_filt[:-1]), -1, -2)
-        m_pred_next = jnp.einsum("lij,lj->li", a[1:], m[:-1]) + b[1:]
-        offset = m[:-1] - jnp.einsum("lij,lj->li", smooth_gain, m_pred_next)
-    # m^s_t = G_t m^s_{t+1} + offset_t, m^s_{L-1} = m_{L-1}: a reverse linear recurrence.
-    smooth_gain = jnp.concatenate([smooth_gain, jnp.zeros_like(smooth_gain[:1])])
-    offset = jnp.concatenate([offset, m[-1:]])
-    return linear_recurrence(smooth_gain, offset, jnp.zeros_like(h0), reverse=True, method=solver)
-
-
 # ------------------------------------------------------------------------------- the solver
 
 
@@ -202,7 +151,7 @@ def _iterate(fns, consts, h0, xs, init, damping, options):
         hprev = jnp.concatenate([h0[None], h[:-1]])
         a, b = _linearise(fns, consts, hprev, xs, quasi)
         if damped:
-            new = _damped_step(a, b, h0, h, damping, quasi, solver)
+            new = damped_step(a, b, h0, h, damping, quasi, solver)
         else:
             new = linear_recurrence(a, b, h0, method=solver)
         clean = jnp.all(jnp.abs(new) < _CLIP)  # False for NaN and overflow too
@@ -401,8 +350,8 @@ def _check_xs(xs):
 
 def deer_solve(
     step: Callable[[Any, Any], Any],
-    h0,
-    xs,
+    h0: PyTree[Float[Array, "..."]],
+    xs: PyTree[Shaped[Array, "L ..."]],
     *,
     method: str = "newton",
     max_iter: int | None = None,
@@ -510,6 +459,8 @@ def deer_solve(
                 f"`init` must have the states' shape, (L={length}, ...) per leaf; got "
                 f"{jax.tree.map(jnp.shape, init)}."
             )
+    # the solver name is mapped to its `Solver` once; every inner linear solve takes the object
+    solver = resolve_solver(solver, None, length)
     options = (method, min(max_iter, length + 1), float(tol), damping is not None, solver)
     h, it, converged = _deer(fns, consts, h0_flat, xs, init_flat, damping_arr, options)
     # the diagnostics carry no gradient; without this, their (float0) tangents would reach
@@ -518,7 +469,11 @@ def deer_solve(
     return DeerSolution(jax.vmap(unravel)(h), it, converged)
 
 
-def sequential_solve(step: Callable[[Any, Any], Any], h0, xs):
+def sequential_solve(
+    step: Callable[[Any, Any], Any],
+    h0: PyTree[Float[Array, "..."]],
+    xs: PyTree[Shaped[Array, "L ..."]],
+) -> PyTree[Float[Array, "L ..."]]:
     """The reference: h_t = step(h_{t-1}, x_t) by `lax.scan`, states stacked over time.
 
     The states have h0's structure and dtype; as in `deer_solve`, float16 and bfloat16 are

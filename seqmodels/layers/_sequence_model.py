@@ -8,37 +8,12 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
 
-from seqmodels.layers._checks import prepare_sequence
+from seqmodels._checks import prepare_sequence
+from seqmodels.layers._short_conv import ShortConv
 
-__all__ = ["SequenceModel", "ShortConv"]
-
-
-class ShortConv(eqx.Module):
-    """Depthwise causal convolution over time, y_t = sum_{j < width} w_j * x_{t - j} (per
-    channel), the short convolution that H3 (Fu et al., 2023), Based and the Zoology study
-    (Arora et al., 2024) put before a linear-recurrent mixer: it lets a position's keys see the
-    previous tokens, which associative recall needs. Initialised near the identity (w_0 = 1,
-    the rest small)."""
-
-    weight: jax.Array  # (width, d_model)
-
-    def __init__(self, d_model: int, width: int = 4, *, key):
-        if not isinstance(width, int) or width < 1:
-            raise ValueError(f"`width` must be a positive int, got {width!r}.")
-        noise = 0.1 * jax.random.normal(key, (width, d_model)) / width**0.5
-        self.weight = noise.at[0].add(1.0)
-
-    def __call__(self, x):
-        """(L, d_model) -> (L, d_model), in x's dtype (float16 and bfloat16 are computed in
-        float32)."""
-        x, dtype = prepare_sequence(x, self.weight.shape[1], "ShortConv")
-        length = x.shape[0]
-        out = self.weight[0][None] * x
-        for j in range(1, min(self.weight.shape[0], length)):
-            shifted = jnp.concatenate([jnp.zeros_like(x[:j]), x[: length - j]])
-            out = out + self.weight[j][None] * shifted
-        return out.astype(dtype)
+__all__ = ["SequenceModel"]
 
 
 class _Block(eqx.Module):
@@ -113,7 +88,9 @@ class SequenceModel(eqx.Module):
         self.norm = eqx.nn.LayerNorm(d_model)
         self.head = eqx.nn.Linear(d_model, num_outputs, key=keys[-1])
 
-    def __call__(self, x):
+    def __call__(
+        self, x: Int[Array, " L"] | Float[Array, "L input_dim"]
+    ) -> Float[Array, "L num_outputs"]:
         """(L,) tokens or (L, input_dim) features -> (L, num_outputs) logits: float32 for
         tokens; for features, in their dtype (float16 and bfloat16 are computed in float32).
         For a batch, `jax.vmap` it."""
@@ -134,9 +111,3 @@ class SequenceModel(eqx.Module):
             h = block(h)
         logits = jax.vmap(self.head)(jax.vmap(self.norm)(h))
         return logits if dtype is None else logits.astype(dtype)
-
-
-def count_parameters(model) -> int:
-    """Number of trainable scalars (complex counted twice)."""
-    leaves = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
-    return sum(x.size * (2 if jnp.iscomplexobj(x) else 1) for x in leaves)

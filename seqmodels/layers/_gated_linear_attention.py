@@ -1,0 +1,106 @@
+"""Gated linear attention as a function: one head, or several side by side.
+
+y_t = q_t H_t with H_t = diag(a_t) H_{t-1} + k_t^T v_t, the recurrence shared by GateLoop,
+RetNet and linear attention, computed by one of four equal forms (`seqmodels._gla`) that the
+`mode` string names, or split over devices (`seqmodels.parallel`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Inexact
+
+from seqmodels._checks import check_positive_int, common_dtype, compute_dtype
+from seqmodels._gla import check_mode, check_qkv, resolve_form
+from seqmodels.parallel import gated_linear_attention_sharded
+
+__all__ = ["gated_linear_attention", "multihead_gated_linear_attention"]
+
+
+def gated_linear_attention(
+    q: Inexact[Array, "L K"],
+    k: Inexact[Array, "L K"],
+    v: Inexact[Array, "L V"],
+    log_a: Inexact[Array, "L K"],
+    *,
+    mode: str | Callable = "parallel",
+    chunk_size: int = 64,
+) -> Inexact[Array, "L V"]:
+    """y_t = q_t H_t with H_t = diag(a_t) H_{t-1} + k_t^T v_t, for one head.
+
+    Args:
+      q, k: (L, K). v: (L, V). Real or complex.
+      log_a: (L, K) logarithms of the gates (real, or complex for rotating gates as in
+        GateLoop); Re(log_a) <= 0 keeps the recurrence stable.
+      mode: "recurrent", "parallel", "attention" or "chunkwise"; all four are equal. A
+        callable `form(q, k, v, log_a) -> y` is used as it is (see `seqmodels._gla`).
+      chunk_size: chunk length of the chunkwise form, a positive int; one longer than L is
+        cut to L (a longer chunk would only be padding).
+
+    Returns:
+      y of shape (L, V), in the common dtype of the inputs. float16 and bfloat16 inputs are
+      computed in float32 (state, cumulative gates, sums) and rounded once at the end.
+
+    Raises:
+      ValueError: an unknown `mode`, a `chunk_size` that is not a positive int, or shapes
+        that do not fit.
+    """
+    check_mode(mode)
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    check_qkv(q, k, v, log_a)
+    dtype = common_dtype(q, k, v, log_a)
+    work = compute_dtype(dtype)
+    q, k, v, log_a = (x.astype(work) for x in (q, k, v, log_a))
+    form = resolve_form(mode, min(chunk_size, q.shape[0]))
+    return form(q, k, v, log_a).astype(dtype)
+
+
+def multihead_gated_linear_attention(
+    q: Inexact[Array, "L HK"],
+    k: Inexact[Array, "L HK"],
+    v: Inexact[Array, "L HV"],
+    log_a: Inexact[Array, "L HK"],
+    num_heads: int,
+    *,
+    mode: str | Callable = "parallel",
+    chunk_size: int = 64,
+    mesh: jax.sharding.Mesh | None = None,
+    axis_name: str = "seq",
+) -> Inexact[Array, "L HV"]:
+    """`gated_linear_attention` on `num_heads` independent heads, concatenated.
+
+    Args:
+      q, k, log_a: (L, H * K); v: (L, H * V). Head h owns columns [h K, (h + 1) K) of q, k and
+        log_a and [h V, (h + 1) V) of v.
+      num_heads: H, which must divide the feature sizes.
+      mode, chunk_size: as in `gated_linear_attention`.
+      mesh, axis_name: with a `jax.sharding.Mesh`, the time axis is split across the devices
+        of `mesh[axis_name]` (`seqmodels.parallel.gated_linear_attention_sharded`, LASP-2;
+        `mode` is then not used).
+
+    Returns:
+      (L, H * V), the heads' outputs side by side, in the common dtype of the inputs (float16
+      and bfloat16 computed in float32, as in `gated_linear_attention`).
+    """
+    num_heads = check_positive_int(num_heads, "num_heads")
+    length = q.shape[0] if jnp.ndim(q) else 0
+    if length < 1:
+        raise ValueError(f"the sequence must have length L >= 1, got q of shape {jnp.shape(q)}.")
+    for name, x in (("q", q), ("k", k), ("v", v), ("log_a", log_a)):
+        if x.ndim != 2 or x.shape[1] % num_heads:
+            raise ValueError(
+                f"`{name}` must have shape (L, num_heads * size) with num_heads={num_heads}; "
+                f"got {x.shape}."
+            )
+    split = lambda x: x.reshape(length, num_heads, -1).swapaxes(0, 1)
+    if mesh is None:
+        head = lambda *a: gated_linear_attention(*a, mode=mode, chunk_size=chunk_size)
+    else:
+        head = lambda *a: gated_linear_attention_sharded(
+            *a, mesh=mesh, axis_name=axis_name, chunk_size=chunk_size
+        )
+    y = jax.vmap(head)(split(q), split(k), split(v), split(log_a))
+    return y.swapaxes(0, 1).reshape(length, -1)
