@@ -112,7 +112,14 @@ def _skit_init(num_pairs, x_dim, y_dim, *, bettor, dtype=None) -> BettingState:
 
 
 def _skit_step(
-    state: BettingState, x_pair, y_pair, *, kernel_x, kernel_y, bettor, log_threshold
+    state: BettingState,
+    x_pair: Float[Array, "2 d_x"],
+    y_pair: Float[Array, "2 d_y"],
+    *,
+    kernel_x: Kernel,
+    kernel_y: Kernel,
+    bettor: Bettor,
+    log_threshold,
 ) -> BettingState:
     x_pair = step_points(x_pair, state.witness.x, 2)
     y_pair = step_points(y_pair, state.witness.y, 2)
@@ -244,7 +251,15 @@ def _mmd_init(num_steps, dim, *, bettor, dtype=None) -> BettingState:
     return initial_state(empty_mmd_witness(num_steps, dim, dtype), bettor, dtype)
 
 
-def _mmd_step(state: BettingState, x_new, y_new, *, kernel, bettor, log_threshold):
+def _mmd_step(
+    state: BettingState,
+    x_new: Float[Array, " d"] | Float[Array, "1 d"],
+    y_new: Float[Array, " d"] | Float[Array, "1 d"],
+    *,
+    kernel: Kernel,
+    bettor: Bettor,
+    log_threshold,
+) -> BettingState:
     x_new = step_points(x_new, state.witness.x, 1)
     y_new = step_points(y_new, state.witness.y, 1)
     payoff, witness = mmd_update(state.witness, x_new, y_new, kernel)
