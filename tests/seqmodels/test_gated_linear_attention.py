@@ -70,7 +70,7 @@ def test_bad_mode():
 
 @pytest.mark.parametrize("layer_cls", ["GateLoop", "LinearAttention"])
 def test_layer_modes_agree(getkey, layer_cls):
-    """Gradients through the layers are checked in test_layers (SequenceModel)."""
+    """Gradients through the layers are checked in test_layers.py (SequenceModel)."""
     from seqmodels import layers
 
     layer = getattr(layers, layer_cls)(16, num_heads=2, key=getkey())

@@ -1,0 +1,1 @@
+"""Tests of the seqmodels package, one file per module or topic."""
