@@ -1,9 +1,11 @@
 """linear_recurrence against a Python loop; gradients against finite differences."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from jax.test_util import check_grads
 
 from seqmodels import linear_recurrence
@@ -203,3 +205,14 @@ def test_a_solver_object_is_the_method_its_name_maps_to(getkey):
     np.testing.assert_array_equal(by_object, by_name)
     with pytest.raises(ValueError, match="method"):
         linear_recurrence(a, b, h0, method="fast")
+
+
+class TestWithAndWithoutJit(chex.TestCase):
+    """Every solver gives the same states run op by op and compiled."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters("sequential", "associative", "chunked")
+    def test_solvers(self, method):
+        a, b, h0 = _inputs(jax.random.key(3), (23, 2), False, jnp.float32)
+        solve = self.variant(lambda a, b, h0: linear_recurrence(a, b, h0, method=method))
+        np.testing.assert_allclose(solve(a, b, h0), loop_reference(a, b, h0), rtol=1e-5, atol=1e-5)
