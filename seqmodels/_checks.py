@@ -20,6 +20,7 @@ __all__ = [
     "check_sequence",
     "common_dtype",
     "compute_dtype",
+    "head_sizes",
     "prepare_sequence",
 ]
 
@@ -48,6 +49,16 @@ def check_positive_int(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
     return int(value)
+
+
+def head_sizes(d_model, num_heads, head_dim):
+    """(num_heads, head_dim, num_heads * head_dim) of a multi-head layer, checked; `head_dim`
+    None means d_model // num_heads (at least 1)."""
+    num_heads = check_positive_int(num_heads, "num_heads")
+    if head_dim is not None:
+        head_dim = check_positive_int(head_dim, "head_dim")
+    head_dim = head_dim or max(1, d_model // num_heads)
+    return num_heads, head_dim, num_heads * head_dim
 
 
 def check_sequence(x, width, layer, name="d_model"):

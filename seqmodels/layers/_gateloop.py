@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from seqmodels._checks import check_positive_int, prepare_sequence
+from seqmodels._checks import head_sizes, prepare_sequence
 from seqmodels.layers._gated_linear_attention import multihead_gated_linear_attention
 
 __all__ = ["GateLoop"]
@@ -41,11 +41,7 @@ class GateLoop(eqx.Module):
     head_dim: int = eqx.field(static=True)
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None, *, key):
-        num_heads = check_positive_int(num_heads, "num_heads")
-        if head_dim is not None:
-            head_dim = check_positive_int(head_dim, "head_dim")
-        head_dim = head_dim or max(1, d_model // num_heads)
-        inner = num_heads * head_dim
+        num_heads, head_dim, inner = head_sizes(d_model, num_heads, head_dim)
         keys = jax.random.split(key, 7)
         self.q = eqx.nn.Linear(d_model, inner, use_bias=False, key=keys[0])
         self.k = eqx.nn.Linear(d_model, inner, use_bias=False, key=keys[1])

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from seqmodels._checks import check_positive_int, prepare_sequence
+from seqmodels._checks import head_sizes, prepare_sequence
 from seqmodels.layers._gated_linear_attention import multihead_gated_linear_attention
 
 __all__ = ["LinearAttention"]
@@ -44,11 +44,7 @@ class LinearAttention(eqx.Module):
         decay: bool = True,
         key,
     ):
-        num_heads = check_positive_int(num_heads, "num_heads")
-        if head_dim is not None:
-            head_dim = check_positive_int(head_dim, "head_dim")
-        head_dim = head_dim or max(1, d_model // num_heads)
-        inner = num_heads * head_dim
+        num_heads, head_dim, inner = head_sizes(d_model, num_heads, head_dim)
         keys = jax.random.split(key, 5)
         self.q = eqx.nn.Linear(d_model, inner, use_bias=False, key=keys[0])
         self.k = eqx.nn.Linear(d_model, inner, use_bias=False, key=keys[1])
