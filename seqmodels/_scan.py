@@ -157,8 +157,9 @@ def linear_recurrence(
         (L, ..., D, D) with b of shape (L, ..., D), recognised by `a.ndim == b.ndim + 1`.
       b: inputs, shape (L, ...). Real or complex.
       h0: initial state with b's trailing shape (b.shape[1:]); zeros when omitted.
-      method: "auto", "sequential", "associative" or "chunked" (see the module docstring),
-        or a `Solver` object (`seqmodels._solvers`), which is used as it is.
+      method: "auto", "sequential", "associative" or "chunked" (see the module docstring).
+        A `Solver` object, as `deer_solve` passes once it has mapped its `solver` name, is
+        used as it is.
       reverse: run backwards in time, h_t = a_t * h_{t+1} + b_t with h_L = h0.
       chunk_size: chunk length for "chunked" (default about sqrt(L)).
 

@@ -36,7 +36,7 @@ def gated_linear_attention(
       log_a: (L, K) logarithms of the gates (real, or complex for rotating gates as in
         GateLoop); Re(log_a) <= 0 keeps the recurrence stable.
       mode: "recurrent", "parallel", "attention" or "chunkwise"; all four are equal. A
-        callable `form(q, k, v, log_a) -> y` is used as it is (see `seqmodels._gla`).
+        callable `form(q, k, v, log_a) -> y` on one head is used as it is.
       chunk_size: chunk length of the chunkwise form, a positive int; one longer than L is
         cut to L (a longer chunk would only be padding).
 
