@@ -33,6 +33,16 @@ POWER_STUDY = [  # the KSD test's size and power (its compilation is the quickes
     "params.num_permutations=20",
 ]
 
+TINY_RECALL = [  # four training steps of a small linear-attention model, batches of 8
+    "params.mixers=[linear_attention]",
+    "params.num_steps=4",
+    "params.eval_every=2",
+    "params.d_model=8",
+    "params.batch_size=8",
+    "params.eval_batch=8",
+    "params.num_layers=1",
+]
+
 
 def _results(run_dir):
     return json.loads((pathlib.Path(run_dir) / "results.json").read_text())
@@ -231,16 +241,7 @@ def test_two_processes_resume_and_train(tmp_path):
             "params.repeats=3",
             "params.slope_range=[16,64]",
         ],
-        "train_recall": [
-            "params.mixers=[linear_attention]",
-            "params.num_steps=4",
-            "params.eval_every=2",
-            "params.d_model=8",
-            "params.batch_size=8",
-            "params.eval_batch=8",
-            "params.num_layers=1",
-            "params.checkpoint_every=2",
-        ],
+        "train_recall": [*TINY_RECALL, "params.checkpoint_every=2"],
     }
     for task, overrides in tasks.items():
         out = tmp_path / task
@@ -267,15 +268,7 @@ def test_training_batches_over_8_devices_agree_with_one_device(tmp_path):
     if jax.device_count() < 8:
         pytest.skip("needs 8 devices")
     tasks = {
-        "train_recall": [
-            "params.mixers=[linear_attention]",
-            "params.num_steps=4",
-            "params.eval_every=2",
-            "params.d_model=8",
-            "params.batch_size=8",
-            "params.eval_batch=8",
-            "params.num_layers=1",
-        ],
+        "train_recall": TINY_RECALL,
         "train_deer": [
             "params.length=64",
             "params.hidden_size=2",
