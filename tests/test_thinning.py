@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import kmethods as km
+from kmethods import thinning
 from kmethods.thinning import _compress, _kt, _sizes, _split
 from tests import reference as ref
 
@@ -54,18 +55,18 @@ def test_kernel_thin_beats_iid_and_standard_thinning(getkey):
     kernel = km.Gaussian(2.0)
     with jax.enable_x64(True):
         x64 = jnp.asarray(np.asarray(x, np.float64))
-        mmd = lambda idx: float(km.mmd_to_sample(x64, jnp.asarray(idx), kernel))
+        mmd = lambda idx: float(thinning.mmd_to_sample(x64, jnp.asarray(idx), kernel))
         kt, iid = [], []
         for _ in range(4):
             key = getkey()
             with jax.enable_x64(False):
                 idx = km.kernel_thin(key, x, kernel)
-                iid_idx = km.iid_thin(key, x)
+                iid_idx = thinning.iid_thin(key, x)
             assert idx.shape == (32,) and idx.dtype == jnp.int32
             assert int(idx.min()) >= 0 and int(idx.max()) < 1024
             kt.append(mmd(idx))
             iid.append(mmd(iid_idx))
-        standard = mmd(km.standard_thin(None, x))
+        standard = mmd(thinning.standard_thin(None, x))
     assert np.median(kt) < 0.5 * np.median(iid), (kt, iid)
     assert np.median(kt) < 0.5 * standard, (kt, standard)
 
@@ -100,7 +101,7 @@ def test_kernel_thin_options(getkey):
     idx = km.kernel_thin(getkey(), x, kernel, out_size=12)
     assert idx.shape == (12,) and int(idx.max()) < 100
     plus = km.kernel_thin(
-        getkey(), x, kernel, out_size=12, split_kernel=km.kt_plus_kernel(kernel), swap=False
+        getkey(), x, kernel, out_size=12, split_kernel=thinning.kt_plus_kernel(kernel), swap=False
     )
     assert len(set(np.asarray(plus).tolist())) == 12  # a KT-SPLIT coreset: no repeats
 
@@ -108,7 +109,7 @@ def test_kernel_thin_options(getkey):
 def test_root_kernel_is_a_convolution_root(x64):
     """k_rt * k_rt is proportional to k (Dwivedi & Mackey, 2021, Def. 2), checked in 1-d."""
     kernel = km.Gaussian(0.7)
-    root = km.root_kernel(kernel)
+    root = thinning.root_kernel(kernel)
     z = np.linspace(-12, 12, 4001)[:, None]
     conv = lambda a, b: np.trapezoid(
         np.asarray(root.gram(jnp.asarray([[a]]), jnp.asarray(z)))[0]
@@ -118,17 +119,17 @@ def test_root_kernel_is_a_convolution_root(x64):
     pairs = [(0.0, 0.0), (0.0, 0.5), (0.3, -1.1), (1.0, 2.4)]
     ratios = [conv(a, b) / float(kernel(jnp.asarray([a]), jnp.asarray([b]))) for a, b in pairs]
     np.testing.assert_allclose(ratios, ratios[0], rtol=1e-8)
-    plus = km.kt_plus_kernel(kernel)
+    plus = thinning.kt_plus_kernel(kernel)
     x = jnp.asarray(_sample(8, 5))
     np.testing.assert_allclose(plus.gram(x, x), kernel.gram(x, x) + root.gram(x, x))
     with pytest.raises(TypeError, match="Gaussian"):
-        km.power_kernel(km.IMQ(), 0.5)
+        thinning.power_kernel(km.IMQ(), 0.5)
     with pytest.raises(ValueError, match="`dim`"):
-        km.root_kernel(km.Matern(nu=2.5))
+        thinning.root_kernel(km.Matern(nu=2.5))
     with pytest.raises(ValueError, match=r"alpha > 0\.6667"):
-        km.power_kernel(km.Laplace(), 0.5, dim=2)
+        thinning.power_kernel(km.Laplace(), 0.5, dim=2)
     with pytest.raises(ValueError, match="`alpha`"):
-        km.power_kernel(kernel, 1.5)
+        thinning.power_kernel(kernel, 1.5)
 
 
 @pytest.mark.parametrize(
@@ -137,7 +138,10 @@ def test_root_kernel_is_a_convolution_root(x64):
 )
 def test_matern_power_kernels_convolve_back(x64, kernel, alpha, dim):
     """k_alpha * k_(1 - alpha) is proportional to k (their Fourier transforms multiply), 1-d."""
-    first, second = km.power_kernel(kernel, alpha, dim), km.power_kernel(kernel, 1 - alpha, dim)
+    first, second = (
+        thinning.power_kernel(kernel, alpha, dim),
+        thinning.power_kernel(kernel, 1 - alpha, dim),
+    )
     z = jnp.asarray(np.linspace(-15, 15, 30_001)[:, None])
     a = jnp.asarray([[0.0], [0.0], [0.3], [1.0]])
     b = jnp.asarray([[0.0], [0.4], [-0.9], [2.1]])
@@ -145,8 +149,8 @@ def test_matern_power_kernels_convolve_back(x64, kernel, alpha, dim):
     conv = jax.jit(lambda a, b: jnp.trapezoid(first.gram(a, z) * second.gram(b, z), dx=dz, axis=1))
     ratios = np.asarray(conv(a, b)) / np.asarray(jax.vmap(kernel)(a, b))
     np.testing.assert_allclose(ratios, ratios[0], rtol=1e-4)
-    laplace = km.power_kernel(km.Laplace(0.7), 0.9, dim=3)
-    matern = km.power_kernel(km.Matern(nu=0.5, bandwidth=0.7), 0.9, dim=3)
+    laplace = thinning.power_kernel(km.Laplace(0.7), 0.9, dim=3)
+    matern = thinning.power_kernel(km.Matern(nu=0.5, bandwidth=0.7), 0.9, dim=3)
     assert laplace.nu == matern.nu == pytest.approx(0.9 * 2.0 - 1.5)
     np.testing.assert_allclose(laplace.bandwidth, matern.bandwidth)
 
@@ -158,8 +162,11 @@ def test_compresspp_quality_and_partition(getkey):
     assert idx.shape == (16,) and int(idx.min()) >= 0 and int(idx.max()) < 256
     with jax.enable_x64(True):
         x64 = jnp.asarray(np.asarray(x, np.float64))
-        cpp = float(km.mmd_to_sample(x64, jnp.asarray(idx), kernel))
-        iid = [float(km.mmd_to_sample(x64, km.iid_thin(getkey(), x), kernel)) for _ in range(4)]
+        cpp = float(thinning.mmd_to_sample(x64, jnp.asarray(idx), kernel))
+        iid = [
+            float(thinning.mmd_to_sample(x64, thinning.iid_thin(getkey(), x), kernel))
+            for _ in range(4)
+        ]
     assert cpp < 0.5 * np.median(iid), (cpp, iid)
     # the swapped halving keeps a partition of each node, and its coreset is no worse than
     # either KT-SPLIT half
@@ -198,9 +205,11 @@ def test_mmd_to_sample_matches_dense(x64):
     x = _sample(10, 40)
     idx = np.array([3, 3, 17, 25, 39])
     K = ref.gram("gaussian", x, x, bandwidth=0.8)
-    got = km.mmd_to_sample(jnp.asarray(x), jnp.asarray(idx), km.Gaussian(0.8))
+    got = thinning.mmd_to_sample(jnp.asarray(x), jnp.asarray(idx), km.Gaussian(0.8))
     np.testing.assert_allclose(got, ref.mmd_to_indices(K, idx), rtol=1e-10)
-    given = km.mmd_to_sample(jnp.asarray(x), jnp.asarray(idx), km.Gaussian(0.8), mean_kxx=K.mean())
+    given = thinning.mmd_to_sample(
+        jnp.asarray(x), jnp.asarray(idx), km.Gaussian(0.8), mean_kxx=K.mean()
+    )
     np.testing.assert_allclose(given, ref.mmd_to_indices(K, idx), rtol=1e-10)
 
 
@@ -233,8 +242,8 @@ def test_bad_input(getkey):
     with pytest.raises(TypeError, match="`kernel`"):
         km.compresspp(getkey(), x, None)
     with pytest.raises(ValueError, match="`out_size`"):
-        km.standard_thin(None, x, out_size=21)
+        thinning.standard_thin(None, x, out_size=21)
     with pytest.raises(TypeError):  # a misspelt option is not swallowed
-        km.iid_thin(getkey(), x, outsize=4)
+        thinning.iid_thin(getkey(), x, outsize=4)
     with pytest.raises(ValueError, match="`indices`"):
-        km.mmd_to_sample(x, jnp.array([0, 20]), k)
+        thinning.mmd_to_sample(x, jnp.array([0, 20]), k)

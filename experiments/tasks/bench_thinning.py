@@ -43,6 +43,7 @@ import kmethods as km
 from experiments.config import ConfigError, require_at_least
 from experiments.plots import style_axis
 from experiments.timing import timed
+from kmethods import thinning
 
 Method = Literal["kt", "compresspp"]
 
@@ -158,7 +159,7 @@ def _mmds(ctx, X64: np.ndarray, coresets, d: int, mean_kxx: float) -> list[float
 def _mmd_row(x, indices, kernel, mean_kxx):
     # module level, with the kernel and the n^2 term as arguments: `ctx.map` compiles it once
     # per shape, whatever the bandwidth and the sample
-    return km.mmd_to_sample(x, indices, kernel, mean_kxx=mean_kxx)
+    return thinning.mmd_to_sample(x, indices, kernel, mean_kxx=mean_kxx)
 
 
 # One measured call in a fresh interpreter: prints {"seconds", "peak_mb", "base_mb"}.
@@ -168,6 +169,7 @@ spec = json.loads(sys.argv[1])
 import numpy as np
 import jax, jax.numpy as jnp
 import kmethods as km
+from kmethods import thinning
 from experiments.tasks import bench_thinning as b
 jnp.zeros(1).block_until_ready()
 X = b._data(spec["seed"], spec["n"], spec["d"])

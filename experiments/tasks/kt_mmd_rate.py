@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+from functools import partial
 from typing import Literal
 
 import jax
@@ -30,6 +31,7 @@ import numpy as np
 import kmethods as km
 from experiments.config import ConfigError, require_at_least
 from experiments.plots import style_axis
+from kmethods import thinning
 
 Method = Literal["iid", "standard", "kt", "root_kt", "kt_plus", "compresspp"]
 Dataset = Literal["gaussian", "mog"]
@@ -74,18 +76,21 @@ def _sample(rng: np.random.Generator, dataset: str, n: int, d: int) -> np.ndarra
     return means[rng.integers(0, 8, size=n)] + rng.normal(size=(n, 2))
 
 
-def _thin(method: str, key, x, kernel, g: int):
-    if method == "iid":
-        return km.iid_thin(key, x)
-    if method == "standard":
-        return km.standard_thin(key, x)
-    if method == "kt":
-        return km.kernel_thin(key, x, kernel)
-    if method == "root_kt":
-        return km.kernel_thin(key, x, kernel, split_kernel=km.root_kernel(kernel))
-    if method == "kt_plus":
-        return km.kernel_thin(key, x, kernel, split_kernel=km.kt_plus_kernel(kernel))
-    return km.compresspp(key, x, kernel, g=g)
+def _thinner(method: str, kernel, g: int) -> thinning.Thinner:
+    """The config's method name as a `Thinner`, `thin(key, x) -> indices`."""
+    thinners = {
+        "iid": thinning.iid_thin,
+        "standard": thinning.standard_thin,
+        "kt": partial(km.kernel_thin, kernel=kernel),
+        "root_kt": partial(
+            km.kernel_thin, kernel=kernel, split_kernel=thinning.root_kernel(kernel)
+        ),
+        "kt_plus": partial(
+            km.kernel_thin, kernel=kernel, split_kernel=thinning.kt_plus_kernel(kernel)
+        ),
+        "compresspp": partial(km.compresspp, kernel=kernel, g=g),
+    }
+    return thinners[method]
 
 
 def fitted_slope(ns, values) -> float:
@@ -101,15 +106,14 @@ def _unit_rows(cfg: Config, ctx, key, index: int, dataset: str, d: int, n: int) 
         [_sample(np.random.default_rng([index, r]), dataset, n, d) for r in range(cfg.repeats)]
     )
     keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(cfg.repeats))
+    thinners = [_thinner(method, kernel, cfg.g) for method in cfg.methods]
     coresets = [
         ctx.map(
-            lambda k, x, j=j, method=method: _thin(
-                method, jax.random.fold_in(k, j), x, kernel, cfg.g
-            ),
+            lambda k, x, j=j, thin=thin: thin(jax.random.fold_in(k, j), x),
             keys,
             data.astype(np.float32),
         )
-        for j, method in enumerate(cfg.methods)
+        for j, thin in enumerate(thinners)
     ]
     if len({c.shape for c in coresets}) != 1:
         raise ValueError(f"coreset sizes differ between methods: {[c.shape for c in coresets]}")
@@ -117,7 +121,9 @@ def _unit_rows(cfg: Config, ctx, key, index: int, dataset: str, d: int, n: int) 
     def mmds(x64, indices):
         # the n^2 term once per sample, then each method's coreset against it
         self_term = km.pairwise.kernel_sum(kernel, x64, x64) / n**2
-        return jax.vmap(lambda idx: km.mmd_to_sample(x64, idx, kernel, mean_kxx=self_term))(indices)
+        return jax.vmap(lambda idx: thinning.mmd_to_sample(x64, idx, kernel, mean_kxx=self_term))(
+            indices
+        )
 
     with jax.enable_x64(True):
         values = ctx.map(mmds, data, np.stack(coresets, axis=1))  # (repeats, methods)
