@@ -10,6 +10,7 @@ import json
 import math
 from functools import partial
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,8 +21,13 @@ import kmethods as km
 from experiments import load_config, run_experiment
 from experiments.config import ConfigError
 from experiments.tasks.pksd_bimodal import bimodal_log_prob, draw_samples, rejections
-from kmethods import pksd as pk
-from kmethods.pksd import DEFAULT_THETAS, Modes, find_modes, perturb, pksd_test
+from kmethods import pksd_test
+from kmethods.calibration import resampled_weights
+from kmethods.pksd import DEFAULT_THETAS, Modes, find_modes, mala, mh_jump, perturb
+from kmethods.pksd._perturb import perturb_all, perturb_core
+from kmethods.pksd._pksd import pksd_core
+from kmethods.pksd._transitions import jump, nearest_mode, prepare_jumps
+from kmethods.pksd._uniforms import uniform_index, uniform_pieces
 
 ALPHA = 0.05
 PAIRS = ("uniform", "nearest")
@@ -67,7 +73,7 @@ def _jumps(dtype):
         jnp.zeros(3, dtype),
         jnp.ones(3, bool),
     )
-    return jax.jit(pk._prepare_jumps, static_argnums=1)(modes, dtype)
+    return jax.jit(prepare_jumps, static_argnums=1)(modes, dtype)
 
 
 # ----------------------------------------------------------------------- p-invariance
@@ -86,16 +92,15 @@ def test_mode_jump_satisfies_detailed_balance(x64):
 
     def sides(x, i, j, theta, pair):
         lp = mixture_log_prob(x)
-        moved, lp_moved, fwd = pk._jump_log_ratio(x, lp, i, j, theta, jumps, mixture_log_prob, pair)
-        back, _, bwd = pk._jump_log_ratio(
-            moved, lp_moved, j, i, theta, jumps, mixture_log_prob, pair
-        )
-        jac = jax.jacfwd(lambda z: pk._jump(z, i, j, theta, jumps)[0])(x)
+        proposal = mh_jump(pair).proposal
+        moved, lp_moved, fwd = proposal(x, lp, i, j, theta, jumps, mixture_log_prob)
+        back, _, bwd = proposal(moved, lp_moved, j, i, theta, jumps, mixture_log_prob)
+        jac = jax.jacfwd(lambda z: jump(z, i, j, theta, jumps)[0])(x)
         lhs = lp + jnp.minimum(fwd, 0.0)
         rhs = lp_moved + jnp.linalg.slogdet(jac)[1] + jnp.minimum(bwd, 0.0)
         if pair == "nearest":
-            lhs = jnp.where(pk._nearest_mode(x, jumps) == i, lhs, -jnp.inf)
-            rhs = jnp.where(pk._nearest_mode(moved, jumps) == j, rhs, -jnp.inf)
+            lhs = jnp.where(nearest_mode(x, jumps) == i, lhs, -jnp.inf)
+            rhs = jnp.where(nearest_mode(moved, jumps) == j, rhs, -jnp.inf)
         return back, lhs, rhs
 
     @jax.jit
@@ -118,7 +123,8 @@ def test_pairs_are_uniform_over_ordered_pairs_of_modes():
     jumps = _jumps(jnp.float32)
     grid = (jnp.arange(60, dtype=jnp.float32) + 0.5) / 60
     u_i, u_j = (a.ravel() for a in jnp.meshgrid(grid, grid))
-    choose = jax.jit(jax.vmap(lambda a, b: pk._choose_pair(a, b, jnp.zeros(2), jumps, "uniform")))
+    choose_pair = mh_jump().choose_pair
+    choose = jax.jit(jax.vmap(lambda a, b: choose_pair(a, b, jnp.zeros(2), jumps)))
     i, j = choose(u_i, u_j)
     counts = np.zeros((3, 3))
     np.add.at(counts, (np.asarray(i), np.asarray(j)), 1)
@@ -126,7 +132,7 @@ def test_pairs_are_uniform_over_ordered_pairs_of_modes():
     np.fill_diagonal(expected, 0.0)
     np.testing.assert_array_equal(counts, expected)
     one = jumps._replace(mask=jnp.array([True, False, False]))
-    i, j = jax.jit(lambda a, b: pk._choose_pair(a, b, jnp.zeros(2), one, "uniform"))(0.7, 0.3)
+    i, j = jax.jit(lambda a, b: choose_pair(a, b, jnp.zeros(2), one))(0.7, 0.3)
     assert (int(i), int(j)) == (0, 0)  # a single mode: no move
 
 
@@ -167,6 +173,38 @@ def test_perturbed_target_sample_keeps_its_distribution(getkey):
     assert float(jnp.mean(left[:, 0] > 4.0)) > 0.05
 
 
+class _Bimodal(eqx.Module):
+    """½N(0,1) + ½N(delta,1) with delta an array: its bound method is a pytree."""
+
+    delta: jax.Array
+
+    def log_prob(self, z):
+        return bimodal_log_prob(z, self.delta)
+
+
+def test_transition_objects_and_module_log_prob_share_one_compilation(getkey):
+    """A transition name and the object it names give the same draws from one compilation;
+    a bound method of an equinox Module as log_prob is traced, so a new parameter value
+    reuses it too; `pair` with a transition object is refused."""
+    x = jnp.asarray(GOOD, jnp.float32)
+    key = getkey()
+    by_name = perturb(key, x, bimodal6, None, 0.3, num_steps=2, transition="mala")
+    size = perturb_core._cached._cache_size()
+    by_object = perturb(key, x, bimodal6, None, 0.3, num_steps=2, transition=mala())
+    np.testing.assert_array_equal(by_name, by_object)
+    assert perturb_core._cached._cache_size() == size
+    five, six = (_Bimodal(jnp.float32(d)).log_prob for d in (5.0, 6.0))
+    moved = perturb(key, x, six, None, 0.3, num_steps=2, transition=mala())
+    np.testing.assert_allclose(moved, by_name, rtol=1e-6)
+    size = perturb_core._cached._cache_size()
+    assert not np.array_equal(
+        perturb(key, x, five, None, 0.3, num_steps=2, transition=mala()), moved
+    )
+    assert perturb_core._cached._cache_size() == size
+    with pytest.raises(ValueError, match="`pair`"):
+        perturb(key, x, bimodal6, None, 0.3, transition=mala(), pair="nearest")
+
+
 # ----------------------------------------------------------------------- mode finding
 
 
@@ -204,10 +242,9 @@ def test_find_modes_hessians_match_the_mixture_formula(x64):
 def _draws_of_the_test(key, x, thetas, modes, *, log_prob, shapes):
     """What pksd_test draws from its key (white box): the samples perturbed with the uniforms
     of each row of shapes[1] at the matching theta, and the bootstrap uniforms."""
-    _, u, u_boot = pk._split_uniforms(pk._uniform(key, (pk._draws(*shapes),), x.dtype), *shapes)
-    jumps = pk._prepare_jumps(modes, x.dtype)
-    kw = dict(log_prob=log_prob, transition="mh_jump", pair="uniform")
-    return pk._perturb_all(u[:, :, : x.shape[0]], x, thetas, jumps, **kw), u_boot
+    _, u, u_boot = uniform_pieces(key, x.dtype, *shapes)
+    jumps = prepare_jumps(modes, x.dtype)
+    return perturb_all(mh_jump(), u[:, :, : x.shape[0]], x, thetas, jumps, log_prob), u_boot
 
 
 @partial(jax.jit, static_argnames="score")
@@ -239,18 +276,18 @@ def test_spksd_is_the_sum_of_ksd2_with_its_bootstrap(x64, getkey):
     np.testing.assert_allclose(res.statistic, expected, rtol=1e-10)
     u_sum = np.array(_dense_summed_stein(samples, kernel, score=score))
     np.fill_diagonal(u_sum, 0.0)
-    w = np.asarray(pk._multinomial_weights(u_boot)) - 1.0 / n
+    w = np.asarray(resampled_weights(uniform_index(u_boot, n), u_boot.dtype)) - 1.0 / n
     np.testing.assert_allclose(res.null_samples, np.einsum("bi,ij,bj->b", w, u_sum, w), rtol=1e-9)
     count = np.sum(np.asarray(res.null_samples) >= float(res.statistic))
     assert res.p_value == pytest.approx((1 + count) / (boot + 1))
 
     # Compile once per shape: new key, new data, new thetas, same shapes and log_prob.
-    before = pk._pksd_core._cache_size()
+    before = pksd_core._cached._cache_size()
     again = pksd_test(
         getkey(), 2 * x, log_prob, kernel, thetas=(0.9, 1.1), num_steps=steps,
         num_bootstrap=boot, modes=modes,
     )  # fmt: skip
-    assert pk._pksd_core._cache_size() == before and again.statistic != res.statistic
+    assert pksd_core._cached._cache_size() == before and again.statistic != res.statistic
 
 
 def test_ospksd_with_median_imq_is_ksd2_on_the_held_out_half(x64, getkey):

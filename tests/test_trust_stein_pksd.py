@@ -11,7 +11,8 @@ from scipy import stats
 
 import kmethods as km
 from experiments.tasks.pksd_bimodal import bimodal_log_prob
-from kmethods.pksd import Modes, perturb, pksd_test
+from kmethods import pksd_test
+from kmethods.pksd import Modes, perturb
 
 MODES = Modes(jnp.array([[0.0], [6.0]]), jnp.ones((2, 1, 1)), jnp.zeros(2), jnp.ones(2, bool))
 KW = dict(thetas=(1.0,), num_steps=2, num_bootstrap=49, modes=MODES)
