@@ -54,8 +54,6 @@ from kmethods.betting._core import SequentialResult as SequentialResult
 from kmethods.betting._core import SequentialTest as SequentialTest
 from kmethods.betting._core import checked as checked
 from kmethods.betting._tests import mmd_betting as mmd_betting
-from kmethods.betting._tests import mmd_betting_test as mmd_betting_test
-from kmethods.betting._tests import skit as skit
 from kmethods.betting._tests import skit_test as skit_test
 from kmethods.betting._witness import HsicWitness as HsicWitness
 from kmethods.betting._witness import MmdWitness as MmdWitness
@@ -74,8 +72,6 @@ __all__ = [
     "agrapa",
     "checked",
     "mmd_betting",
-    "mmd_betting_test",
     "ons",
-    "skit",
     "skit_test",
 ]
