@@ -112,6 +112,9 @@ def check_transition_args(
     check_log_prob(log_prob, x)
     if modes is None:
         if transition.needs_modes and not modes_optional:
-            raise ValueError("`modes` is required for transition='mh_jump' (see find_modes).")
+            raise ValueError(
+                f"`modes` is required for a transition that jumps between modes ({transition!r}"
+                "); see find_modes."
+            )
         return x, None, transition
     return x, check_modes(modes, x.shape[1], x.dtype), transition

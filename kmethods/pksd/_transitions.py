@@ -20,8 +20,9 @@ from kmethods.pksd._uniforms import uniform_index
 class Transition(eqx.Module):
     """A Markov kernel that leaves p invariant, applied to each point independently.
 
-    `perturb` and `pksd_test` take one (or its name, "mh_jump" or "mala"). A transition holds
-    no arrays: it is static under `jit`, and equal transitions share a compilation.
+    `perturb` and `kmethods.pksd_test` take one (or its name, "mh_jump" or "mala"), and call
+    only the methods below. It is a pytree: `mh_jump()` and `mala()` hold no arrays, so they
+    are static under `jit` and equal ones share a compilation (a subclass's arrays are traced).
 
     Attributes:
       needs_modes: whether `prepare` uses the modes of p (`find_modes`).
