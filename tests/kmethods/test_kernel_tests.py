@@ -7,10 +7,10 @@ import pytest
 from scipy import stats
 
 import kmethods as km
+from kmethods.calibration import multinomial_weights, permuted_labels, wild_bootstrap_signs
 from kmethods.hsic import _hsic_permutation_test
 from kmethods.ksd import _ksd_bootstrap_test
 from kmethods.mmd import _mmd_permutation_test
-from kmethods.calibration import multinomial_weights, permuted_labels, wild_bootstrap_signs
 
 ALPHA = 0.05
 REPLICATES = 500

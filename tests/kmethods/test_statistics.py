@@ -7,7 +7,7 @@ from jax.test_util import check_grads
 
 import kmethods as km
 from tests import reference as ref
-from tests.test_kernels import IDS, KERNELS
+from tests.kmethods.test_kernels import IDS, KERNELS
 
 
 def _np(a):

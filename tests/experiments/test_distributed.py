@@ -25,7 +25,7 @@ import pytest
 from experiments import load_config, run_experiment
 
 KSEQ = [sys.executable, "-m", "experiments.cli"]
-ROOT = pathlib.Path(__file__).parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 POWER_STUDY = [  # the KSD test's size and power (its compilation is the quickest)
     "params.tests=[ksd]",
     "params.sample_sizes=[16]",

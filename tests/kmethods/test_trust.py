@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import kmethods as km
-from kmethods.pairwise import sqdist
 from kmethods.calibration import gamma_p_value, resample_p_value
+from kmethods.pairwise import sqdist
 from tests import reference as ref
 
 ALPHA = 0.05

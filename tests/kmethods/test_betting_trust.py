@@ -226,7 +226,7 @@ def test_level_with_nearly_constant_kernels(bet):
     payoff is decided by rounding), and SKIT with one variable constant: the payoff is exactly
     odd under the swap that H0 leaves invariant, so over 500 vmapped streams the rejection
     rate stays below the 99% binomial bound of a level-0.05 test (the tests are anytime-valid,
-    so only the upper end applies). Same shapes as the level tests of test_sequential.py,
+    so only the upper end applies). Same shapes as the level tests of test_betting.py,
     whose compiled scans this reuses; aGRAPA runs under `slow`."""
     key = jax.random.key(14)
     xs = jax.random.normal(jax.random.fold_in(key, 0), (STREAMS, 200, 1))
