@@ -48,7 +48,7 @@ def nonfinite(result):
 
 
 def nonfinite_streams(result):
-    """How many streams of a vmapped `kmethods.sequential.SequentialResult` have a NaN wealth
+    """How many streams of a vmapped `kmethods.betting.SequentialResult` have a NaN wealth
     (a +inf wealth is a float32 overflow of a large one, and counts as finite evidence)."""
     import jax.numpy as jnp
 
