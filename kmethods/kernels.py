@@ -38,21 +38,6 @@ from kmethods._checks import as_points, check_positive, positive_int
 from kmethods._numerics import median_distance, safe_sqrt
 from kmethods.pairwise import centring_point, sqdist
 
-__all__ = [
-    "IMQ",
-    "Gaussian",
-    "Kernel",
-    "Laplace",
-    "Linear",
-    "Matern",
-    "Polynomial",
-    "RadialKernel",
-    "ScaledKernel",
-    "Sinc",
-    "SumKernel",
-    "median_bandwidth",
-]
-
 
 class Kernel(eqx.Module):
     """Base class: a positive-definite kernel on R^d, evaluated on single points."""

@@ -172,14 +172,8 @@ def kernel_row_sums(
 
 
 def kernel_sum(
-    kernel,
-    x: Float[Array, "n d"],
-    y: Float[Array, "m d"],
-    *,
-    exclude_diagonal: bool = False,
-    block_size: int | None = None,
+    kernel, x: Float[Array, "n d"], y: Float[Array, "m d"], **options
 ) -> Float[Array, ""]:
-    """sum_{i, j} k(x_i, y_j) (over i != j when `exclude_diagonal`)."""
-    return jnp.sum(
-        kernel_row_sums(kernel, x, y, exclude_diagonal=exclude_diagonal, block_size=block_size)
-    )
+    """sum_{i, j} k(x_i, y_j); `options` as for `kernel_row_sums` (`exclude_diagonal`: over
+    i != j only; `block_size`)."""
+    return jnp.sum(kernel_row_sums(kernel, x, y, **options))
