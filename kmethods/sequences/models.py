@@ -57,6 +57,24 @@ def _check_max_length(max_length):
     return _checks.positive_int(max_length, "max_length")
 
 
+def _init_chain(chain, tables, stop_probability, max_length):
+    """Sets a chain's probability tables ({name: value}, of ranks 1, 2, ... in that order, each
+    of shape (S,) * rank with S read from the first), its stop probability and length cap."""
+    dtype = float_dtype()
+    arrays = {
+        name: _as_probabilities(value, name, rank, dtype)
+        for rank, (name, value) in enumerate(tables.items(), 1)
+    }
+    s = arrays["initial"].shape[0]
+    for rank, (name, arr) in enumerate(arrays.items(), 1):
+        setattr(chain, name, arr)
+        if arr.shape != (s,) * rank:
+            dims = ", ".join([str(s)] * rank)
+            raise ValueError(f"`{name}` must have shape ({dims}), got {arr.shape}.")
+    chain.stop_probability = _check_stop(stop_probability, dtype)
+    chain.max_length = _check_max_length(max_length)
+
+
 def _length_log_prob(length, q, max_length):
     """log P(length) for length - 1 ~ Geometric(q), conditioned on length <= max_length."""
     dtype = q.dtype
@@ -188,16 +206,8 @@ class MarkovChain(_ChainWithStops):
         *,
         max_length: int | None = None,
     ):
-        dtype = float_dtype()
-        self.initial = _as_probabilities(initial, "initial", 1, dtype)
-        self.transition = _as_probabilities(transition, "transition", 2, dtype)
-        s = self.initial.shape[0]
-        if self.transition.shape != (s, s):
-            raise ValueError(
-                f"`transition` must have shape ({s}, {s}), got {self.transition.shape}."
-            )
-        self.stop_probability = _check_stop(stop_probability, dtype)
-        self.max_length = _check_max_length(max_length)
+        tables = {"initial": initial, "transition": transition}
+        _init_chain(self, tables, stop_probability, max_length)
 
     def _path_log_prob(self, x, t, length):
         steps = _safe_log(self.transition)[x[:-1], x[1:]]
@@ -244,19 +254,8 @@ class SecondOrderMarkovChain(_ChainWithStops):
         *,
         max_length: int | None = None,
     ):
-        dtype = float_dtype()
-        self.initial = _as_probabilities(initial, "initial", 1, dtype)
-        self.second = _as_probabilities(second, "second", 2, dtype)
-        self.transition = _as_probabilities(transition, "transition", 3, dtype)
-        s = self.initial.shape[0]
-        if self.second.shape != (s, s):
-            raise ValueError(f"`second` must have shape ({s}, {s}), got {self.second.shape}.")
-        if self.transition.shape != (s, s, s):
-            raise ValueError(
-                f"`transition` must have shape ({s}, {s}, {s}), got {self.transition.shape}."
-            )
-        self.stop_probability = _check_stop(stop_probability, dtype)
-        self.max_length = _check_max_length(max_length)
+        tables = {"initial": initial, "second": second, "transition": transition}
+        _init_chain(self, tables, stop_probability, max_length)
 
     def _path_log_prob(self, x, t, length):
         lp = _safe_log(self.initial)[x[0]]
