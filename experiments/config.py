@@ -371,6 +371,19 @@ def require_at_least(params, names: Sequence[str], minimum: int = 1) -> None:
             raise ConfigError(f"`params.{name}` must be >= {minimum}, got {getattr(params, name)}.")
 
 
+def require_non_empty(params, names: Sequence[str]) -> None:
+    """For a task's `__post_init__`: each named list field of `params` must be non-empty."""
+    if not all(getattr(params, name) for name in names):
+        keys = " and ".join(f"`params.{name}`" for name in names)
+        raise ConfigError(f"{keys} must be non-empty lists.")
+
+
+def require_probability(params, name: str = "alpha") -> None:
+    """For a task's `__post_init__`: the named field of `params` (a level) must lie in (0, 1)."""
+    if not 0.0 < getattr(params, name) < 1.0:
+        raise ConfigError(f"`params.{name}` must lie in (0, 1).")
+
+
 def config_to_dict(cfg) -> dict:
     """A plain nested dict (tuples as lists), ready for YAML or JSON."""
 

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import kmethods as km
-from experiments.config import ConfigError, require_at_least
+from experiments.config import ConfigError, require_at_least, require_probability
 from experiments.plots import binomial_halfwidth, rejection_plot
 from experiments.tasks import nonfinite
 from kmethods import sequences as ks
@@ -103,8 +103,7 @@ class Config:
             raise ConfigError("`params.kernels` must name at least one kernel.")
         require_at_least(self, ("max_length", "num_replicates", "num_bootstrap", "window"))
         require_at_least(self, ("batch_size",))
-        if not 0.0 < self.alpha < 1.0:
-            raise ConfigError("`params.alpha` must lie in (0, 1).")
+        require_probability(self)
 
 
 def make_kernel(name: str) -> ks.SequenceKernel:

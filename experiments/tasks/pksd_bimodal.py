@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import kmethods as km
-from experiments.config import ConfigError, require_at_least
+from experiments.config import ConfigError, require_at_least, require_non_empty, require_probability
 from experiments.plots import binomial_halfwidth, pyplot, style_axis
 from experiments.tasks import nonfinite
 
@@ -84,12 +84,10 @@ class Config:
     def __post_init__(self):
         if self.sample_size < 4:
             raise ConfigError("`params.sample_size` must be >= 4 (ospKSD splits it in two).")
-        if not self.deltas or not self.methods:
-            raise ConfigError("`params.deltas` and `params.methods` must be non-empty lists.")
+        require_non_empty(self, ("deltas", "methods"))
         require_at_least(self, ("dim", "replicates", "batch_size", "num_bootstrap", "num_steps"))
         require_at_least(self, ("num_thetas",))
-        if not 0.0 < self.alpha < 1.0:
-            raise ConfigError("`params.alpha` must lie in (0, 1).")
+        require_probability(self)
         if not 0.0 < self.theta_min <= self.theta_max:
             raise ConfigError("`params.theta_min` must be positive and <= `params.theta_max`.")
         if self.replicates % self.batch_size:

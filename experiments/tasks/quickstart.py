@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 import kmethods as km
-from experiments.config import ConfigError, require_at_least
+from experiments.config import ConfigError, require_at_least, require_probability
 from experiments.plots import rejection_plot
 from experiments.tasks import nonfinite
 
@@ -59,8 +59,7 @@ class Config:
         if not self.sample_sizes or min(self.sample_sizes) < 6:
             raise ConfigError("`params.sample_sizes` must be a non-empty list of n >= 6.")
         require_at_least(self, ("num_replicates", "num_permutations", "dim"))
-        if not 0.0 < self.alpha < 1.0:
-            raise ConfigError("`params.alpha` must lie in (0, 1).")
+        require_probability(self)
         if not self.tests:
             raise ConfigError("`params.tests` must name at least one test.")
 

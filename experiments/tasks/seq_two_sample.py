@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import kmethods as km
-from experiments.config import ConfigError, require_at_least
+from experiments.config import ConfigError, require_at_least, require_non_empty, require_probability
 from experiments.plots import binomial_halfwidth, sequential_rate_plot
 from experiments.tasks import nonfinite_streams
 
@@ -56,11 +56,9 @@ class Config:
     def __post_init__(self):
         if self.num_steps < 2:
             raise ConfigError("`params.num_steps` must be >= 2.")
-        if not self.shifts or not self.bets:
-            raise ConfigError("`params.shifts` and `params.bets` must be non-empty lists.")
+        require_non_empty(self, ("shifts", "bets"))
         require_at_least(self, ("dim", "num_streams"))
-        if not 0.0 < self.alpha < 1.0:
-            raise ConfigError("`params.alpha` must lie in (0, 1).")
+        require_probability(self)
         if self.bandwidth is not None and not self.bandwidth > 0:
             raise ConfigError("`params.bandwidth` must be positive (or null for sqrt(dim)).")
 

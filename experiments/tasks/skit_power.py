@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import kmethods as km
-from experiments.config import ConfigError, require_at_least
+from experiments.config import ConfigError, require_at_least, require_non_empty, require_probability
 from experiments.plots import binomial_halfwidth, sequential_rate_plot
 from experiments.tasks import nonfinite_streams
 from kmethods.betting import DEFAULT_MAX_BET
@@ -74,14 +74,12 @@ class Config:
     def __post_init__(self):
         if self.sample_size < 4:
             raise ConfigError("`params.sample_size` must be >= 4 (two pairs).")
-        if not self.betas or not self.bets:
-            raise ConfigError("`params.betas` and `params.bets` must be non-empty lists.")
+        require_non_empty(self, ("betas", "bets"))
         require_at_least(self, ("num_streams",))
         require_at_least(self, ("reference_streams",), minimum=0)
         if self.reference_streams > self.num_streams:
             raise ConfigError("`params.reference_streams` must be <= `params.num_streams`.")
-        if not 0.0 < self.alpha < 1.0:
-            raise ConfigError("`params.alpha` must lie in (0, 1).")
+        require_probability(self)
 
 
 def gammas(beta: float) -> tuple[float, float]:
