@@ -32,6 +32,20 @@ def _check_sizes(input_size, hidden_size):
             raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
 
 
+def _init_params(key, input_size, hidden_size, dtype, gates, *extra):
+    """A cell's weights (W_ih, W_hh, b), with `gates` blocks of hidden_size rows each, then one
+    parameter per shape in `extra`; all uniform in +-1/sqrt(hidden_size) (PyTorch's
+    initialisation), from one key per parameter."""
+    _check_sizes(input_size, hidden_size)
+    dtype = _dtype(dtype)
+    rows = gates * hidden_size
+    shapes = ((rows, input_size), (rows, hidden_size), (rows,), *extra)
+    keys = jax.random.split(key, len(shapes))
+    return tuple(
+        _uniform(k, shape, hidden_size, dtype) for k, shape in zip(keys, shapes, strict=True)
+    )
+
+
 def _sigmoid_grad(s):
     return s * (1.0 - s)
 
@@ -44,12 +58,8 @@ class ElmanCell(eqx.Module):
     bias: jax.Array  # (H,)
 
     def __init__(self, input_size, hidden_size, *, key, dtype=None):
-        _check_sizes(input_size, hidden_size)
-        dtype = _dtype(dtype)
-        k1, k2, k3 = jax.random.split(key, 3)
-        self.weight_ih = _uniform(k1, (hidden_size, input_size), hidden_size, dtype)
-        self.weight_hh = _uniform(k2, (hidden_size, hidden_size), hidden_size, dtype)
-        self.bias = _uniform(k3, (hidden_size,), hidden_size, dtype)
+        params = _init_params(key, input_size, hidden_size, dtype, 1)
+        self.weight_ih, self.weight_hh, self.bias = params
 
     @property
     def hidden_size(self):
@@ -79,13 +89,8 @@ class GRUCell(eqx.Module):
     bias_hn: jax.Array  # (H,)
 
     def __init__(self, input_size, hidden_size, *, key, dtype=None):
-        _check_sizes(input_size, hidden_size)
-        dtype = _dtype(dtype)
-        k1, k2, k3, k4 = jax.random.split(key, 4)
-        self.weight_ih = _uniform(k1, (3 * hidden_size, input_size), hidden_size, dtype)
-        self.weight_hh = _uniform(k2, (3 * hidden_size, hidden_size), hidden_size, dtype)
-        self.bias = _uniform(k3, (3 * hidden_size,), hidden_size, dtype)
-        self.bias_hn = _uniform(k4, (hidden_size,), hidden_size, dtype)
+        params = _init_params(key, input_size, hidden_size, dtype, 3, (hidden_size,))
+        self.weight_ih, self.weight_hh, self.bias, self.bias_hn = params
 
     @property
     def hidden_size(self):
@@ -132,12 +137,8 @@ class LSTMCell(eqx.Module):
     bias: jax.Array  # (4H,)
 
     def __init__(self, input_size, hidden_size, *, key, dtype=None):
-        _check_sizes(input_size, hidden_size)
-        dtype = _dtype(dtype)
-        k1, k2, k3 = jax.random.split(key, 3)
-        self.weight_ih = _uniform(k1, (4 * hidden_size, input_size), hidden_size, dtype)
-        self.weight_hh = _uniform(k2, (4 * hidden_size, hidden_size), hidden_size, dtype)
-        self.bias = _uniform(k3, (4 * hidden_size,), hidden_size, dtype)
+        params = _init_params(key, input_size, hidden_size, dtype, 4)
+        self.weight_ih, self.weight_hh, self.bias = params
 
     @property
     def hidden_size(self):

@@ -11,13 +11,13 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Inexact
+from jaxtyping import Array, Float, Inexact
 
-from seqmodels._checks import check_positive_int, common_dtype, compute_dtype
+from seqmodels._checks import check_positive_int, common_dtype, compute_dtype, prepare_sequence
 from seqmodels._gla import check_mode, check_qkv, resolve_form
 from seqmodels.parallel import gated_linear_attention_sharded
 
-__all__ = ["gated_linear_attention", "multihead_gated_linear_attention"]
+__all__ = ["gated_heads_call", "gated_linear_attention", "multihead_gated_linear_attention"]
 
 
 def gated_linear_attention(
@@ -104,3 +104,41 @@ def multihead_gated_linear_attention(
         )
     y = jax.vmap(head)(split(q), split(k), split(v), split(log_a))
     return y.swapaxes(0, 1).reshape(length, -1)
+
+
+def gated_heads_call(layer_name: str, default_mode: str) -> Callable:
+    """The `__call__` of a token-mixing layer built on `multihead_gated_linear_attention`
+    (GateLoop, LinearAttention): one body and one public signature for both, with the layer's
+    own default `mode`.
+
+    The layer provides the modules `q` (whose `in_features` is d_model), `gate` and `out`, the
+    static `num_heads`, and `gla_inputs(x) -> (q, k, v, log_a)` for a float32 (or float64)
+    sequence x. The heads' output y is mixed as Re(y) * SiLU(W_g x), projected by W_o.
+    """
+
+    def __call__(
+        self,
+        x: Float[Array, "L d_model"],
+        *,
+        mode: str = default_mode,
+        chunk_size: int = 64,
+        mesh: jax.sharding.Mesh | None = None,
+        axis_name: str = "seq",
+    ) -> Float[Array, "L d_model"]:
+        """Mixes a sequence x of shape (L, d_model); returns (L, d_model) in x's dtype (float16
+        and bfloat16 are computed in float32). With a `mesh`, the time axis is split across
+        `mesh[axis_name]` (sequence parallelism, LASP-2). For a batch, `jax.vmap` it."""
+        x, dtype = prepare_sequence(x, self.q.in_features, layer_name)
+        y = multihead_gated_linear_attention(
+            *self.gla_inputs(x),
+            self.num_heads,
+            mode=mode,
+            chunk_size=chunk_size,
+            mesh=mesh,
+            axis_name=axis_name,
+        )
+        y = jnp.real(y)  # GateLoop's complex states; a real y passes through unchanged
+        return jax.vmap(self.out)(y * jax.nn.silu(jax.vmap(self.gate)(x))).astype(dtype)
+
+    __call__.__qualname__ = f"{layer_name}.__call__"
+    return __call__

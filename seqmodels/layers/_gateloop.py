@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
-from jaxtyping import Array, Float
 
-from seqmodels._checks import head_sizes, prepare_sequence
-from seqmodels.layers._gated_linear_attention import multihead_gated_linear_attention
+from seqmodels._checks import head_sizes
+from seqmodels.layers._gated_linear_attention import gated_heads_call
 
 __all__ = ["GateLoop"]
 
@@ -52,31 +50,10 @@ class GateLoop(eqx.Module):
         self.out = eqx.nn.Linear(inner, d_model, use_bias=False, key=keys[6])
         self.num_heads, self.head_dim = num_heads, head_dim
 
-    def __call__(
-        self,
-        x: Float[Array, "L d_model"],
-        *,
-        mode: str = "parallel",
-        chunk_size: int = 64,
-        mesh: jax.sharding.Mesh | None = None,
-        axis_name: str = "seq",
-    ) -> Float[Array, "L d_model"]:
-        """Mixes a sequence x of shape (L, d_model); returns (L, d_model) in x's dtype (float16
-        and bfloat16 are computed in float32). With a `mesh`, the time axis is split across
-        `mesh[axis_name]` (sequence parallelism, LASP-2). For a batch, `jax.vmap` it."""
-        x, dtype = prepare_sequence(x, self.q.in_features, "GateLoop")
+    __call__ = gated_heads_call("GateLoop", default_mode="parallel")
+
+    def gla_inputs(self, x):
+        """(q, k, v, log_a) of a float32 sequence x, with log_a = log sigmoid(W_m x) + i W_phi x."""
         proj = lambda layer: jax.vmap(layer)(x)
         log_a = jax.lax.complex(jax.nn.log_sigmoid(proj(self.magnitude)), proj(self.phase))
-        y = multihead_gated_linear_attention(
-            proj(self.q),
-            proj(self.k),
-            proj(self.v),
-            log_a,
-            self.num_heads,
-            mode=mode,
-            chunk_size=chunk_size,
-            mesh=mesh,
-            axis_name=axis_name,
-        )
-        y = jnp.real(y)
-        return jax.vmap(self.out)(y * jax.nn.silu(jax.vmap(self.gate)(x))).astype(dtype)
+        return proj(self.q), proj(self.k), proj(self.v), log_a

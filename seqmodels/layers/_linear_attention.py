@@ -6,10 +6,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
 
-from seqmodels._checks import head_sizes, prepare_sequence
-from seqmodels.layers._gated_linear_attention import multihead_gated_linear_attention
+from seqmodels._checks import head_sizes
+from seqmodels.layers._gated_linear_attention import gated_heads_call
 
 __all__ = ["LinearAttention"]
 
@@ -55,30 +54,11 @@ class LinearAttention(eqx.Module):
         self.log_decay = tuple(float(g) for g in np.log(gammas))
         self.num_heads, self.head_dim = num_heads, head_dim
 
-    def __call__(
-        self,
-        x: Float[Array, "L d_model"],
-        *,
-        mode: str = "chunkwise",
-        chunk_size: int = 64,
-        mesh: jax.sharding.Mesh | None = None,
-        axis_name: str = "seq",
-    ) -> Float[Array, "L d_model"]:
-        """Mixes a sequence x of shape (L, d_model); returns (L, d_model) in x's dtype (float16
-        and bfloat16 are computed in float32). With a `mesh`, the time axis is split across
-        `mesh[axis_name]` (sequence parallelism, LASP-2). For a batch, `jax.vmap` it."""
-        x, dtype = prepare_sequence(x, self.q.in_features, "LinearAttention")
+    __call__ = gated_heads_call("LinearAttention", default_mode="chunkwise")
+
+    def gla_inputs(self, x):
+        """(q / sqrt(head_dim), k, v, log_a) of a float32 sequence x, with log_a each head's
+        fixed log decay."""
         q, k, v = (jax.vmap(layer)(x) for layer in (self.q, self.k, self.v))
         per_column = jnp.repeat(jnp.asarray(self.log_decay, q.dtype), self.head_dim)
-        y = multihead_gated_linear_attention(
-            q / np.sqrt(self.head_dim),
-            k,
-            v,
-            jnp.broadcast_to(per_column, q.shape),
-            self.num_heads,
-            mode=mode,
-            chunk_size=chunk_size,
-            mesh=mesh,
-            axis_name=axis_name,
-        )
-        return jax.vmap(self.out)(y * jax.nn.silu(jax.vmap(self.gate)(x))).astype(dtype)
+        return q / np.sqrt(self.head_dim), k, v, jnp.broadcast_to(per_column, q.shape)
