@@ -121,11 +121,18 @@ def _skit_step(
     bettor: Bettor,
     log_threshold,
 ) -> BettingState:
-    x_pair = step_points(x_pair, state.witness.x, 2)
-    y_pair = step_points(y_pair, state.witness.y, 2)
-    payoff, witness = hsic_update(state.witness, x_pair, y_pair, kernel_x, kernel_y)
-    new = advance(state, witness, payoff, all_finite(x_pair, y_pair), log_threshold, bettor)
-    return guard_capacity(state, new, 2)
+    update = lambda witness, x, y: hsic_update(witness, x, y, kernel_x, kernel_y)
+    return _bet_step(state, x_pair, y_pair, 2, update, bettor, log_threshold)
+
+
+def _bet_step(state, x, y, points, update, bettor, log_threshold) -> BettingState:
+    """One step of a betting test reading `points` new points of each sample:
+    `update(witness, x, y) -> (payoff, witness)` is the test's own payoff."""
+    x = step_points(x, state.witness.x, points)
+    y = step_points(y, state.witness.y, points)
+    payoff, witness = update(state.witness, x, y)
+    new = advance(state, witness, payoff, all_finite(x, y), log_threshold, bettor)
+    return guard_capacity(state, new, points)
 
 
 def _stream(x, y, *, min_length: int, what: str):
@@ -260,11 +267,8 @@ def _mmd_step(
     bettor: Bettor,
     log_threshold,
 ) -> BettingState:
-    x_new = step_points(x_new, state.witness.x, 1)
-    y_new = step_points(y_new, state.witness.y, 1)
-    payoff, witness = mmd_update(state.witness, x_new, y_new, kernel)
-    new = advance(state, witness, payoff, all_finite(x_new, y_new), log_threshold, bettor)
-    return guard_capacity(state, new, 1)
+    update = lambda witness, x, y: mmd_update(witness, x, y, kernel)
+    return _bet_step(state, x_new, y_new, 1, update, bettor, log_threshold)
 
 
 def mmd_betting_test(
