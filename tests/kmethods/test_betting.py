@@ -371,24 +371,26 @@ def _max_rejections(streams, alpha=ALPHA):
     return stats.binom.ppf(0.99, streams, alpha)
 
 
-@pytest.mark.parametrize("bet", ["ons", "agrapa"])
-def test_skit_level_under_continuous_monitoring(bet):
-    key = jax.random.key(11)
-    xs = jax.random.normal(jax.random.fold_in(key, 0), (LEVEL_STREAMS, 200, 1))
-    ys = jax.random.normal(jax.random.fold_in(key, 1), (LEVEL_STREAMS, 200, 1))
-    kx = km.Gaussian(1.0)
-    res = jax.vmap(lambda x, y: km.skit(key, x, y, kx, kx, bet=bet))(xs, ys)
-    _assert_stopping_consistent(res, ALPHA)
-    assert int(np.sum(res.reject)) <= _max_rejections(LEVEL_STREAMS)
+_KX = km.Gaussian(1.0)
+# test name -> (seed, dimension, run(key, x, y, bet)), the test under independent data.
+_LEVEL_CASES = {
+    "skit": (11, 1, lambda key, x, y, bet: km.skit(key, x, y, _KX, _KX, bet=bet)),
+    "mmd_betting": (
+        12,
+        2,
+        lambda key, x, y, bet: km.mmd_betting_test(key, x, y, km.Gaussian(1.5), bet=bet),
+    ),
+}
 
 
 @pytest.mark.parametrize("bet", ["ons", "agrapa"])
-def test_mmd_betting_level_under_continuous_monitoring(bet):
-    key = jax.random.key(12)
-    xs = jax.random.normal(jax.random.fold_in(key, 0), (LEVEL_STREAMS, 200, 2))
-    ys = jax.random.normal(jax.random.fold_in(key, 1), (LEVEL_STREAMS, 200, 2))
-    kernel = km.Gaussian(1.5)
-    res = jax.vmap(lambda x, y: km.mmd_betting_test(key, x, y, kernel, bet=bet))(xs, ys)
+@pytest.mark.parametrize("test", list(_LEVEL_CASES))
+def test_level_under_continuous_monitoring(test, bet):
+    seed, dim, run = _LEVEL_CASES[test]
+    key = jax.random.key(seed)
+    xs = jax.random.normal(jax.random.fold_in(key, 0), (LEVEL_STREAMS, 200, dim))
+    ys = jax.random.normal(jax.random.fold_in(key, 1), (LEVEL_STREAMS, 200, dim))
+    res = jax.vmap(lambda x, y: run(key, x, y, bet))(xs, ys)
     _assert_stopping_consistent(res, ALPHA)
     assert int(np.sum(res.reject)) <= _max_rejections(LEVEL_STREAMS)
 

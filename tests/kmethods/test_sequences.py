@@ -480,16 +480,10 @@ def test_statistics_and_bootstrap_nulls_match_dense_formulas_and_compile_once(x6
         ks.ksd2_seq(seqs, lengths, model.log_prob, kernel, **opts), u_stat, rtol=1e-10
     )
     key = jax.random.key(8)
-    res = km.ksd_seq_test(
-        key,
-        seqs,
-        lengths,
-        model.log_prob,
-        kernel,
-        num_bootstrap=30,
-        bootstrap="multinomial",
-        **opts,
+    test = functools.partial(
+        km.ksd_seq_test, key, seqs, lengths, model.log_prob, kernel, num_bootstrap=30, **opts
     )
+    res = test(bootstrap="multinomial")
     draws = jax.jit(multinomial_weights, static_argnums=(1, 2, 3))
     w = np.asarray(draws(key, n, 30, jnp.float64)) - 1 / n
     h_off = h - np.diag(np.diag(h))
@@ -498,17 +492,7 @@ def test_statistics_and_bootstrap_nulls_match_dense_formulas_and_compile_once(x6
         res.null_samples, np.einsum("bi,ij,bj->b", w, h_off, w), rtol=1e-9, atol=1e-14
     )
     assert res.p_value == (1 + np.sum(np.asarray(res.null_samples) >= u_stat)) / 31
-    wild = km.ksd_seq_test(
-        key,
-        seqs,
-        lengths,
-        model.log_prob,
-        kernel,
-        num_bootstrap=30,
-        bootstrap="wild",
-        flip_probability=0.3,
-        **opts,
-    )
+    wild = test(bootstrap="wild", flip_probability=0.3)
     # Each wild draw is s^T H s / n^2 for one of the 2^n sign vectors s (all enumerated).
     signs = np.array(list(itertools.product((-1.0, 1.0), repeat=n)))
     forms = np.einsum("bi,ij,bj->b", signs, h, signs) / n**2
