@@ -50,7 +50,21 @@ def _sigmoid_grad(s):
     return s * (1.0 - s)
 
 
-class ElmanCell(eqx.Module):
+class _WeightedCell(eqx.Module):
+    """What the weighted cells share: a bias b of `_num_gates` blocks of hidden_size rows, and a
+    zero initial hidden state."""
+
+    _num_gates = 1
+
+    @property
+    def hidden_size(self):
+        return self.bias.shape[0] // self._num_gates
+
+    def init_state(self):
+        return jnp.zeros(self.hidden_size, self.bias.dtype)
+
+
+class ElmanCell(_WeightedCell):
     """Elman (tanh) RNN: h' = tanh(W_hh h + W_ih x + b) (Elman, 1990)."""
 
     weight_ih: jax.Array  # (H, D)
@@ -58,15 +72,8 @@ class ElmanCell(eqx.Module):
     bias: jax.Array  # (H,)
 
     def __init__(self, input_size, hidden_size, *, key, dtype=None):
-        params = _init_params(key, input_size, hidden_size, dtype, 1)
+        params = _init_params(key, input_size, hidden_size, dtype, self._num_gates)
         self.weight_ih, self.weight_hh, self.bias = params
-
-    @property
-    def hidden_size(self):
-        return self.bias.shape[0]
-
-    def init_state(self):
-        return jnp.zeros(self.hidden_size, self.bias.dtype)
 
     def __call__(self, h, x):
         return jnp.tanh(self.weight_hh @ h + self.weight_ih @ x + self.bias)
@@ -76,7 +83,7 @@ class ElmanCell(eqx.Module):
         return (1.0 - out * out) * jnp.diagonal(self.weight_hh)
 
 
-class GRUCell(eqx.Module):
+class GRUCell(_WeightedCell):
     """Gated recurrent unit (Cho et al., 2014), in the cuDNN / PyTorch form:
 
     r = sigma(W_ir x + W_hr h + b_r), z = sigma(W_iz x + W_hz h + b_z),
@@ -87,17 +94,11 @@ class GRUCell(eqx.Module):
     weight_hh: jax.Array  # (3H, H)
     bias: jax.Array  # (3H,): b_r, b_z, b_in
     bias_hn: jax.Array  # (H,)
+    _num_gates = 3
 
     def __init__(self, input_size, hidden_size, *, key, dtype=None):
-        params = _init_params(key, input_size, hidden_size, dtype, 3, (hidden_size,))
+        params = _init_params(key, input_size, hidden_size, dtype, self._num_gates, (hidden_size,))
         self.weight_ih, self.weight_hh, self.bias, self.bias_hn = params
-
-    @property
-    def hidden_size(self):
-        return self.bias_hn.shape[0]
-
-    def init_state(self):
-        return jnp.zeros(self.hidden_size, self.bias.dtype)
 
     def _gates(self, h, x):
         size = self.hidden_size
@@ -125,7 +126,7 @@ class GRUCell(eqx.Module):
         return (1.0 - z) * dn + z + (h - n) * dz
 
 
-class LSTMCell(eqx.Module):
+class LSTMCell(_WeightedCell):
     """Long short-term memory (Hochreiter & Schmidhuber, 1997) with forget gate; state (h, c):
 
     i, f, g, o = sigma, sigma, tanh, sigma of (W_i x + W_h h + b) in four blocks,
@@ -135,17 +136,14 @@ class LSTMCell(eqx.Module):
     weight_ih: jax.Array  # (4H, D): rows i, f, g, o
     weight_hh: jax.Array  # (4H, H)
     bias: jax.Array  # (4H,)
+    _num_gates = 4
 
     def __init__(self, input_size, hidden_size, *, key, dtype=None):
-        params = _init_params(key, input_size, hidden_size, dtype, 4)
+        params = _init_params(key, input_size, hidden_size, dtype, self._num_gates)
         self.weight_ih, self.weight_hh, self.bias = params
 
-    @property
-    def hidden_size(self):
-        return self.bias.shape[0] // 4
-
     def init_state(self):
-        zeros = jnp.zeros(self.hidden_size, self.bias.dtype)
+        zeros = super().init_state()
         return zeros, zeros
 
     def _gates(self, h, c, x):

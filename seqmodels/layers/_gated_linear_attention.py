@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Inexact
@@ -17,7 +18,12 @@ from seqmodels._checks import check_positive_int, common_dtype, compute_dtype, p
 from seqmodels._gla import check_mode, check_qkv, resolve_form
 from seqmodels.parallel import gated_linear_attention_sharded
 
-__all__ = ["gated_heads_call", "gated_linear_attention", "multihead_gated_linear_attention"]
+__all__ = [
+    "gated_heads_call",
+    "gated_linear_attention",
+    "multihead_gated_linear_attention",
+    "qkv_projections",
+]
 
 
 def gated_linear_attention(
@@ -104,6 +110,12 @@ def multihead_gated_linear_attention(
         )
     y = jax.vmap(head)(split(q), split(k), split(v), split(log_a))
     return y.swapaxes(0, 1).reshape(length, -1)
+
+
+def qkv_projections(d_model: int, inner: int, keys) -> tuple[eqx.nn.Linear, ...]:
+    """The bias-free query, key and value projections d_model -> inner of a layer built on
+    `multihead_gated_linear_attention`, from keys[0], keys[1] and keys[2]."""
+    return tuple(eqx.nn.Linear(d_model, inner, use_bias=False, key=k) for k in keys[:3])
 
 
 def gated_heads_call(layer_name: str, default_mode: str) -> Callable:

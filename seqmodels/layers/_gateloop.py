@@ -6,7 +6,7 @@ import equinox as eqx
 import jax
 
 from seqmodels._checks import head_sizes
-from seqmodels.layers._gated_linear_attention import gated_heads_call
+from seqmodels.layers._gated_linear_attention import gated_heads_call, qkv_projections
 
 __all__ = ["GateLoop"]
 
@@ -41,9 +41,7 @@ class GateLoop(eqx.Module):
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None, *, key):
         num_heads, head_dim, inner = head_sizes(d_model, num_heads, head_dim)
         keys = jax.random.split(key, 7)
-        self.q = eqx.nn.Linear(d_model, inner, use_bias=False, key=keys[0])
-        self.k = eqx.nn.Linear(d_model, inner, use_bias=False, key=keys[1])
-        self.v = eqx.nn.Linear(d_model, inner, use_bias=False, key=keys[2])
+        self.q, self.k, self.v = qkv_projections(d_model, inner, keys)
         self.magnitude = eqx.nn.Linear(d_model, inner, key=keys[3])
         self.phase = eqx.nn.Linear(d_model, inner, key=keys[4])
         self.gate = eqx.nn.Linear(d_model, inner, key=keys[5])

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqmodels._checks import head_sizes
-from seqmodels.layers._gated_linear_attention import gated_heads_call
+from seqmodels.layers._gated_linear_attention import gated_heads_call, qkv_projections
 
 __all__ = ["LinearAttention"]
 
@@ -45,9 +45,7 @@ class LinearAttention(eqx.Module):
     ):
         num_heads, head_dim, inner = head_sizes(d_model, num_heads, head_dim)
         keys = jax.random.split(key, 5)
-        self.q = eqx.nn.Linear(d_model, inner, use_bias=False, key=keys[0])
-        self.k = eqx.nn.Linear(d_model, inner, use_bias=False, key=keys[1])
-        self.v = eqx.nn.Linear(d_model, inner, use_bias=False, key=keys[2])
+        self.q, self.k, self.v = qkv_projections(d_model, inner, keys)
         self.gate = eqx.nn.Linear(d_model, inner, key=keys[3])
         self.out = eqx.nn.Linear(inner, d_model, use_bias=False, key=keys[4])
         gammas = 1.0 - 2.0 ** (-5.0 - np.arange(num_heads)) if decay else np.ones(num_heads)
