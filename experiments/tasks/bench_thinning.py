@@ -340,8 +340,11 @@ def _plot(records, ctx):
             )
         for row, label in ((0, "seconds (warm)"), (1, "MMD to the input")):
             ax = axes[row, col]
-            drawn = bool(ax.get_legend_handles_labels()[0])
-            style_axis(ax, "n", label, f"d = {d}", xlog=10, ylog=10, legend=drawn)
+            # Lines with no points (a method that measured nothing) still have legend handles.
+            drawn = any(len(line.get_xdata()) for line in ax.get_lines())
+            # An empty axis cannot be log-scaled (matplotlib refuses at savefig).
+            scale = 10 if drawn else None
+            style_axis(ax, "n", label, f"d = {d}", xlog=scale, ylog=scale, legend=drawn)
             if not drawn:  # e.g. no MMD evaluated (every n above `mmd_max_n`)
                 ax.text(0.5, 0.5, "nothing measured", ha="center", transform=ax.transAxes)
     ctx.save_figure(fig, "thinning")

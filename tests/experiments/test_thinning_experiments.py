@@ -55,3 +55,25 @@ def test_bench_thinning_tiny_run(tmp_path):
     assert record["kseq_peak_mb"] >= record["kseq_peak_over_base_mb"] > 0
     assert (run_dir / "plots" / "thinning.png").is_file()
     assert "gp_matrix_ratio_warm" in show_run(run_dir)  # records render as one table
+
+
+def test_bench_thinning_plot_with_no_mmd_measured(tmp_path):
+    # Every n above `mmd_max_n`: the MMD axis has labelled but empty lines, which matplotlib
+    # refused to log-scale at savefig (the run then failed after all its work).
+    from experiments.tasks import bench_thinning
+
+    records = [
+        {"d": 2, "method": m, "n": 1024, "kseq_warm_s": 0.01, "kseq_mmd": None}
+        for m in ("kt", "compresspp")
+    ]
+    records[1]["gp_compresspp_kt"] = {"s": 0.03, "mmd": None}
+    saved = []
+
+    class Context:
+        def save_figure(self, fig, name):
+            path = tmp_path / f"{name}.png"
+            fig.savefig(path)
+            saved.append(path)
+
+    bench_thinning._plot(records, Context())
+    assert saved and saved[0].stat().st_size > 0
