@@ -36,13 +36,34 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, int):
         return obj
     if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
+        return _shortest(float(obj), narrow=float(np.float32(obj)) == obj)
     if hasattr(obj, "__array__") or isinstance(obj, np.generic):
         arr = host_array(obj)
+        if arr.dtype.kind == "f":
+            return _floats(arr.tolist(), narrow=arr.dtype.itemsize < 8)
         if arr.ndim == 0:
             return to_jsonable(arr.item())
         return [to_jsonable(v) for v in arr.tolist()]
     return str(obj)
+
+
+def _floats(values, *, narrow: bool):
+    """A float array's nested lists (or scalar), each entry at its own precision."""
+    if isinstance(values, list):
+        return [_floats(v, narrow=narrow) for v in values]
+    return _shortest(float(values), narrow=narrow)
+
+
+def _shortest(value: float, *, narrow: bool) -> float | None:
+    """`value` in the shortest decimal form that round-trips at its own precision: a float32
+    value (a float32 array's entry, or a Python float that is exactly one, as `float()` of a
+    float32 result is) is written as float32's shortest repr, 0.65 rather than
+    0.6500000357627869. Non-finite values become None (JSON has no NaN)."""
+    if not math.isfinite(value):
+        return None
+    if narrow:
+        return float(str(np.float32(value)))
+    return value
 
 
 def _umask() -> int:

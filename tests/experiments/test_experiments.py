@@ -290,3 +290,42 @@ def test_nonfinite_counts_what_a_task_reports():
         wealth=jnp.array([[1.0, 2.0], [1.0, nan], [1.0, inf]]),
     )
     assert nonfinite_streams(streams) == 1
+
+
+def _significant_digits(value: float) -> int:
+    mantissa = repr(value).lower().split("e")[0].replace("-", "").replace(".", "")
+    return len(mantissa.strip("0")) or 1
+
+
+def _floats_in(tree):
+    if isinstance(tree, dict):
+        for v in tree.values():
+            yield from _floats_in(v)
+    elif isinstance(tree, list):
+        for v in tree:
+            yield from _floats_in(v)
+    elif isinstance(tree, float):
+        yield tree
+
+
+def test_results_floats_are_written_at_their_own_precision(tmp_path):
+    import jax.numpy as jnp
+
+    from experiments.files import to_jsonable
+
+    # float() of a float32 result used to be written as 0.6500000357627869.
+    values = {
+        "rate": float(jnp.float32(13) / jnp.float32(20)),
+        "array": jnp.array([0.05, 0.65], jnp.float32),
+        "scalar": jnp.float32(0.05),
+        "exact64": 1.0 / 3.0,
+        "nan": float("nan"),
+    }
+    out = to_jsonable(values)
+    assert out["rate"] == 0.65 and out["array"] == [0.05, 0.65] and out["scalar"] == 0.05
+    assert out["exact64"] == 1.0 / 3.0 and out["nan"] is None
+    # A whole quickstart run: no float in results.json has more than 9 significant digits.
+    cfg = load_config("configs/quickstart.yaml", [*TINY, "params.num_replicates=20"])
+    results = json.loads((run_experiment(cfg, tmp_path, quiet=True) / "results.json").read_text())
+    floats = list(_floats_in(results))
+    assert floats and max(_significant_digits(f) for f in floats) <= 9, floats
