@@ -36,7 +36,7 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, int):
         return obj
     if isinstance(obj, float):
-        return _shortest(float(obj), narrow=float(np.float32(obj)) == obj)
+        return _shortest(float(obj), narrow=_is_float32(obj))
     if hasattr(obj, "__array__") or isinstance(obj, np.generic):
         arr = host_array(obj)
         if arr.dtype.kind == "f":
@@ -45,6 +45,13 @@ def to_jsonable(obj: Any) -> Any:
             return to_jsonable(arr.item())
         return [to_jsonable(v) for v in arr.tolist()]
     return str(obj)
+
+
+def _is_float32(value: float) -> bool:
+    """Whether a Python float is exactly a float32 value (as `float()` of a float32 result is);
+    values beyond float32's range are not (and casting them would warn of an overflow)."""
+    finite32 = math.isfinite(value) and abs(value) <= float(np.finfo(np.float32).max)
+    return finite32 and float(np.float32(value)) == value
 
 
 def _floats(values, *, narrow: bool):

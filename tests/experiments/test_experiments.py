@@ -320,8 +320,10 @@ def test_results_floats_are_written_at_their_own_precision(tmp_path):
         "scalar": jnp.float32(0.05),
         "exact64": 1.0 / 3.0,
         "nan": float("nan"),
+        "huge": 1e300,  # beyond float32: written as is, without an overflow warning
     }
     out = to_jsonable(values)
+    assert out["huge"] == 1e300
     assert out["rate"] == 0.65 and out["array"] == [0.05, 0.65] and out["scalar"] == 0.05
     assert out["exact64"] == 1.0 / 3.0 and out["nan"] is None
     # A whole quickstart run: no float in results.json has more than 9 significant digits.
