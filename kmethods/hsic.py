@@ -112,9 +112,11 @@ def hsic_test(
 
     `null="permutation"`: the statistic is `hsic(x, y, ..., unbiased=unbiased)`, recomputed with
     y's rows permuted. Each permuted statistic is a sum sum_ij A_ij B_{p_i p_j} of two fixed
-    n x n matrices (A = HKH, B = L for the biased HSIC; the zero-diagonal K~, L~ for the
-    unbiased one), evaluated on the upper triangle only with one flat gather per permutation,
-    permutations batched. This is the one place where n x n matrices are stored (2n^2 floats):
+    n x n matrices (A = HKH, B = HLH for the biased HSIC; for the unbiased one K~, L~ with zero
+    diagonals, their off-diagonal means subtracted, which the statistic does not see),
+    evaluated on the upper triangle only with one flat gather per permutation, permutations
+    batched; the observed statistic is the identity permutation in the same batch. This is
+    the one place where n x n matrices are stored (2n^2 floats):
     recomputing the kernel for every permutation would cost B n^2 kernel evaluations instead
     of B n^2 / 2 gathers.
 
