@@ -48,11 +48,19 @@ def as_points(x, name: str, *, min_points: int = 2) -> jax.Array:
     return x
 
 
+def compute_dtype(dtype):
+    """float32 for a float narrower than it (float16, bfloat16), else `dtype`: what sums of
+    O(n^2) terms are accumulated in."""
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+        return jnp.dtype(jnp.float32)
+    return dtype
+
+
 def at_least_float32(x):
-    """`x` cast to float32 when it is a narrower float (float16, bfloat16), else unchanged."""
-    if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32:
-        return x.astype(jnp.float32)
-    return x
+    """`x` cast to its `compute_dtype` (float32 for float16, bfloat16), else unchanged."""
+    dtype = compute_dtype(x.dtype)
+    return x if dtype == x.dtype else x.astype(dtype)
 
 
 def promote(*arrays):

@@ -175,9 +175,7 @@ def float_dtype(dtype):
         raise TypeError(f"`dtype` must be a floating dtype, got {dtype!r}.") from None
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"`dtype` must be a floating dtype, got {dtype}.")
-    if jnp.finfo(dtype).bits < 32:
-        dtype = jnp.dtype(jnp.float32)
-    return dtype
+    return _checks.compute_dtype(dtype)
 
 
 # ------------------------------------------------------------------------------- history
