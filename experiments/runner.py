@@ -76,16 +76,17 @@ def _now() -> str:
     return _dt.datetime.now().isoformat(timespec="seconds")
 
 
-def new_run_dir(out_root: str | os.PathLike, name: str) -> pathlib.Path:
-    """A fresh `<out_root>/<name>/<timestamp>[-i]/`, made by process 0; its path is broadcast,
-    so every process of a distributed run uses process 0's folder.
+def new_run_dir(out_root: str | os.PathLike, name: str, *, leaf: str | None = None) -> pathlib.Path:
+    """A fresh `<out_root>/<name>/<timestamp>[-i]/` (`<leaf>[-i]` when `leaf` is given: a
+    sweep names its folders), made by process 0; its path is broadcast, so every process of a
+    distributed run uses process 0's folder.
 
     Collision-free: the folder is claimed by `mkdir` itself (which fails when another run made
     it first, even a moment ago), then `-1`, `-2`, ... are tried; checking for it beforehand
     would leave a race between two runs started in the same second."""
     run_dir, failure = None, None
     if is_writer():
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        stamp = leaf or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         base = pathlib.Path(out_root) / name
         try:
             base.mkdir(parents=True, exist_ok=True)
@@ -136,9 +137,14 @@ def check_requirements(name: str, task: types.ModuleType) -> None:
 
 
 def run_experiment(
-    cfg: RunConfig, out_root: str | os.PathLike = "runs", *, quiet: bool = False
+    cfg: RunConfig,
+    out_root: str | os.PathLike = "runs",
+    *,
+    quiet: bool = False,
+    leaf: str | None = None,
 ) -> pathlib.Path:
-    """Runs `cfg`'s task into a fresh `<out_root>/<name>/<timestamp>/` and returns that folder.
+    """Runs `cfg`'s task into a fresh `<out_root>/<name>/<timestamp>/` and returns that folder
+    (`<out_root>/<name>/<leaf>/` when `leaf` is given, as a sweep names its runs).
 
     The folder is made only after every check (config, packages, devices) has passed. Ctrl-C
     raises `RunInterrupted`, which names the folder to resume."""
@@ -146,7 +152,7 @@ def run_experiment(
     run_dir = None
     try:
         with interruptible():
-            run_dir = new_run_dir(out_root, cfg.name)
+            run_dir = new_run_dir(out_root, cfg.name, leaf=leaf)
             started = _now()
             if is_writer():
                 record = {"started": started, "config": resolved_dict(cfg)}
