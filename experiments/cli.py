@@ -35,7 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an experiment config")
     run.add_argument(
-        "config", nargs="?", help="path to a YAML config, e.g. configs/quickstart.yaml"
+        "config",
+        nargs="?",
+        help="a YAML config: a file, or a packaged config's name (e.g. quickstart; kseq list)",
     )
     run.add_argument(
         "--resume",
@@ -54,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     lst = sub.add_parser("list", help="list the experiment configs")
-    lst.add_argument("--dir", default="configs", help="folder of configs (default: configs)")
+    lst.add_argument("--dir", help="a folder of configs (default: the packaged configs)")
     show = sub.add_parser("show", help="print a finished run's results")
     show.add_argument("run_dir")
     return p
@@ -102,6 +104,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)  # usage errors: argparse prints them and exits 2
     from experiments.config import ConfigError, load_config
     from experiments.errors import RunError
+    from experiments.packaged import check_package
 
     expected_errors: tuple[type[BaseException], ...] = (
         OSError,  # a read-only or missing path, a file in the way, a full disk
@@ -111,6 +114,7 @@ def main(argv=None) -> int:
         yaml.YAMLError,
     )
     try:
+        check_package()  # a folder named experiments/ in the working directory shadows ours
         if args.command == "run":
             from experiments.runner import resume_experiment, run_experiment
 
@@ -124,7 +128,9 @@ def main(argv=None) -> int:
                 run_dir = run_experiment(cfg, args.out, quiet=args.quiet)
             print(run_dir)
         elif args.command == "list":
-            print(list_configs(args.dir))
+            from experiments.packaged import config_folder
+
+            print(list_configs(args.dir or config_folder()))
         elif args.command == "show":
             from experiments.show import show_run
 

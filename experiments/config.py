@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import pathlib
 import types
 import typing
 from collections.abc import Sequence
@@ -195,11 +194,13 @@ def check_folder_name(name: str, key: str) -> None:
         )
 
 
-def load_config(path, overrides: Sequence[str] = ()) -> RunConfig:
-    """Reads a YAML config, applies `key=value` overrides and validates it against the schema."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+def load_config(path_or_name, overrides: Sequence[str] = ()) -> RunConfig:
+    """Reads a YAML config, a file or a packaged config by name (`quickstart`: see
+    `experiments.packaged.find_config`), applies `key=value` overrides and validates it against
+    the schema."""
+    from experiments.packaged import find_config
+
+    path = find_config(path_or_name)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
