@@ -119,7 +119,8 @@ def ons(max_bet: float = DEFAULT_MAX_BET["ons"]) -> Bettor:
     """The online Newton step bettor (Cutkosky & Orabona 2018).
 
     Args:
-      max_bet: truncation of the betting fraction, a Python float in (0, 1).
+      max_bet: the largest fraction staked, a Python float in (0, 1): each ONS step's fraction
+        is clipped to [0, max_bet].
 
     Returns:
       A `Bettor` over an `OnsState`.
@@ -137,7 +138,8 @@ def agrapa(max_bet: float = DEFAULT_MAX_BET["agrapa"]) -> Bettor:
     """The aGRAPA bettor (Waudby-Smith & Ramdas 2023), with the SKIT code's pseudo-observation.
 
     Args:
-      max_bet: truncation of the betting fraction, a Python float in (0, 1).
+      max_bet: the largest fraction staked, a Python float in (0, 1): the ratio of the payoff
+        means is clipped to [0, max_bet].
 
     Returns:
       A `Bettor` over an `AgrapaState`.

@@ -58,9 +58,9 @@ class BettingState(NamedTuple):
 
     Attributes:
       witness: the test's history (`HsicWitness` for SKIT, `MmdWitness` for the two-sample test).
+      payoff: the latest payoff f_t in [-1, 1] that the witness gave (0 before the first step).
       bettor: the betting strategy's state (`OnsState`, `AgrapaState`, ...).
-      log_wealth: log W_t (0 before the first step).
-      payoff: the latest payoff f_t in [-1, 1] (0 before the first step).
+      log_wealth: log W_t, the wealth its bets made (0 before the first step).
       step: t, the number of steps taken (int32).
       rejected: whether W_s >= 1/alpha at some s <= t (False once the wealth is NaN).
       stopping_time: tau ∧ t (int32), see `SequentialResult`.
@@ -70,9 +70,9 @@ class BettingState(NamedTuple):
     """
 
     witness: Any
+    payoff: Float[Array, ""]
     bettor: Any
     log_wealth: Float[Array, ""]
-    payoff: Float[Array, ""]
     step: Int[Array, ""]
     rejected: Bool[Array, ""]
     stopping_time: Int[Array, ""]
@@ -82,6 +82,20 @@ class BettingState(NamedTuple):
     def wealth(self) -> Float[Array, ""]:
         """W_t (NaN once the test is void: non-finite data or a step past the capacity)."""
         return jnp.exp(self.log_wealth)
+
+
+class StepSpec(NamedTuple):
+    """What one step of a test reads, as its witness type's `STEP` (static class data).
+
+    Attributes:
+      points: new points of each sample per step (2 for SKIT's pairs, 1 for the two-sample test).
+      names: the step's argument names for x and y, for `checked`'s errors.
+      capacity_name: the `init` argument that sets the history's capacity, likewise.
+    """
+
+    points: int
+    names: tuple[str, str]
+    capacity_name: str
 
 
 class SequentialTest(NamedTuple):
@@ -112,7 +126,16 @@ def initial_state(witness, bettor: Bettor, dtype) -> BettingState:
     zero = jnp.zeros((), dtype)
     zero_int = jnp.zeros((), jnp.int32)
     false = jnp.bool_(False)
-    return BettingState(witness, bettor.init(dtype), zero, zero, zero_int, false, zero_int, false)
+    return BettingState(
+        witness=witness,
+        payoff=zero,
+        bettor=bettor.init(dtype),
+        log_wealth=zero,
+        step=zero_int,
+        rejected=false,
+        stopping_time=zero_int,
+        overflow=false,
+    )
 
 
 def advance(state: BettingState, witness, payoff, finite, log_threshold, bettor: Bettor):
@@ -131,8 +154,14 @@ def advance(state: BettingState, witness, payoff, finite, log_threshold, bettor:
     crossed = log_wealth >= jnp.asarray(log_threshold).astype(log_wealth.dtype)
     rejected = (state.rejected | crossed) & valid
     stopping_time = jnp.where(state.rejected & valid, state.stopping_time, step)
-    return BettingState(
-        witness, bettor_state, log_wealth, payoff, step, rejected, stopping_time, state.overflow
+    return state._replace(
+        witness=witness,
+        payoff=payoff,
+        bettor=bettor_state,
+        log_wealth=log_wealth,
+        step=step,
+        rejected=rejected,
+        stopping_time=stopping_time,
     )
 
 
@@ -286,25 +315,24 @@ def checked(test: SequentialTest) -> SequentialTest:
 
     def step(state: BettingState, x, y) -> BettingState:
         w = getattr(state, "witness", None)
-        spec = type(w)
-        if not isinstance(state, BettingState) or not hasattr(spec, "STEP_POINTS"):
+        kind = type(w)
+        spec = getattr(kind, "STEP", None)
+        if not isinstance(state, BettingState) or not isinstance(spec, StepSpec):
             raise TypeError(_FOREIGN_STATE)
-        if spec not in verified:  # trace the step once on the state's kind of points
-            points = [
-                jax.ShapeDtypeStruct((spec.STEP_POINTS, b.shape[1]), b.dtype) for b in (w.x, w.y)
-            ]
+        if kind not in verified:  # trace the step once on the state's kind of points
+            points = [jax.ShapeDtypeStruct((spec.points, b.shape[1]), b.dtype) for b in (w.x, w.y)]
             try:
                 jax.eval_shape(test.step, state, *points)
             except (AttributeError, TypeError) as error:  # a state from another kind of test
                 raise TypeError(_FOREIGN_STATE) from error
-            verified.add(spec)
-        x = _eager_points(x, spec.STEP_NAMES[0], w.x, spec.STEP_POINTS)
-        y = _eager_points(y, spec.STEP_NAMES[1], w.y, spec.STEP_POINTS)
+            verified.add(kind)
+        x = _eager_points(x, spec.names[0], w.x, spec.points)
+        y = _eager_points(y, spec.names[1], w.y, spec.points)
         capacity = w.x.shape[0]
-        if _checks.is_concrete(w.count) and int(w.count) + spec.STEP_POINTS > capacity:
+        if _checks.is_concrete(w.count) and int(w.count) + spec.points > capacity:
             raise ValueError(
                 f"the state's history is full ({capacity} points); create it with a larger "
-                f"`{spec.CAPACITY_NAME}`."
+                f"`{spec.capacity_name}`."
             )
         return _jitted_step(test.step, state, x, y)
 

@@ -94,9 +94,8 @@ def skit_test(
     check_kernel(kernel_y, "kernel_y")
     bettor = _check_bettor(bettor)
     step = Partial(
-        _skit_step,
-        kernel_x=kernel_x,
-        kernel_y=kernel_y,
+        _bet_step,
+        update=Partial(hsic_update, kernel_x=kernel_x, kernel_y=kernel_y),
         bettor=bettor,
         log_threshold=log_threshold(alpha),
     )
@@ -111,23 +110,11 @@ def _skit_init(num_pairs, x_dim, y_dim, *, bettor, dtype=None) -> BettingState:
     return initial_state(empty_hsic_witness(2 * num_pairs, x_dim, y_dim, dtype), bettor, dtype)
 
 
-def _skit_step(
-    state: BettingState,
-    x_pair: Float[Array, "2 d_x"],
-    y_pair: Float[Array, "2 d_y"],
-    *,
-    kernel_x: Kernel,
-    kernel_y: Kernel,
-    bettor: Bettor,
-    log_threshold,
-) -> BettingState:
-    update = lambda witness, x, y: hsic_update(witness, x, y, kernel_x, kernel_y)
-    return _bet_step(state, x_pair, y_pair, 2, update, bettor, log_threshold)
-
-
-def _bet_step(state, x, y, points, update, bettor, log_threshold) -> BettingState:
-    """One step of a betting test reading `points` new points of each sample:
-    `update(witness, x, y) -> (payoff, witness)` is the test's own payoff."""
+def _bet_step(state, x, y, *, update, bettor, log_threshold) -> BettingState:
+    """One step of a betting test: `update(witness, x, y) -> (payoff, witness)` is the test's
+    own payoff (a `Partial` holding its kernels), and the witness's `STEP` says how many new
+    points of each sample the step reads (static, from the witness's type)."""
+    points = state.witness.STEP.points
     x = step_points(x, state.witness.x, points)
     y = step_points(y, state.witness.y, points)
     payoff, witness = update(state.witness, x, y)
@@ -247,7 +234,8 @@ def mmd_betting(
     """
     check_kernel(kernel)
     bettor = _check_bettor(bettor)
-    step = Partial(_mmd_step, kernel=kernel, bettor=bettor, log_threshold=log_threshold(alpha))
+    update = Partial(mmd_update, kernel=kernel)
+    step = Partial(_bet_step, update=update, bettor=bettor, log_threshold=log_threshold(alpha))
     return SequentialTest(Partial(_mmd_init, bettor=bettor), step)
 
 
@@ -256,19 +244,6 @@ def _mmd_init(num_steps, dim, *, bettor, dtype=None) -> BettingState:
     dim = _checks.positive_int(dim, "dim")
     dtype = float_dtype(dtype)
     return initial_state(empty_mmd_witness(num_steps, dim, dtype), bettor, dtype)
-
-
-def _mmd_step(
-    state: BettingState,
-    x_new: Float[Array, " d"] | Float[Array, "1 d"],
-    y_new: Float[Array, " d"] | Float[Array, "1 d"],
-    *,
-    kernel: Kernel,
-    bettor: Bettor,
-    log_threshold,
-) -> BettingState:
-    update = lambda witness, x, y: mmd_update(witness, x, y, kernel)
-    return _bet_step(state, x_new, y_new, 1, update, bettor, log_threshold)
 
 
 def mmd_betting_test(

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from kmethods.betting._core import append, masked_rows, safe_ratio
+from kmethods.betting._core import StepSpec, append, masked_rows, safe_ratio
 
 __all__ = ["HsicWitness", "MmdWitness", "hsic_update", "mmd_update"]
 
@@ -53,10 +53,7 @@ class HsicWitness(NamedTuple):
     comoment: Float[Array, ""]
     count: Int[Array, ""]
 
-    # What `checked` validates a step against.
-    STEP_POINTS = 2
-    STEP_NAMES = ("x_pair", "y_pair")
-    CAPACITY_NAME = "num_pairs"
+    STEP = StepSpec(points=2, names=("x_pair", "y_pair"), capacity_name="num_pairs")
 
     def norm2_terms(self):
         """(sum_ij (K_ij - k_bar)(L_ij - l_bar), (2/m) sum_i r_i s_i): their difference is
@@ -95,9 +92,7 @@ class MmdWitness(NamedTuple):
     h_sum: Float[Array, ""]
     count: Int[Array, ""]
 
-    STEP_POINTS = 1
-    STEP_NAMES = ("x_new", "y_new")
-    CAPACITY_NAME = "num_steps"
+    STEP = StepSpec(points=1, names=("x_new", "y_new"), capacity_name="num_steps")
 
 
 def empty_hsic_witness(capacity: int, x_dim: int, y_dim: int, dtype) -> HsicWitness:
