@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
+import re
+import textwrap
 import types
 import typing
 from collections.abc import Sequence
@@ -36,6 +39,8 @@ __all__ = [
     "build_dataclass",
     "check_folder_name",
     "config_to_dict",
+    "describe_config",
+    "field_docs",
     "load_config",
     "parse_config",
     "require_at_least",
@@ -153,10 +158,13 @@ class RunConfig:
     Attributes:
       name: run name; runs go to `<out>/<name>/<timestamp>/`. A plain folder name (no `/`,
         `..` or absolute path), so that a run never writes outside `--out`.
-      task: the task module, one of `experiments.tasks.TASKS`.
+      task: the task: a name of `experiments.tasks.TASKS`, or the import path of a module
+        that follows the task protocol (`Config` and `run`, e.g. `mypkg.mytask`).
       seed: the root of every PRNG key of the run, in [0, 2**32 - 1].
       params: the task's own frozen `Config` dataclass.
       devices: the devices section (`DevicesConfig`).
+      tensorboard: also write each metrics record's numbers as TensorBoard scalars to
+        `<run>/tensorboard/` (needs `pip install 'kseq[tensorboard]'`).
     """
 
     name: str
@@ -164,6 +172,7 @@ class RunConfig:
     seed: int = 0
     params: Any = None
     devices: DevicesConfig = DevicesConfig()
+    tensorboard: bool = False
 
     def __post_init__(self):
         check_folder_name(self.name, "name")
@@ -255,16 +264,12 @@ def parse_config(raw: dict) -> RunConfig:
     raw = dict(raw)
     task = raw.get("task")
     if not isinstance(task, str):
-        raise ConfigError("`task` must be given, one of: " + ", ".join(sorted(TASKS)))
-    if task not in TASKS:
-        hint = difflib.get_close_matches(task, TASKS, n=1)
         raise ConfigError(
-            f"unknown task {task!r}"
-            + (f" (did you mean {hint[0]!r}?)" if hint else "")
-            + "; known tasks: "
+            "`task` must be given, one of: "
             + ", ".join(sorted(TASKS))
+            + ", or the import path of a task module (e.g. mypkg.mytask)"
         )
-    schema = get_task(task).Config
+    schema = get_task(task).Config  # a registered task or a user's module, else ConfigError
     raw.setdefault("name", task)
     params = raw.pop("params", None) or {}
     top = build_dataclass(RunConfig, {k: v for k, v in raw.items()}, prefix="", skip=("params",))
@@ -420,3 +425,71 @@ def dump_config(cfg: RunConfig) -> str:
     plain = resolved_dict(cfg)
     body = yaml.safe_dump(plain, sort_keys=False, default_flow_style=None)
     return f"# resolved config of a `kseq run` ({cfg.task})\n{body}"
+
+
+def field_docs(cls) -> dict[str, str]:
+    """Each field's entry in the `Attributes:` section of the dataclass `cls`'s docstring, the
+    convention of the task `Config`s: `name: what it is`, continued on more indented lines,
+    or `a, b: ...` for fields described together; the section ends at a blank line. Fields
+    without an entry are absent."""
+    docs: dict[str, str] = {}
+    names: list[str] = []
+    indent = None
+    lines = iter((inspect.getdoc(cls) or "").splitlines())
+    for line in lines:
+        if line.strip() == "Attributes:":
+            break
+    for line in lines:
+        depth = len(line) - len(line.lstrip())
+        if not line.strip() or depth == 0:
+            break
+        indent = depth if indent is None else indent
+        entry = re.fullmatch(r"(\w+(?:,\s*\w+)*):\s*(.*)", line.strip())
+        if depth == indent and entry:
+            names = [n.strip() for n in entry[1].split(",")]
+            docs.update((n, entry[2]) for n in names)
+        elif depth > indent:
+            docs.update((n, f"{docs[n]} {line.strip()}".strip()) for n in names)
+    return docs
+
+
+def _annotation(tp) -> str:
+    if isinstance(tp, type) and typing.get_origin(tp) is None:
+        return tp.__name__
+    return str(tp).replace("typing.", "").replace("NoneType", "None")
+
+
+def _yaml_value(value) -> str:
+    """A value as one line of YAML, as it would be written after `--set KEY=`."""
+    text = yaml.safe_dump(config_to_dict(value), default_flow_style=True, width=10**9)
+    return text.removesuffix("...\n").strip()
+
+
+def describe_config(cfg: RunConfig) -> str:
+    """The keys a config can set, one entry per field of the task's `params`, of `RunConfig`
+    and of `devices`: dotted key, type and default (and this config's value where it
+    differs), then the field's doc (`field_docs`). What `kseq run CONFIG --help` prints."""
+    sections = [
+        ("params.", type(cfg.params), cfg.params, ()),
+        ("", RunConfig, cfg, ("task", "params", "devices")),
+        ("devices.", DevicesConfig, cfg.devices, _LAUNCH_FIELDS),
+    ]
+    out = []
+    for prefix, cls, values, skip in sections:
+        hints, docs = typing.get_type_hints(cls), field_docs(cls)
+        for field in dataclasses.fields(cls):
+            if field.name in skip:
+                continue
+            if field.default is not dataclasses.MISSING:
+                default = _yaml_value(field.default)
+            elif field.default_factory is not dataclasses.MISSING:
+                default = _yaml_value(field.default_factory())
+            else:
+                default = "(required)"
+            value = _yaml_value(getattr(values, field.name))
+            here = f"  (this config: {value})" if value != default else ""
+            kind = _annotation(hints[field.name])
+            out.append(f"  {prefix}{field.name}: {kind} = {default}{here}")
+            doc = docs.get(field.name, "(undocumented)")
+            out += textwrap.wrap(doc, 96, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(out)

@@ -27,6 +27,7 @@ import os
 import pathlib
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -59,7 +60,8 @@ class RunContext:
     Attributes:
       out_dir: the run folder.
       seed: the run's seed.
-      quiet: no progress bars (always quiet on processes other than 0).
+      quiet: no progress bars or lines (always quiet on processes other than 0).
+      name: the run's name, which heads its progress lines (default: the folder's name).
       mesh: the run's device mesh (`jax.sharding.Mesh`), or None for one device.
       data_axes: the mesh axes that `shard` and `map` split over (every axis by default).
       writes_files: whether this process writes files (process 0).
@@ -73,8 +75,11 @@ class RunContext:
         quiet: bool = False,
         mesh: jax.sharding.Mesh | None = None,
         data_axes: str | Sequence[str] | None = None,
+        name: str | None = None,
+        tensorboard: bool = False,
     ):
         self.out_dir = pathlib.Path(out_dir)
+        self.name = name or self.out_dir.name
         self.writes_files = is_writer()
         if self.writes_files:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -92,6 +97,14 @@ class RunContext:
         # the finished units, as every process sees them before any of them writes a new one
         self._stored_units = {p.stem for p in units.glob("*.json")} if units.is_dir() else set()
         self._unit_results: dict[str, Any] = {}
+        # the `progress` loops running now, outermost first: [desc, steps done, total, units]
+        self._loops: list[list] = []
+        self._tensorboard = None
+        if tensorboard and self.writes_files:
+            from tensorboardX import SummaryWriter
+
+            self._tensorboard = SummaryWriter(str(self.out_dir / "tensorboard"))
+        self._records = 0
         barrier("kseq-run-context")
 
     def unit(self, name: str, compute: Callable[[], Any], *, log: bool = True) -> Any:
@@ -107,10 +120,13 @@ class RunContext:
         if name in self._unit_results:
             return self._unit_results[name]
         path = self.out_dir / "units" / f"{name}.json"
+        loop = self._loops[-1] if self._loops else None
         if name in self._stored_units:
             result = read_json(path, what=_UNIT_HINT)
             self.reused_units.append(name)
+            self._line(f"unit {name} reused{_position(loop, '')}")
         else:
+            start = time.perf_counter()
             result = json.loads(json.dumps(to_jsonable(compute())))
             raise_if_interrupted()  # before the unit is stored as finished
             if self.writes_files:
@@ -118,6 +134,10 @@ class RunContext:
             if log and isinstance(result, dict):
                 self.log_metrics(unit=name, **result)
             self.computed_units.append(name)
+            seconds = f"{time.perf_counter() - start:.1f} s"
+            self._line(f"unit {name} done{_position(loop, seconds)}")
+        if loop is not None:
+            loop[3] += 1
         self._unit_results[name] = result
         return result
 
@@ -247,29 +267,88 @@ class RunContext:
         return jax.random.key(self.seed)
 
     def log_metrics(self, **record: Any) -> None:
-        """Appends one JSON line to `metrics.jsonl` and flushes it to disk (process 0)."""
-        line = json.dumps(to_jsonable(record), sort_keys=False)
+        """Appends one JSON line to `metrics.jsonl` and flushes it to disk (process 0).
+
+        With the config's `tensorboard: true`, the record's numbers are also written as
+        TensorBoard scalars to `tensorboard/`: each tagged `<the record's text values, joined
+        by />/<key>` (e.g. `gateloop/eval_loss`), at the record's integer `step`, else at the
+        count of records logged before it."""
+        plain = to_jsonable(record)
+        line = json.dumps(plain, sort_keys=False)
+        self._records += 1
         if not self.writes_files:
             return
         with open(self._metrics_path, "a") as f:
             f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if self._tensorboard is not None:
+            self._write_scalars(plain)
+
+    def _write_scalars(self, record: dict) -> None:
+        step = record.get("step")
+        if not isinstance(step, int) or isinstance(step, bool):
+            step = self._records - 1
+        group = "/".join(v for v in record.values() if isinstance(v, str))
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+                self._tensorboard.add_scalar(f"{group}/{key}" if group else key, value, step)
+
+    def close(self) -> None:
+        """Flushes and closes what the run keeps open (the TensorBoard writer); the runner
+        calls it when the task returns or stops."""
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
 
     def progress(
         self, iterable: Iterable[T], *, desc: str | None = None, total: int | None = None
     ) -> Iterator[T]:
-        """Wraps `iterable` in a tqdm bar on a terminal; a plain iterator when quiet. Each step
-        is also a point where a Ctrl-C that was swallowed stops the run (see
-        `experiments.interrupts`)."""
-        if not (self.quiet or not sys.stderr.isatty()):
+        """`iterable`, its progress shown: a tqdm bar when stderr is a terminal; otherwise
+        (a log file, a pipe, a batch job) one line on stderr per finished unit (`unit`) of a
+        step, `[<run name>] unit <unit> done (3/12, 4.1 s)` (step and total of the innermost
+        loop, and the unit's time), or for a loop whose steps hold no units, a line every
+        twentieth of the loop (`[<run name>] <desc> 75/1500 (12.3 s)`: steps done and time
+        since the loop began). Nothing when quiet. Each step is also a point where a Ctrl-C
+        or SIGTERM that was swallowed stops the run (see `experiments.interrupts`)."""
+        if total is None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        if self.quiet:
+            return checked(iterable)
+        if sys.stderr.isatty():
             try:
                 from tqdm.auto import tqdm
 
                 iterable = tqdm(iterable, desc=desc, total=total, leave=False)
             except ImportError:  # pragma: no cover - tqdm is a dependency
                 pass
-        return checked(iterable)
+            return checked(iterable)
+        return self._logged(checked(iterable), desc or "progress", total)
+
+    def _logged(self, iterable: Iterator[T], desc: str, total: int | None) -> Iterator[T]:
+        """The items of `iterable`, with `progress`'s lines for a terminal-less stderr."""
+        loop = [desc, 0, total, 0]  # desc, steps done, total, units in the current step
+        every = max(1, -(-total // 20)) if total else 1
+        start = time.perf_counter()
+        self._loops.append(loop)
+        try:
+            for item in iterable:
+                loop[3] = 0
+                yield item  # the caller runs the step
+                loop[1] += 1
+                done, units = loop[1], loop[3]
+                if not units and (done % every == 0 or done == total):
+                    of = f"/{total}" if total else ""
+                    elapsed = time.perf_counter() - start
+                    self._line(f"{desc} {done}{of} ({elapsed:.1f} s)")
+        finally:
+            self._loops = [other for other in self._loops if other is not loop]
+
+    def _line(self, text: str) -> None:
+        """One progress line on stderr, `[<run name>] text`, when stderr is not a terminal
+        (a bar shows progress there) and the run is not quiet."""
+        if not self.quiet and not sys.stderr.isatty():
+            print(f"[{self.name}] {text}", file=sys.stderr, flush=True)
 
     def save_figure(self, fig: Any, name: str) -> pathlib.Path:
         """Saves a matplotlib figure as `plots/<name>.png` (atomically; process 0) and closes
@@ -300,6 +379,17 @@ class RunContext:
         if self.writes_files:
             atomic_write_text(path, text)
         return path
+
+
+def _position(loop: list | None, seconds: str) -> str:
+    """` (3/12, 4.1 s)`: the step of the innermost `progress` loop (when a unit runs in one)
+    and the unit's time."""
+    parts = []
+    if loop is not None:
+        parts.append(f"{loop[1] + 1}/{loop[2]}" if loop[2] else f"{loop[1] + 1}")
+    if seconds:
+        parts.append(seconds)
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def check_units(run_dir: pathlib.Path) -> None:

@@ -5,7 +5,9 @@ before anything else and read-only: what a resume is checked against), `config.y
 resolved config, written next), `metrics.jsonl` (one JSON line per record, flushed as it is
 written), `units/*.json` (the finished units of work of tasks that declare them, which
 `resume_experiment` reuses), `checkpoints/<loop>/<step>/` (orbax checkpoints of training
-loops, see `experiments.checkpoints`), `plots/*.png` and `results.json` (written last).
+loops, see `experiments.checkpoints`), `plots/*.png`, `tensorboard/` (TensorBoard events of
+the metrics, with the config's `tensorboard: true`) and `results.json` (written last, its
+`meta` with the run's provenance: `provenance`).
 Every file except the append-only metrics is written to a temporary name and renamed into
 place (`experiments.files`), so an interrupted run never leaves a half-written file behind;
 files and folders get the usual modes under the umask (0644 / 0755 under umask 022). The
@@ -33,15 +35,19 @@ cluster): on `--resume` every process reads the finished units and the checkpoin
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import itertools
 import json
 import os
 import pathlib
+import platform
 import shutil
+import subprocess
+import sys
 import time
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from experiments.config import ConfigError, RunConfig, dump_config, load_config, resolved_dict
@@ -59,7 +65,9 @@ if TYPE_CHECKING:
 __all__ = [
     "RUN_RECORD",
     "check_requirements",
+    "git_commit",
     "new_run_dir",
+    "provenance",
     "resume_experiment",
     "run_experiment",
 ]
@@ -67,9 +75,14 @@ __all__ = [
 # ----------------------------------------------------------------------------- runs
 
 
-# The run's record, written once when the run starts and never rewritten: when it started and
-# the resolved config it started with (what `resume_experiment` checks `config.yaml` against).
+# The run's record, written once when the run starts and never rewritten: when it started, the
+# resolved config it started with (what `resume_experiment` checks `config.yaml` against) and
+# its provenance (`provenance`).
 RUN_RECORD = ".run.json"
+
+# What `run_experiment` and `resume_experiment` call with the run folder once it holds its
+# config and the run is about to compute (e.g. the command line's start line).
+OnStart = Callable[[pathlib.Path], None]
 
 
 def _now() -> str:
@@ -112,11 +125,63 @@ def new_run_dir(out_root: str | os.PathLike, name: str, *, leaf: str | None = No
 
 def _prepare(cfg: RunConfig) -> tuple[types.ModuleType, jax.sharding.Mesh | None]:
     """Every check a run needs before it writes anything: the task's optional packages, the
-    processes and the device mesh. Returns (task module, mesh)."""
+    processes and the device mesh (and tensorboardX for `tensorboard: true`). Returns (task
+    module, mesh)."""
     task = get_task(cfg.task)
     check_requirements(cfg.task, task)
+    if cfg.tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboardX") is None:
+            raise RunError(
+                "`tensorboard: true` needs tensorboardX, which is not installed: "
+                "pip install 'kseq[tensorboard]'."
+            )
     start_distributed(cfg.devices)
     return task, build_mesh(cfg.devices)
+
+
+def _kseq_version() -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("kseq")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return None
+
+
+def git_commit(folder: str | os.PathLike | None = None) -> dict | None:
+    """`{"commit": <HEAD's hash>, "dirty": <whether tracked files differ from it>}` of the git
+    work tree that holds `folder` (default: this package), when git tracks the package there
+    (an installed copy inside some other repository, a venv say, is not its checkout); None
+    otherwise, or when git is missing or fails. Never raises."""
+    folder = pathlib.Path(folder) if folder is not None else pathlib.Path(__file__).parent
+
+    def git(*args: str) -> str:
+        command = ["git", "--no-optional-locks", "-C", str(folder), *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=True)
+        return done.stdout.strip()
+
+    try:
+        git("ls-files", "--error-unmatch", "__init__.py")  # tracked: this is its checkout
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError, UnicodeDecodeError):
+        return None
+    return {"commit": commit, "dirty": dirty}
+
+
+def provenance(overrides: Sequence[str] = ()) -> dict:
+    """Where a launch comes from: kseq's installed version (None from a checkout that is not
+    installed), the git commit of the checkout it runs from (`git_commit`), the Python
+    version, the command line (`sys.argv`) and the `--set` overrides."""
+    return {
+        "kseq_version": _kseq_version(),
+        "git": git_commit(),
+        "python_version": platform.python_version(),
+        "command": list(sys.argv),
+        "overrides": list(overrides),
+    }
 
 
 def check_requirements(name: str, task: types.ModuleType) -> None:
@@ -142,25 +207,33 @@ def run_experiment(
     *,
     quiet: bool = False,
     leaf: str | None = None,
+    overrides: Sequence[str] = (),
+    on_start: OnStart | None = None,
 ) -> pathlib.Path:
     """Runs `cfg`'s task into a fresh `<out_root>/<name>/<timestamp>/` and returns that folder
     (`<out_root>/<name>/<leaf>/` when `leaf` is given, as a sweep names its runs).
 
-    The folder is made only after every check (config, packages, devices) has passed. Ctrl-C
-    raises `RunInterrupted`, which names the folder to resume."""
+    The folder is made only after every check (config, packages, devices) has passed;
+    `on_start(run_dir)` is called once it holds the config (a run that can be resumed).
+    `overrides` (the `--set` items `cfg` was loaded with) are recorded with the rest of the
+    run's provenance (`provenance`) in `.run.json` and in `results.json`'s `meta`. Ctrl-C or
+    SIGTERM raises `RunInterrupted`, which names the folder to resume."""
     task, mesh = _prepare(cfg)
+    origin = provenance(overrides)
     run_dir = None
     try:
         with interruptible():
             run_dir = new_run_dir(out_root, cfg.name, leaf=leaf)
             started = _now()
             if is_writer():
-                record = {"started": started, "config": resolved_dict(cfg)}
+                record = {"started": started, "config": resolved_dict(cfg), "provenance": origin}
                 # read-only: a hint that it is the reference, not a file to edit
                 text = json.dumps(record, indent=2) + "\n"
                 atomic_write_text(run_dir / RUN_RECORD, text, mode=0o444)
                 atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-            _run_in(cfg, run_dir, quiet, task=task, mesh=mesh, started=started)
+            if on_start is not None:
+                on_start(run_dir)
+            _run_in(cfg, run_dir, quiet, task=task, mesh=mesh, started=started, origin=origin)
     except KeyboardInterrupt:
         if run_dir is not None and not (run_dir / "config.yaml").is_file():
             # stopped before the run began: its fresh folder holds nothing to resume
@@ -172,7 +245,11 @@ def run_experiment(
 
 
 def resume_experiment(
-    run_dir: str | os.PathLike, *, quiet: bool = False, overrides: Sequence[str] = ()
+    run_dir: str | os.PathLike,
+    *,
+    quiet: bool = False,
+    overrides: Sequence[str] = (),
+    on_start: OnStart | None = None,
 ) -> pathlib.Path:
     """Finishes an interrupted run in its own folder, from the `config.yaml` it wrote first:
     finished units (`units/*.json`) are read back, training loops restored from their latest
@@ -185,7 +262,12 @@ def resume_experiment(
     checked), since finished units would be reused under the new values; refused
     (`RunError`) when a finished unit or `results.json` is not valid JSON. A run that had
     finished (`results.json` present) is not computed again: its results, `started` and
-    `wall_seconds` stay, and the resume is recorded in `meta.resumed`."""
+    `wall_seconds` stay, and the resume is recorded in `meta.resumed`. `on_start(run_dir)` is
+    called once the checks have passed, before anything is computed.
+
+    `meta`'s `command` and `overrides` stay those that started the run (from `.run.json`;
+    None for a run folder older than that record); its versions and git commit are those of
+    the launch that finished it."""
     for item in overrides:
         if not item.strip().startswith("devices."):
             raise ConfigError(
@@ -212,13 +294,28 @@ def resume_experiment(
             meta["resumed"] = [*meta.get("resumed", []), resumed_at]
             if is_writer():
                 atomic_write_text(results_path, json.dumps(finished, indent=2) + "\n")
+            if on_start is not None:
+                on_start(run_dir)
             return run_dir
         task, mesh = _prepare(cfg)
         check_units(run_dir)  # before anything runs, not midway
         started = record.get("started") if record is not None else None
+        origin = provenance()
+        first = record.get("provenance") if record is not None else None
+        first = first if isinstance(first, dict) else {}  # older records have none
+        origin.update(command=first.get("command"), overrides=first.get("overrides"))
         with interruptible():
+            if on_start is not None:
+                on_start(run_dir)
             _run_in(
-                cfg, run_dir, quiet, task=task, mesh=mesh, started=started, resumed=[resumed_at]
+                cfg,
+                run_dir,
+                quiet,
+                task=task,
+                mesh=mesh,
+                started=started,
+                resumed=[resumed_at],
+                origin=origin,
             )
     except KeyboardInterrupt:
         raise RunInterrupted(run_dir) from None
@@ -252,6 +349,11 @@ def _check_unchanged(run_dir: pathlib.Path, original: dict, cfg: RunConfig) -> N
     now = {
         k: v for k, v in _dotted("", resolved_dict(cfg), {}).items() if not k.startswith("devices.")
     }
+    # a top-level key added to the schema after the run started (`tensorboard`) is absent from
+    # its record: unchanged while it holds its default
+    for field in dataclasses.fields(RunConfig):
+        if field.name not in before and field.name in now and now[field.name] == field.default:
+            before[field.name] = field.default
     # compared as canonical JSON: a NaN equals itself, a tuple its list
     same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
     changed = [
@@ -277,17 +379,31 @@ def _run_in(
     mesh: jax.sharding.Mesh | None,
     started: str | None = None,
     resumed: Sequence[str] = (),
+    origin: dict | None = None,
 ) -> RunContext:
     """Runs the task in `run_dir` and writes `results.json`. Its `meta.started` is when the run
     first started (`started`; this launch when unknown), `wall_seconds` the time this launch
-    computed (a resumed run's earlier launches are not counted: their ends are unknown), and
-    `resumed` the time of this launch when it resumes the run (`resumed`)."""
+    computed (a resumed run's earlier launches are not counted: their ends are unknown),
+    `resumed` the time of this launch when it resumes the run (`resumed`), and the provenance
+    fields (`origin`, see `provenance`): `kseq_version`, `git`, `python_version`, `command`,
+    `overrides`."""
     import jax
 
     data_axes = None if mesh is None else cfg.devices.split_axes
-    ctx = RunContext(run_dir, seed=cfg.seed, quiet=quiet, mesh=mesh, data_axes=data_axes)
+    ctx = RunContext(
+        run_dir,
+        seed=cfg.seed,
+        quiet=quiet,
+        mesh=mesh,
+        data_axes=data_axes,
+        name=cfg.name,
+        tensorboard=cfg.tensorboard,
+    )
     start = time.time()
-    results = task.run(cfg.params, ctx)
+    try:
+        results = task.run(cfg.params, ctx)
+    finally:
+        ctx.close()
     raise_if_interrupted()  # never write the results of an interrupted run
     end = time.time()
     meta = {
@@ -303,6 +419,7 @@ def _run_in(
         "devices_used": ctx.mesh.size if ctx.mesh is not None else 1,
         "mesh": {} if ctx.mesh is None else dict(ctx.mesh.shape),
         "process_count": jax.process_count(),
+        **(origin if origin is not None else provenance()),
     }
     if resumed:
         meta["resumed"] = list(resumed)

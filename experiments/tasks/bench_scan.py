@@ -34,7 +34,8 @@ class Config:
 
     Attributes:
       lengths: sequence lengths L.
-      batch: B. channels: D.
+      batch: B.
+      channels: D.
       methods: solvers of `linear_recurrence` to time.
       repeats: warm repeats (median reported).
       dtype: float32 or complex64.

@@ -52,8 +52,10 @@ class Config:
 
     Attributes:
       mixers: which mixing layers to train.
-      num_keys: key vocabulary size. num_values: value vocabulary size.
-      num_pairs: key-value pairs per sequence. num_queries: queries per sequence.
+      num_keys: key vocabulary size.
+      num_values: value vocabulary size.
+      num_pairs: key-value pairs per sequence.
+      num_queries: queries per sequence.
       d_model, num_layers: model size.
       conv_width: width of the short causal convolution before each mixer
         (`seqmodels.layers.ShortConv`, as in H3 and the Zoology study; 0: none).

@@ -1,15 +1,21 @@
 """The `kseq` command never shows a traceback for a foreseeable fault: each prints one line,
 `kseq <command>: error: ...`, naming the key, file or package, exits non-zero and writes
 nothing outside `--out`. Also: resume refuses an edited config, a finished run keeps its
-times, written files follow the umask, and non-finite test replicates are counted.
+times, written files follow the umask, and non-finite test replicates are counted. What a run
+prints (start line, progress lines, results table), its provenance and TensorBoard events are
+checked on the one finished run the module shares.
 
 Most checks call `experiments.cli.main` in-process (a subprocess pays a JAX import); Ctrl-C
-needs a real process and signal."""
+and SIGTERM need a real process and signal."""
 
+import contextlib
 import errno
+import importlib.metadata
+import io
 import json
 import os
 import pathlib
+import platform
 import re
 import shutil
 import signal
@@ -23,6 +29,7 @@ import pytest
 from experiments import runner
 from experiments.cli import main
 from experiments.files import atomic_write_text
+from experiments.show import show_run
 
 KSEQ = [sys.executable, "-m", "experiments.cli"]
 QUICKSTART = "configs/quickstart.yaml"
@@ -66,16 +73,26 @@ def _error_line(err: str, command: str, *needles: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """A finished tiny quickstart run, made under umask 022; tests copy it before changing it."""
+def finished(tmp_path_factory):
+    """A finished tiny quickstart run with TensorBoard events, made under umask 022, not quiet,
+    its stdout and stderr captured (not a terminal): (run folder, stdout, stderr)."""
     out = tmp_path_factory.mktemp("finished")
     old = os.umask(0o022)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    args = ["run", QUICKSTART, "--out", str(out), *_sets([*TINY, "tensorboard=true"])]
     try:
-        assert main(["run", QUICKSTART, "--out", str(out), "--quiet", *_sets(TINY)]) == 0
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            assert main(args) == 0
     finally:
         os.umask(old)
     (run_dir,) = (out / "quickstart").iterdir()
-    return run_dir
+    return run_dir, stdout.getvalue(), stderr.getvalue()
+
+
+@pytest.fixture(scope="module")
+def finished_run(finished):
+    """The finished run's folder; tests copy it before changing it."""
+    return finished[0]
 
 
 @pytest.fixture
@@ -336,35 +353,272 @@ def test_nonfinite_replicates_are_counted(finished_run):
     assert hsic["num_nonfinite_size"] == hsic["num_nonfinite_power"] == 0
 
 
-# ----------------------------------------------------------------- Ctrl-C
+# ----------------------------------------------------------------- what a run prints
+
+
+def test_start_line_progress_lines_and_results_table(finished):
+    run_dir, out, err = finished
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("[")]
+    assert (
+        lines[0] == f"[quickstart] run folder {run_dir}; to resume it: kseq run --resume {run_dir}"
+    )
+    # stderr is not a terminal: one line per finished unit, with its step and its time
+    assert len(lines) == 3, lines
+    for step, (line, unit) in enumerate(zip(lines[1:], ["mmd-n8", "hsic-n8"], strict=True), 1):
+        assert re.fullmatch(rf"\[quickstart\] unit {unit} done \({step}/2, \d+\.\d s\)", line)
+    # stdout: the table `kseq show` prints, then the run folder as the last line
+    assert out == f"{show_run(run_dir)}\n{run_dir}\n"
+    assert "results.rates:" in out and "num_nonfinite_power" in out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("stderr", ["terminal", "log", "quiet"])
+def test_progress_bars_on_a_terminal_lines_elsewhere(tmp_path, monkeypatch, stderr):
+    from experiments.context import RunContext
+
+    stream = _Terminal() if stderr == "terminal" else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    ctx = RunContext(tmp_path, name="demo", quiet=stderr == "quiet")
+    for i in ctx.progress(range(3), desc="units"):
+        ctx.unit(f"u{i}", lambda i=i: {"i": i})
+    for _ in ctx.progress(range(40), desc="steps"):  # steps that are not units
+        pass
+    text = stream.getvalue()
+    if stderr == "quiet":
+        assert text == ""
+    elif stderr == "terminal":  # tqdm bars, no lines
+        assert "units" in text and "steps" in text and "[demo]" not in text
+    else:
+        lines = text.splitlines()
+        assert [line.split(" (")[0] for line in lines[:3]] == [
+            f"[demo] unit u{i} done" for i in range(3)
+        ]
+        assert lines[0].startswith("[demo] unit u0 done (1/3, ")
+        # a loop without units: a line every twentieth of it
+        steps = [line.split(" (")[0] for line in lines[3:]]
+        assert steps == [f"[demo] steps {n}/40" for n in range(2, 41, 2)]
+
+
+def test_provenance_in_meta_and_run_record(finished_run, tmp_path):
+    import jax
+
+    meta = _results(finished_run)["meta"]
+    try:
+        version = importlib.metadata.version("kseq")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    assert meta["kseq_version"] == version
+    assert meta["python_version"] == platform.python_version()
+    assert meta["jax_version"] == jax.__version__
+    assert meta["overrides"] == [*TINY, "tensorboard=true"]
+    assert meta["command"] == sys.argv  # in-process: this process's command line
+    package = pathlib.Path(runner.__file__).parent
+    tracked = subprocess.run(
+        ["git", "-C", str(package), "ls-files", "--error-unmatch", "__init__.py"],
+        capture_output=True,
+    )
+    if shutil.which("git") and tracked.returncode == 0:  # the tests run from a checkout
+        assert re.fullmatch("[0-9a-f]{40}", meta["git"]["commit"]), meta["git"]
+        assert isinstance(meta["git"]["dirty"], bool)
+    record = json.loads((finished_run / runner.RUN_RECORD).read_text())["provenance"]
+    assert record == {key: meta[key] for key in record}
+    # no commit, and no error, outside a git work tree or where git does not track the package
+    assert runner.git_commit(tmp_path) is None
+    if shutil.which("git"):
+        subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+        (tmp_path / "pkg").mkdir()
+        (tmp_path / "pkg" / "__init__.py").write_text("")
+        assert runner.git_commit(tmp_path / "pkg") is None
+
+
+def test_tensorboard_events(finished_run):
+    (events,) = (finished_run / "tensorboard").glob("events.out.tfevents.*")
+    data = events.read_bytes()
+    # each metrics record's numbers, tagged by its text values (the unit and the test)
+    for tag in (b"mmd-n8/mmd/power", b"hsic-n8/hsic/size", b"hsic-n8/hsic/num_nonfinite_size"):
+        assert tag in data, tag
+
+
+def test_tensorboard_needs_its_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # `import tensorboardX` now fails
+    out = tmp_path / "out"
+    assert main(["run", QUICKSTART, "--out", str(out), "--set", "tensorboard=true"]) == 1
+    _error_line(capsys.readouterr().err, "run", "tensorboardX", "kseq[tensorboard]")
+    assert not out.exists()  # checked before the run folder is made
+
+
+# ----------------------------------------------------------------- Ctrl-C and SIGTERM
+
+# A user's task, outside the package: a few units that take a while each.
+USER_TASK = """
+import dataclasses
+import time
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    \"\"\"A slow task.
+
+    Attributes:
+      units: how many units.
+      seconds: how long each takes.
+    \"\"\"
+
+    units: int = 3
+    seconds: float = 0.6
+
+
+def run(cfg, ctx):
+    done = []
+    for i in ctx.progress(range(cfg.units), desc="slow"):
+        done.append(ctx.unit(f"u{i}", lambda i=i: (time.sleep(cfg.seconds), {"i": i})[1]))
+    return {"done": done}
+"""
+
+
+def _interrupt(command, out, sig, env=None):
+    """Starts `kseq` with `command`, sends `sig` once the start line is on stderr, and returns
+    (return code, stdout, stderr)."""
+    err_path, out_path = out.parent / "stderr.txt", out.parent / "stdout.txt"
+    with open(err_path, "w") as err_file, open(out_path, "w") as out_file:
+        proc = subprocess.Popen(
+            [*KSEQ, *command],
+            stdout=out_file,
+            stderr=err_file,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while "] run folder " not in err_path.read_text():
+                assert proc.poll() is None, err_path.read_text()
+                assert time.monotonic() < deadline, "no start line appeared"
+                time.sleep(0.02)
+            proc.send_signal(sig)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    return proc.returncode, out_path.read_text(), err_path.read_text()
 
 
 def test_ctrl_c_prints_the_resume_command(tmp_path, capsys):
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [*KSEQ, "run", QUICKSTART, "--out", str(out), "--quiet", *_sets(TINY)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not list(out.glob("quickstart/*/config.yaml")):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no run folder appeared"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, (stdout, stderr)
+    command = ["run", QUICKSTART, "--out", str(out), *_sets(TINY)]
+    code, stdout, stderr = _interrupt(command, out, signal.SIGINT)
+    assert code == 130, (stdout, stderr)
     (run_dir,) = (out / "quickstart").iterdir()
-    line = _error_line(stderr, "run", f"kseq run --resume {run_dir}")
+    line = _error_line(stderr, "run", "interrupted (Ctrl-C)", f"kseq run --resume {run_dir}")
     assert not (run_dir / "results.json").exists()
     # the printed command finishes the run
-    command = line.split("kseq run ", 2)[-1].split()
-    assert main(["run", *command, "--quiet"]) == 0
-    assert capsys.readouterr().out.strip() == str(run_dir)
-    assert len(_results(run_dir)["results"]["rates"]) == 2
+    resume = line.split("kseq run ", 2)[-1].split()
+    assert main(["run", *resume, "--quiet"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.strip().splitlines()[-1] == str(run_dir)
+    assert printed.err.startswith(f"[quickstart] resuming {run_dir}; to resume it again: ")
+    results = _results(run_dir)
+    assert len(results["results"]["rates"]) == 2
+    # the provenance is that of the command that started the run
+    assert results["meta"]["command"][1:] == command and results["meta"]["overrides"] == TINY
+
+
+def test_sigterm_stops_a_user_task_as_ctrl_c_does(tmp_path, capsys, monkeypatch):
+    """A task module outside the package (`task: kseq_user_tasks.slow`, on PYTHONPATH) run by
+    the command, stopped by SIGTERM, resumed."""
+    package = tmp_path / "lib" / "kseq_user_tasks"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "slow.py").write_text(USER_TASK)
+    config = tmp_path / "slow.yaml"
+    config.write_text("task: kseq_user_tasks.slow\nname: slow\nparams: {units: 3}\n")
+    out = tmp_path / "out"
+    lib = str(tmp_path / "lib")
+    path = os.pathsep.join(p for p in (lib, os.environ.get("PYTHONPATH")) if p)
+    command = ["run", str(config), "--out", str(out)]
+    code, stdout, stderr = _interrupt(command, out, signal.SIGTERM, env={"PYTHONPATH": path})
+    assert code == 130, (stdout, stderr)
+    (run_dir,) = (out / "slow").iterdir()
+    _error_line(stderr, "run", "interrupted (SIGTERM)", f"kseq run --resume {run_dir}")
+    assert not (run_dir / "results.json").exists()
+    monkeypatch.syspath_prepend(lib)
+    assert main(["run", "--resume", str(run_dir), "--quiet"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(run_dir)
+    results = _results(run_dir)
+    assert results["results"]["done"] == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert results["meta"]["task"] == "kseq_user_tasks.slow"
+
+
+# ----------------------------------------------------------------- user tasks, help, config
+
+
+@pytest.mark.parametrize(
+    "task,needle",
+    [
+        ("kseq_no_such_package.task", "no module named 'kseq_no_such_package'"),
+        ("kseq_bad_tasks.no_config", "frozen dataclass `Config`"),
+        ("kseq_bad_tasks.no_run", "`run(cfg, ctx) -> dict`"),
+        ("kseq_bad_tasks.broken", "No module named 'kseq_missing_dependency'"),
+        ("quikstart", "did you mean 'quickstart'"),
+    ],
+)
+def test_user_task_that_does_not_follow_the_protocol(tmp_path, capsys, monkeypatch, task, needle):
+    package = tmp_path / "kseq_bad_tasks"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "no_config.py").write_text("def run(cfg, ctx):\n    return {}\n")
+    (package / "no_run.py").write_text(USER_TASK.replace("def run(", "def not_run("))
+    (package / "broken.py").write_text("import kseq_missing_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"task: {task}\n")
+    out = tmp_path / "out"
+    assert main(["run", str(config), "--out", str(out)]) == 2
+    _error_line(capsys.readouterr().err, "run", "`task`", task, needle)
+    assert not out.exists()
+
+
+def test_help_for_a_config(capsys):
+    assert main(["run", QUICKSTART, "--help", "--set", "params.num_replicates=7"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: kseq run")
+    assert "params.num_replicates: int = 100  (this config: 7)\n" in text
+    assert "      replicates per (test, n, hypothesis).\n" in text
+    assert "params.tests: tuple[Literal['mmd', 'hsic', 'ksd'], ...] = [mmd, hsic, ksd]" in text
+    assert "tensorboard: bool = false" in text and "devices.count: int | None = null" in text
+    # without a config, argparse's help of `kseq run`
+    assert main(["run", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: kseq run") and "--print-config" in text
+    assert "keys of" not in text and "params.num_replicates:" not in text
+
+
+def test_every_task_parameter_is_documented():
+    """`kseq run CONFIG --help` prints each field's entry of its Config's `Attributes:`."""
+    import dataclasses
+
+    from experiments.config import field_docs
+    from experiments.tasks import TASKS, get_task
+
+    for name in TASKS:
+        config = get_task(name).Config
+        docs = field_docs(config)
+        fields = [f.name for f in dataclasses.fields(config)]
+        assert [f for f in fields if not docs.get(f)] == [], name
+        assert set(docs) <= set(fields), name
+
+
+def test_print_config(tmp_path, capsys):
+    import yaml
+
+    out = tmp_path / "out"
+    code = main(["run", QUICKSTART, "--out", str(out), "--print-config", "--set", "seed=5"])
+    assert code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["seed"] == 5 and printed["task"] == "quickstart"
+    assert printed["params"]["sample_sizes"] == [25, 50, 100, 200]
+    assert not out.exists()  # nothing ran

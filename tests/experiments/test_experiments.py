@@ -91,7 +91,7 @@ def test_quickstart_run_writes_the_run_folder(tmp_path, capsys):
     assert code == 0
     run_dir = tmp_path / "quickstart"
     (run_dir,) = list(run_dir.iterdir())
-    assert capsys.readouterr().out.strip() == str(run_dir)
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(run_dir)  # after the table
     for name in ("config.yaml", "results.json", "metrics.jsonl", "plots/rejection_rates.png"):
         assert (run_dir / name).is_file(), name
     # the written config is the resolved one and loads back
