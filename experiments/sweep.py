@@ -442,9 +442,10 @@ class _Sweep:
                 entry["status"] = "running"
                 self.write(running=entry)
                 if not quiet and is_writer():
+                    what = "resuming" if status == "running" else "run folder"
                     print(
-                        f"sweep {entry['index'] + 1}/{len(entries)}: "
-                        f"{' '.join(entry['overrides'])} -> {run_dir}",
+                        f"[sweep {entry['index'] + 1}/{len(entries)}] "
+                        f"{' '.join(entry['overrides'])}: {what} {run_dir}",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -593,6 +594,7 @@ def _record_label(record: dict) -> tuple[str, dict]:
 def _text_table(table: tuple[list[str], list[dict], int]) -> str:
     columns, rows, left_out = table
     text = _table([{c: row.get(c, "") for c in columns} for row in rows])
+    text = "\n".join(line.rstrip() for line in text.splitlines())
     if left_out:
         text += f"\n({left_out} more result columns in results.jsonl)"
     return text

@@ -2,6 +2,8 @@
 `sweep:` section, one from `--sweep`), interrupted in its third combination and resumed, its
 folder, `results.jsonl` and summaries; validation of every combination up front; axis parsing."""
 
+import contextlib
+import io
 import json
 import pathlib
 import types
@@ -80,7 +82,9 @@ def swept(tmp_path_factory):
         seen.leftover = seen.sweep_dir / "quickstart" / "3-seed=1,mmd_shift=1.0"
         seen.leftover.mkdir()
         (seen.leftover / "junk").write_text("")
-        seen.resumed = resume_sweep(seen.sweep_dir, quiet=True, on_start=seen.starts.append)
+        with contextlib.redirect_stderr(io.StringIO()) as stderr:
+            seen.resumed = resume_sweep(seen.sweep_dir, on_start=seen.starts.append)
+        seen.stderr = stderr.getvalue()
     seen.doc = json.loads((seen.sweep_dir / SWEEP_FILE).read_text())
     seen.run_dirs = [seen.sweep_dir / e["run_dir"] for e in seen.doc["combinations"]]
     return seen
@@ -162,6 +166,12 @@ def test_interrupted_sweep_resumes_without_recomputing(swept):
     meta = [json.loads((d / "results.json").read_text())["meta"] for d in swept.run_dirs]
     assert ["resumed" in m for m in meta] == [False, False, True, False]
     assert not (swept.leftover / "junk").exists()  # the folder without a config was remade
+    # a line per combination run (not per skipped one), naming its values and folder
+    lines = [line for line in swept.stderr.splitlines() if line.startswith("[sweep")]
+    assert lines == [
+        f"[sweep 3/4] seed=1 params.mmd_shift=0.5: resuming {swept.run_dirs[2]}",
+        f"[sweep 4/4] seed=1 params.mmd_shift=1.0: run folder {swept.run_dirs[3]}",
+    ]
     # a finished sweep resumes to itself without computing anything
     resume_sweep(swept.sweep_dir, quiet=True)
     assert len(swept.calls) == 5
