@@ -279,3 +279,33 @@ def test_axis_values_parse_as_set_values():
 def test_parse_axis_errors(spec, match):
     with pytest.raises(ConfigError, match=match):
         parse_axis(spec)
+
+
+@pytest.mark.slow
+def test_sweep_over_two_processes(tmp_path):
+    """A sweep run as two processes joined by `jax.distributed`: one sweep folder, written by
+    process 0 alone, and the results of a one-process sweep (about a minute: `-m slow`)."""
+    from tests.experiments.test_distributed import POWER_STUDY, launch
+
+    sets = [*POWER_STUDY, "devices.distributed=true"]
+    args = [a for o in sets for a in ("--set", o)]
+    out = tmp_path / "two"
+    outs = launch(
+        ["run", "quickstart", "--sweep", "seed=0,1", *args, "--out", str(out), "--quiet"],
+        processes=2,
+        devices_per_process=2,
+    )
+    for code, _, stderr in outs:
+        assert code == 0, stderr[-3000:]
+    (sweep_dir,) = (out / "quickstart").iterdir()
+    assert is_sweep_dir(sweep_dir)
+    lines = [json.loads(line) for line in (sweep_dir / "results.jsonl").read_text().splitlines()]
+    assert [line["values"] for line in lines] == [{"seed": 0}, {"seed": 1}]
+    one = run_sweep(
+        QUICKSTART, ["seed=0,1"], [*POWER_STUDY, "devices.count=1"], tmp_path / "one", quiet=True
+    )
+    reference = [json.loads(line) for line in (one / "results.jsonl").read_text().splitlines()]
+    assert [line["results"] for line in lines] == [line["results"] for line in reference]
+    for line in lines:
+        meta = json.loads((sweep_dir / line["run_dir"] / "results.json").read_text())["meta"]
+        assert meta["process_count"] == 2 and meta["devices_used"] == 4
