@@ -1,17 +1,17 @@
 """The configs that ship with kseq, found by name: `kseq run quickstart`, `kseq list`.
 
 The repository keeps its configs in the top-level `configs/` folder. A wheel installs them
-inside the package, as `experiments/configs/*.yaml` (pyproject.toml maps the folder in as the
-package data of `experiments.configs`); a checkout, installed editable or put on `PYTHONPATH`,
-reads its `configs/` folder itself. Either way an installed kseq runs its configs from any
-folder.
+inside the package, as `experiments/configs/*.yaml` (setup.py maps the folder in as the package
+`experiments.configs`); a checkout, installed editable or put on `PYTHONPATH`, reads its
+`configs/` folder itself. Either way an installed kseq runs its configs from any folder.
 
 A folder of the working directory named `experiments/` cannot shadow kseq's package in the
 `kseq` command, whose `sys.path` starts with the command's own folder. It can where the working
 directory comes first on `sys.path` (`python -m experiments.cli`, a REPL or a notebook started
 there, `PYTHONPATH=.`): a package there (with an `__init__.py`) is imported instead of kseq's,
-and with an editable install even a plain folder becomes the `experiments` namespace, lending
-kseq's modules any file it holds. `check_package` stops the command line in that case.
+so that none of kseq's code runs; and with an editable install even a plain folder becomes the
+`experiments` namespace, under which kseq's modules are still found, and any file of that
+folder would stand in for one of them. `check_package` stops the command line in that case.
 """
 
 from __future__ import annotations
