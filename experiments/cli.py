@@ -189,6 +189,21 @@ def _sweep_module():
         return None
 
 
+def _load_shown(source, overrides, sweep) -> tuple:
+    """(the resolved config that `--help` and `--print-config` show, its `sweep:` section or
+    None): a config with a sweep section is shown without it, as the base of its runs."""
+    from experiments.config import apply_overrides, load_config, parse_config
+
+    sectioned = getattr(sweep, "has_sweep_section", None)
+    if sectioned is None or not sectioned(source):
+        return load_config(source, overrides), None
+    from experiments.packaged import find_config
+
+    raw = apply_overrides(yaml.safe_load(find_config(source).read_text()), overrides)
+    section = raw.pop("sweep")
+    return parse_config(raw), section
+
+
 def _run(args: argparse.Namespace) -> None:
     """`kseq run`: the help or resolved config of a config, a sweep, or one run (fresh or
     resumed): start line on stderr, progress, then the results table and the folder."""
@@ -201,19 +216,24 @@ def _run(args: argparse.Namespace) -> None:
     source = args.config
     if source is None and args.resume is not None:
         source = pathlib.Path(args.resume) / "config.yaml"
+    sweep = _sweep_module()
     if args.help:
         args.run_parser.print_help()
         if source is not None:
-            cfg = load_config(source, args.overrides)
+            cfg, _ = _load_shown(source, args.overrides, sweep)
             print(f"\nkeys of {source} (task {cfg.task}; set with --set KEY=VALUE):")
             print(describe_config(cfg))
         return
     if (args.config is None) == (args.resume is None):
         raise ConfigError("give either a CONFIG or --resume RUN_DIR.")
     if args.print_config:
-        print(dump_config(load_config(source, args.overrides)), end="")
+        cfg, section = _load_shown(source, args.overrides, sweep)
+        print(dump_config(cfg), end="")
+        if section is not None:
+            print(
+                yaml.safe_dump({"sweep": section}, sort_keys=False, default_flow_style=None), end=""
+            )
         return
-    sweep = _sweep_module()
     if args.sweep and args.resume is not None:
         raise ConfigError("--sweep goes with a CONFIG; a sweep folder resumes with --resume alone.")
     sectioned = getattr(sweep, "has_sweep_section", None)  # a config with a `sweep:` section
