@@ -454,9 +454,11 @@ def test_tensorboard_needs_its_extra(tmp_path, capsys, monkeypatch):
 
 # ----------------------------------------------------------------- Ctrl-C and SIGTERM
 
-# A user's task, outside the package: a few units that take a while each.
+# A user's task, outside the package: a few units, each taking KSEQ_TEST_UNIT_SECONDS (long in
+# the process that is stopped, short in the resume).
 USER_TASK = """
 import dataclasses
+import os
 import time
 
 
@@ -466,17 +468,16 @@ class Config:
 
     Attributes:
       units: how many units.
-      seconds: how long each takes.
     \"\"\"
 
     units: int = 3
-    seconds: float = 0.6
 
 
 def run(cfg, ctx):
+    seconds = float(os.environ.get("KSEQ_TEST_UNIT_SECONDS", "0"))
     done = []
     for i in ctx.progress(range(cfg.units), desc="slow"):
-        done.append(ctx.unit(f"u{i}", lambda i=i: (time.sleep(cfg.seconds), {"i": i})[1]))
+        done.append(ctx.unit(f"u{i}", lambda i=i: (time.sleep(seconds), {"i": i})[1]))
     return {"done": done}
 """
 
@@ -540,7 +541,8 @@ def test_sigterm_stops_a_user_task_as_ctrl_c_does(tmp_path, capsys, monkeypatch)
     lib = str(tmp_path / "lib")
     path = os.pathsep.join(p for p in (lib, os.environ.get("PYTHONPATH")) if p)
     command = ["run", str(config), "--out", str(out)]
-    code, stdout, stderr = _interrupt(command, out, signal.SIGTERM, env={"PYTHONPATH": path})
+    env = {"PYTHONPATH": path, "KSEQ_TEST_UNIT_SECONDS": "60"}
+    code, stdout, stderr = _interrupt(command, out, signal.SIGTERM, env=env)
     assert code == 130, (stdout, stderr)
     (run_dir,) = (out / "slow").iterdir()
     _error_line(stderr, "run", "interrupted (SIGTERM)", f"kseq run --resume {run_dir}")
