@@ -1,7 +1,9 @@
 """`RunContext`: what a task gets besides its config.
 
 The run folder, the run's keys, the device mesh and its data axes, resumable units of work,
-checkpoints of training loops, metrics lines, progress bars and figures.
+checkpoints of training loops, metrics lines (and their TensorBoard scalars, with the config's
+`tensorboard: true`), progress (tqdm bars on a terminal, one line per finished unit elsewhere:
+`RunContext.progress`) and figures.
 
 Devices. Tasks split their replicate, permutation, seed and batch axes over the mesh's data
 axes (`RunContext.data_axes`: every axis unless the config names some) with
