@@ -278,7 +278,7 @@ def _run(args: argparse.Namespace) -> None:
 
 def main(argv=None) -> int:
     """Runs the command; returns the exit status: 0, 1 for a failure with a reason (a file, a
-    package, a folder), 2 for a config or usage error, 130 after Ctrl-C.
+    package, a folder), 2 for a config or usage error, 130 after Ctrl-C or SIGTERM.
 
     Foreseeable faults print `kseq <command>: error: <message>` on one line, without a
     traceback; set KSEQ_TRACEBACK=1 to see one."""
@@ -316,7 +316,8 @@ def main(argv=None) -> int:
         if run_dir is not None:
             _error(args.command, f"interrupted ({what}); finish the run with: {_resume(run_dir)}")
         elif args.command == "run":
-            _error(args.command, f"interrupted ({what}) before the run started; nothing to resume.")
+            # before the run folder held its config, or after the results were written
+            _error(args.command, f"interrupted ({what}) outside a run; nothing to resume.")
         else:
             _error(args.command, f"interrupted ({what}).")
         return 130
