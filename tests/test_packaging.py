@@ -125,18 +125,16 @@ TINY = (
 )
 
 
-@pytest.fixture(scope="module")
-def wheel_site(tmp_path_factory):
+def _install_wheel(tmp):
     """kseq's wheel, built from a copy of the sources (the checkout gets no build output) and
     installed without its dependencies into a folder of its own, which is returned. pip builds
     it as `pip install .` does, fetching the build requirements of pyproject.toml."""
-    tmp = tmp_path_factory.mktemp("wheel")
     for name in SOURCES:
         source, target = ROOT / name, tmp / "src" / name
         if source.is_dir():
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
-            target.parent.mkdir(exist_ok=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(source, target)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "wheel", "--no-deps", "-w", tmp / "dist", tmp / "src"], check=True)
@@ -156,32 +154,34 @@ def _installed(site_dir, cwd, *args):
     )
 
 
-def test_the_wheel_ships_every_package_and_the_configs(wheel_site):
+def test_the_wheel_ships_everything_and_runs_from_any_folder(tmp_path):
+    """One test, so that the wheel is built once whichever worker runs it."""
+    wheel_site = _install_wheel(tmp_path / "wheel")
     for package in PACKAGES:
         for init in (ROOT / package).rglob("__init__.py"):
             assert (wheel_site / init.relative_to(ROOT)).is_file(), init
     shipped = sorted(p.name for p in (wheel_site / "experiments" / "configs").glob("*.yaml"))
     assert shipped == sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
 
-
-def test_the_wheel_runs_from_a_folder_with_its_own_experiments_package(wheel_site, tmp_path):
-    (tmp_path / "experiments").mkdir()
-    (tmp_path / "experiments" / "__init__.py").write_text(
+    # from a folder that holds an experiments package of its own, which must not be imported
+    folder = tmp_path / "work"
+    (folder / "experiments").mkdir(parents=True)
+    (folder / "experiments" / "__init__.py").write_text(
         "raise ImportError('the experiments package of the working directory was imported')\n"
     )
     kseq = str(wheel_site / "bin" / "kseq")
 
-    proc = _installed(wheel_site, tmp_path, "-c", "import kmethods; print(kmethods.__file__)")
+    proc = _installed(wheel_site, folder, "-c", "import kmethods; print(kmethods.__file__)")
     assert proc.returncode == 0, proc.stderr
     assert pathlib.Path(proc.stdout.strip()).is_relative_to(wheel_site)
 
-    proc = _installed(wheel_site, tmp_path, kseq, "list")
+    proc = _installed(wheel_site, folder, kseq, "list")
     assert proc.returncode == 0, proc.stderr
     assert "quickstart.yaml" in proc.stdout and "skit_power.yaml" in proc.stdout
 
     out = tmp_path / "runs"
     sets = [a for o in TINY for a in ("--set", o)]
-    proc = _installed(wheel_site, tmp_path, kseq, "run", "quickstart", *sets, "--out", out)
+    proc = _installed(wheel_site, folder, kseq, "run", "quickstart", *sets, "--out", out)
     assert proc.returncode == 0, proc.stderr
     (run_dir,) = (out / "quickstart").iterdir()
     assert (run_dir / "results.json").is_file()
