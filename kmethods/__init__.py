@@ -14,9 +14,12 @@ Specialist names live one namespace down, each in one home:
   (`kmethods.sequences.models`: Markov-chain test models);
 - `kmethods.pksd`: mode finding, perturbations and transitions of the perturbed KSD;
 - `kmethods.betting`: bettors and the `(init, step)` sequential tests behind `skit` and
-  `mmd_betting_test`.
+  `mmd_betting_test`;
+- `kmethods.aggregated`: kernel collections, weights and the level correction behind
+  `mmdagg`, `hsicagg` and `ksdagg`.
 """
 
+from kmethods import aggregated as aggregated
 from kmethods import betting as betting
 from kmethods import calibration as calibration
 from kmethods import pairwise as pairwise
@@ -24,6 +27,9 @@ from kmethods import pksd as pksd
 from kmethods import sequences as sequences
 from kmethods import stein as stein
 from kmethods import thinning as thinning
+from kmethods.aggregated import hsicagg as hsicagg
+from kmethods.aggregated import ksdagg as ksdagg
+from kmethods.aggregated import mmdagg as mmdagg
 from kmethods.betting._tests import mmd_betting_test as mmd_betting_test
 from kmethods.betting._tests import skit as skit
 from kmethods.calibration import TestResult as TestResult
@@ -63,19 +69,23 @@ __all__ = [
     "Sinc",
     "SumKernel",
     "TestResult",
+    "aggregated",
     "betting",
     "calibration",
     "compresspp",
     "hsic",
     "hsic_test",
+    "hsicagg",
     "kernel_thin",
     "ksd2",
     "ksd_seq_test",
     "ksd_test",
+    "ksdagg",
     "median_bandwidth",
     "mmd2",
     "mmd_betting_test",
     "mmd_test",
+    "mmdagg",
     "pairwise",
     "pksd",
     "pksd_test",
