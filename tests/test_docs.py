@@ -114,3 +114,22 @@ def test_public_names_are_rendered_under_their_namespace(site):
     assert 'id="kmethods.thinning.mmd_to_sample"' in html
     html = (site / "api" / "kmethods" / "index.html").read_text()
     assert 'id="kmethods.Gaussian"' in html and 'id="kmethods.hsic.hsic"' in html
+
+
+PAGES_WITH_CODE = sorted(
+    str(path.relative_to(ROOT))
+    for path in (ROOT / "docs").rglob("*.md")
+    if "```python" in path.read_text()
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", PAGES_WITH_CODE)
+def test_docs_python_blocks_run(page):
+    """Each page's Python blocks run as written, in order, in one namespace (slow: they run
+    real examples; about 5 minutes on 2 CPU cores for all pages)."""
+    import re
+
+    text = (ROOT / page).read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    exec(compile("\n".join(blocks), page, "exec"), {"__name__": "docs_example"})
