@@ -25,11 +25,7 @@ def as_points(x, name: str, *, min_points: int = 2) -> jax.Array:
     overflows (n(n - 1) > 65504 at n = 257) and bfloat16's 8-bit mantissa rounds away, so the
     library computes and returns float32 for them (as flax's `dtype` for computation).
     """
-    if isinstance(x, (str, bytes)) or x is None:
-        raise TypeError(f"`{name}` must be an array of shape (n, d), got {type(x).__name__}.")
-    if isinstance(x, np.ndarray) and x.dtype.kind not in "biuf":
-        raise TypeError(f"`{name}` must hold real numbers, got dtype {x.dtype}.")
-    x = jnp.asarray(x)
+    x = as_array(x, name, "(n, d)")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         if jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_:
             x = x.astype(jnp.result_type(float))
@@ -46,6 +42,19 @@ def as_points(x, name: str, *, min_points: int = 2) -> jax.Array:
         raise ValueError(f"`{name}` has zero dimensions (shape {x.shape}).")
     check_finite(x, name)
     return x
+
+
+def as_array(x, name: str, shape: str, *, integer: bool = False) -> jax.Array:
+    """`x` as a JAX array, after the checks that `jnp.asarray` does not make: a TypeError naming
+    it for a string, None, or a NumPy array that does not hold real numbers (integers when
+    `integer`). `shape` is the expected shape, as text for the error."""
+    if isinstance(x, (str, bytes)) or x is None:
+        array = "an integer array" if integer else "an array"
+        raise TypeError(f"`{name}` must be {array} of shape {shape}, got {type(x).__name__}.")
+    kinds, holding = ("iu", "integers") if integer else ("biuf", "real numbers")
+    if isinstance(x, np.ndarray) and x.dtype.kind not in kinds:
+        raise TypeError(f"`{name}` must hold {holding}, got dtype {x.dtype}.")
+    return jnp.asarray(x)
 
 
 def compute_dtype(dtype):

@@ -37,11 +37,7 @@ def check_operator(log_prob, num_states, neighbourhood, window, balance) -> ZSOp
 
 def as_integer_array(x, name, ndim, shape_text):
     """`x` as an int32 array of `ndim` dimensions; a TypeError or ValueError naming it else."""
-    if isinstance(x, (str, bytes)) or x is None:
-        raise TypeError(f"`{name}` must be an integer array of shape {shape_text}, got {x!r}.")
-    if isinstance(x, np.ndarray) and x.dtype.kind not in "iu":
-        raise TypeError(f"`{name}` must hold integers, got dtype {x.dtype}.")
-    x = jnp.asarray(x)
+    x = _checks.as_array(x, name, shape_text, integer=True)
     if not jnp.issubdtype(x.dtype, jnp.integer):
         raise TypeError(f"`{name}` must hold integers, got dtype {x.dtype}.")
     if x.ndim != ndim:
