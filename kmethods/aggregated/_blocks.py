@@ -13,7 +13,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["default_block_size", "family_map", "sum_row_blocks"]
+__all__ = [
+    "default_block_size",
+    "draw_rows",
+    "family_map",
+    "rademacher_rows",
+    "row_block",
+    "sum_row_blocks",
+]
 
 # Entries of the (N, block, n) slabs of one block: 2^21 floats = 8 MiB in float32.
 _BLOCK_ELEMENTS = 2**21
@@ -24,33 +31,75 @@ def default_block_size(n: int, width: int, num_kernels: int) -> int:
     return int(max(1, min(n, _BLOCK_ELEMENTS // max(num_kernels * width, 1))))
 
 
-def sum_row_blocks(fn, *arrays, block_size: int):
-    """sum over row blocks of `fn(rows, *blocks)`, a pytree of arrays.
+def sum_row_blocks(fn, n: int, *, block_size: int):
+    """sum over the row blocks of an n-row matrix of `fn(start, rows)`, a pytree of arrays.
 
-    `rows` are the global indices of the block's rows; the last block is padded with zero
-    rows whose indices are >= n, which `fn` must give no weight (e.g. through zero entries
-    of a draw's vector, or a mask `rows < n`).
+    Block i covers rows [start, start + b) with start = min(i b, n - b), so every block has b
+    rows and no array is padded or copied: `fn` slices what it needs at `start` (e.g. with
+    `jax.lax.dynamic_slice_in_dim`). `rows` holds the global index of each of the b rows, or
+    n for a row that an earlier block already covered (the last block overlaps the one
+    before); `fn` must give those rows no weight (e.g. a mask `rows < n`).
     """
-    n = arrays[0].shape[0]
     b = int(min(block_size, n))
     num_blocks = -(-n // b)
+    offsets = jnp.arange(b)  # the default integer type, as `mask_diagonal`'s columns
+
+    def one(i):
+        first = i * b
+        start = jnp.minimum(first, n - b)
+        rows = start + offsets
+        return fn(start, jnp.where(rows >= first, rows, n))
+
     if num_blocks == 1:
-        return fn(jnp.arange(n), *arrays)
-    pad = num_blocks * b - n
-    blocks = [
-        jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape(num_blocks, b, *a.shape[1:])
-        for a in arrays
-    ]
-    rows = jnp.arange(num_blocks * b).reshape(num_blocks, b)
-    shapes = jax.eval_shape(fn, rows[0], *(blk[0] for blk in blocks))
+        return one(jnp.zeros((), offsets.dtype))
+    shapes = jax.eval_shape(one, jnp.zeros((), offsets.dtype))
     start = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
-    def body(total, args):
-        part = fn(*args)
-        return jax.tree.map(jnp.add, total, part), None
+    def body(total, i):
+        return jax.tree.map(jnp.add, total, one(i)), None
 
-    total, _ = jax.lax.scan(body, start, (rows, *blocks))
+    total, _ = jax.lax.scan(body, start, jnp.arange(num_blocks, dtype=offsets.dtype))
     return total
+
+
+def row_block(a, start, size, axis=0):
+    """`size` consecutive entries of `a` along `axis` from `start` (a traced index)."""
+    return jax.lax.dynamic_slice_in_dim(a, start, size, axis)
+
+
+def draw_rows(draw, key, num_draws: int, observed, *, batch: int = 64):
+    """`observed`, then `draw(k)` for `num_draws` keys split from `key`, stacked, shape
+    (1 + num_draws, ...): rows 1.. are those of `jax.vmap(draw)(jax.random.split(key,
+    num_draws))` (`calibration.permuted_labels` for a permutation). Computed `batch` draws at
+    a time, so that a draw's temporaries (a sort, for a permutation) exist for `batch` draws
+    only, and written in place: the (1 + B, n) result is the only array of its size."""
+    keys = jax.random.split(key, num_draws)
+    keys = jnp.concatenate([keys[:1], keys])
+    total = num_draws + 1
+    b = min(batch, total)
+
+    def rows(start):
+        index = start + jnp.arange(b, dtype=start.dtype)
+        k = jax.lax.dynamic_slice_in_dim(keys, start, b)
+        return jax.vmap(lambda ki, i: jnp.where(i == 0, observed, draw(ki)))(k, index)
+
+    # Batches overwrite a preallocated array (the last one overlaps the one before, with the
+    # same rows): a `lax.map` would concatenate its remainder into a second copy.
+    out = jnp.zeros((total, *observed.shape), observed.dtype)
+
+    def body(i, out):
+        start = jnp.minimum(i * b, total - b)
+        return jax.lax.dynamic_update_slice_in_dim(out, rows(start), start, 0)
+
+    return jax.lax.fori_loop(0, -(-total // b), body, out)
+
+
+def rademacher_rows(key, n: int, num_draws: int, dtype):
+    """A row of ones, then `num_draws` rows of n i.i.d. Rademacher signs, one key each (split
+    from `key`), shape (1 + num_draws, n): the wild bootstrap's sign vectors (Chwialkowski,
+    Strathmann & Gretton 2016) with the statistic's own weights first."""
+    ones = jnp.ones(n, dtype)
+    return draw_rows(lambda k: jax.random.rademacher(k, (n,), dtype), key, num_draws, ones)
 
 
 def family_map(fn, collection):

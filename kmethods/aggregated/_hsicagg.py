@@ -25,9 +25,14 @@ from kmethods.aggregated._aggregate import (
 from kmethods.aggregated._aggregate import (
     weights as weighting,
 )
-from kmethods.aggregated._blocks import default_block_size, family_map, sum_row_blocks
+from kmethods.aggregated._blocks import (
+    default_block_size,
+    family_map,
+    rademacher_rows,
+    row_block,
+    sum_row_blocks,
+)
 from kmethods.aggregated._collections import KernelCollection, as_collection, hsicagg_kernels
-from kmethods.calibration import wild_bootstrap_signs
 from kmethods.kernels import Kernel
 from kmethods.pairwise import mask_diagonal
 
@@ -185,35 +190,40 @@ def _hsicagg(
     num = x.shape[0] // 2
     dtype = x.dtype
     x1, x2, y1, y2 = x[:num], x[num : 2 * num], y[:num], y[num : 2 * num]
-    signs = wild_bootstrap_signs(key, num, num_bootstrap + num_correction, 0.5, dtype)
-    columns = jnp.concatenate([jnp.ones((1, num), dtype), signs]).T  # (N, 1 + B1 + B2)
+    signs = rademacher_rows(key, num, num_bootstrap + num_correction, dtype)  # (1 + B, N)
     nx, ny = len(collection_x), len(collection_y)
 
     if num_diagonals is None:
 
-        def block(rows, x1b, x2b, y1b, y2b, wb):
+        def block(start, rows):
+            size = rows.shape[0]
+            x1b, x2b = row_block(x1, start, size), row_block(x2, start, size)
+            y1b, y2b = row_block(y1, start, size), row_block(y2, start, size)
+            wb = row_block(signs, start, size, axis=1)
             hx = _h_block(collection_x, x1b, x2b, x1, x2)
             hy = _h_block(collection_y, y1b, y2b, y1, y2)
             h = (hx[:, None] * hy[None, :]).reshape(nx * ny, *hx.shape[1:])
             h = jax.vmap(mask_diagonal, in_axes=(0, None))(h, rows)
             h = jnp.where((rows < num)[None, :, None], h, jnp.zeros((), dtype))
-            return jnp.sum(wb[None] * (h @ columns), axis=1), jnp.sum(jnp.abs(h), axis=(1, 2))
+            forms = jax.vmap(lambda hk: jnp.sum(wb * (signs @ hk.T), axis=1))(h)
+            return forms, jnp.sum(jnp.abs(h), axis=(1, 2))
 
-        forms, abs_sum = sum_row_blocks(block, x1, x2, y1, y2, columns, block_size=block_size)
+        forms, abs_sum = sum_row_blocks(block, num, block_size=block_size)
         count = float(num) * (num - 1)
     else:
 
         def diagonal(total, r):
-            shift = lambda a: jnp.roll(a, -r, axis=0)
+            shift = lambda a, axis=0: jnp.roll(a, -r, axis=axis)
             hx = _h_paired(collection_x, x1, x2, shift(x1), shift(x2))
             hy = _h_paired(collection_y, y1, y2, shift(y1), shift(y2))
             h = (hx[:, None] * hy[None, :]).reshape(nx * ny, num)
             h = jnp.where((jnp.arange(num) < num - r)[None, :], h, jnp.zeros((), dtype))
-            part = (h @ (columns * shift(columns)), jnp.sum(jnp.abs(h), axis=1))
+            part = ((signs * shift(signs, 1)) @ h.T, jnp.sum(jnp.abs(h), axis=1))
             return jax.tree.map(jnp.add, total, part), None
 
-        start = (jnp.zeros((nx * ny, columns.shape[1]), dtype), jnp.zeros(nx * ny, dtype))
+        start = (jnp.zeros((signs.shape[0], nx * ny), dtype), jnp.zeros(nx * ny, dtype))
         (forms, abs_sum), _ = jax.lax.scan(diagonal, start, jnp.arange(1, num_diagonals + 1))
+        forms = forms.T
         r = num_diagonals
         count = float(r * num - r * (r + 1) // 2)
     draws = forms / (4.0 * count)

@@ -17,9 +17,14 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from kmethods import _checks
 from kmethods.aggregated._aggregate import AggregatedTestResult, aggregate, collection_weights
-from kmethods.aggregated._blocks import default_block_size, family_map, sum_row_blocks
+from kmethods.aggregated._blocks import (
+    default_block_size,
+    family_map,
+    rademacher_rows,
+    row_block,
+    sum_row_blocks,
+)
 from kmethods.aggregated._collections import KernelCollection, as_collection, ksdagg_kernels
-from kmethods.calibration import wild_bootstrap_signs
 from kmethods.kernels import Kernel
 from kmethods.ksd import _scores
 from kmethods.pairwise import mask_diagonal
@@ -119,18 +124,21 @@ def _ksdagg(
 ):
     n = x.shape[0]
     dtype = x.dtype
-    signs = wild_bootstrap_signs(key, n, num_bootstrap + num_correction, 0.5, dtype)
-    columns = jnp.concatenate([jnp.ones((1, n), dtype), signs]).T  # (n, 1 + B1 + B2)
+    signs = rademacher_rows(key, n, num_bootstrap + num_correction, dtype)  # (1 + B, n)
 
-    def block(rows, xb, sb, wb):
+    def block(start, rows):
+        size = rows.shape[0]
+        xb, sb = row_block(x, start, size), row_block(scores, start, size)
+        wb = row_block(signs, start, size, axis=1)
+
         def one(kernel):
             u = mask_diagonal(kernel.stein_gram(xb, sb, x, scores), rows)
             u = jnp.where((rows < n)[:, None], u, jnp.zeros((), dtype))
-            return jnp.sum(wb * (u @ columns), axis=0), jnp.sum(jnp.abs(u))
+            return jnp.sum(wb * (signs @ u.T), axis=1), jnp.sum(jnp.abs(u))
 
         return family_map(one, collection)
 
-    forms, abs_sum = sum_row_blocks(block, x, scores, columns, block_size=block_size)
+    forms, abs_sum = sum_row_blocks(block, n, block_size=block_size)
     nf = float(n)
     draws = forms / (nf * (nf - 1))
     draws = draws.at[:, 0].set(_checks.nan_unless_finite(draws[:, 0], x, scores))

@@ -15,9 +15,14 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from kmethods import _checks
 from kmethods.aggregated._aggregate import AggregatedTestResult, aggregate, collection_weights
-from kmethods.aggregated._blocks import default_block_size, family_map, sum_row_blocks
+from kmethods.aggregated._blocks import (
+    default_block_size,
+    draw_rows,
+    family_map,
+    row_block,
+    sum_row_blocks,
+)
 from kmethods.aggregated._collections import KernelCollection, as_collection, mmdagg_kernels
-from kmethods.calibration import permuted_labels
 from kmethods.kernels import Kernel
 from kmethods.pairwise import mask_diagonal
 
@@ -130,20 +135,26 @@ def _mmdagg(
     z = jnp.concatenate([x, y])
     dtype = z.dtype
     observed = jnp.concatenate([jnp.ones(n, dtype), jnp.zeros(m, dtype)])
-    labels = permuted_labels(key, observed, num_permutations + num_correction)
-    labels = jnp.concatenate([observed[None], labels]).T  # (n + m, 1 + B1 + B2)
-    columns = jnp.concatenate([labels, jnp.ones((n + m, 1), dtype)], axis=1)
+    labels = draw_rows(  # (1 + B1 + B2, n + m): the labelling, then the permuted ones
+        lambda k: jax.random.permutation(k, observed),
+        key,
+        num_permutations + num_correction,
+        observed,
+    )
     # MMD^2 is unchanged by K -> K - c: each kernel is shifted by one of its entries, so that
     # a nearly constant kernel keeps the digits its statistics differ in (as in `mmd_test`).
     shifts = family_map(lambda k: k(z[0], z[-1]), collection)
 
-    def block(rows, zb, eb):
+    def block(start, rows):
+        size = rows.shape[0]
+        zb, eb = row_block(z, start, size), row_block(labels, start, size, axis=1)
+
         def one(kernel, shift):
             g = mask_diagonal(kernel.gram(zb, z) - shift, rows)
             g = jnp.where((rows < n + m)[:, None], g, jnp.zeros((), dtype))
-            k_cols = g @ columns
-            k_e, k_one = k_cols[:, :-1], k_cols[:, -1]
-            return jnp.sum(eb * k_e, axis=0), eb.T @ k_one, jnp.sum(k_one)
+            k_e = labels @ g.T  # (K e_b)_i for the rows i of the block, shape (1 + B, b)
+            k_one = jnp.sum(g, axis=1)
+            return jnp.sum(eb * k_e, axis=1), eb @ k_one, jnp.sum(k_one)
 
         outs = [
             jax.vmap(one)(family, s)
@@ -151,7 +162,7 @@ def _mmdagg(
         ]
         return jax.tree.map(lambda *parts: jnp.concatenate(parts), *outs)
 
-    within_x, x_to_all, total = sum_row_blocks(block, z, labels, block_size=block_size)
+    within_x, x_to_all, total = sum_row_blocks(block, n + m, block_size=block_size)
     within_y = total[:, None] - 2.0 * x_to_all + within_x  # f' K f with f = 1 - e
     between = x_to_all - within_x  # e' K f
     nf, mf = float(n), float(m)

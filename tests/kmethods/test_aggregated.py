@@ -14,7 +14,7 @@ from scipy import stats
 import kmethods
 from kmethods import aggregated
 from kmethods.aggregated import L1Laplace
-from kmethods.calibration import permuted_labels, wild_bootstrap_signs
+from kmethods.calibration import permuted_labels
 from kmethods.kernels import IMQ, Gaussian
 
 ALPHA = 0.05
@@ -52,6 +52,13 @@ def np_imq_stein(kernel, x, s):
     ss = s @ s.T
     cross = np.einsum("ijd,jd->ij", diff, s) - np.einsum("ijd,id->ij", diff, s)
     return ss * k + grad_x * cross + trace
+
+
+def np_signs(key, n, num_draws):
+    """Ones, then one Rademacher vector per key of `jax.random.split(key, num_draws)`."""
+    keys = jax.random.split(key, num_draws)
+    signs = np.stack([np.asarray(jax.random.rademacher(k, (n,), jnp.float64)) for k in keys])
+    return np.concatenate([np.ones((1, n)), signs])
 
 
 def np_aggregate(draws, w, alpha, b1, b3):
@@ -182,8 +189,7 @@ def test_ksdagg_matches_dense_numpy(x64):
     )
     kernels = result.kernels.unstack()
     assert all(isinstance(k, IMQ) for k in kernels)
-    signs = np.asarray(wild_bootstrap_signs(key, 20, B1 + B2, 0.5, jnp.float64))
-    columns = np.concatenate([np.ones((1, 20)), signs])
+    columns = np_signs(key, 20, B1 + B2)
     draws = []
     for kernel in kernels:
         h = np_imq_stein(kernel, x, scores)
@@ -214,8 +220,7 @@ def test_hsicagg_matches_dense_numpy(x64, num_diagonals):
         block_size=5,
     )
     num = 12
-    signs = np.asarray(wild_bootstrap_signs(key, num, B1 + B2, 0.5, jnp.float64))
-    columns = np.concatenate([np.ones((1, num)), signs])
+    columns = np_signs(key, num, B1 + B2)
     i, j = np.indices((num, num))
     design = (i != j) if num_diagonals is None else (j > i) & (j - i <= num_diagonals)
     draws = []
