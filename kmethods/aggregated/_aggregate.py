@@ -67,7 +67,8 @@ class AggregatedTestResult(
       rejections: which kernels reject, shape (N,) bool; `reject` is their `any`.
       u: the level correction found by bisection.
       weights: w_i, shape (N,).
-      kernels: the `KernelCollection` tested, kernel i as in `kernels.unstack()[i]`.
+      kernels: the `KernelCollection` tested, kernel i as in `kernels.unstack()[i]`; for
+        `hsicagg`, the pair (kernels_x, kernels_y), kernel pair i = a N_y + b.
     """
 
     __slots__ = ()

@@ -51,10 +51,11 @@ def mmdagg(
     the first B1 estimate each kernel's quantiles, the other B2 the family-wise error of their
     union, and the correction u is found by `bisection_steps` steps of bisection (see
     `kmethods.aggregated` for the algorithm). All statistics on all relabellings come from one
-    blocked pass over the rows of the pooled kernel matrices, K_i [e_0 ... e_B 1] with e_b the
-    label indicators, so memory is O(N block_size (n + m) + (n + m) B + N B) and no kernel
-    matrix is stored. Permutations make the test valid for any n, m (the reference
-    implementation uses a wild bootstrap when n = m).
+    blocked pass over the rows of the pooled kernel matrices, K_i [e_0 ... e_B] and K_i 1 with
+    e_b the label indicators, so memory is O(N block_size (n + m) + (n + m) B + N B) and no
+    kernel matrix is stored (at n = m = 20000, d = 10, 20 kernels and B = 2000 + 2000, the
+    compiled plan holds 0.7 GB, the labels 0.64 GB of it). Permutations make the test valid
+    for any n, m (the reference implementation uses a wild bootstrap when n = m).
 
     Args:
       key: PRNG key for the permutations.

@@ -14,6 +14,7 @@ from scipy import stats
 import kmethods
 from kmethods import aggregated
 from kmethods.aggregated import L1Laplace
+from kmethods.aggregated._mmdagg import _mmdagg
 from kmethods.calibration import permuted_labels
 from kmethods.kernels import IMQ, Gaussian
 
@@ -177,6 +178,14 @@ def test_mmdagg_matches_dense_numpy(x64):
     # Each statistic is the library's unbiased MMD^2 with that kernel.
     mmd = [float(kmethods.mmd2(x, y, k)) for k in kernels]
     np.testing.assert_allclose(np.asarray(result.statistics), mmd, rtol=1e-9)
+    # One compile per shape and layout: new data, key and bandwidths reuse it.
+    size = _mmdagg._cache_size()
+    other = [L1Laplace(h) for h in (0.3, 1.0, 2.0, 4.0)] + [
+        Gaussian(h) for h in (0.2, 1.0, 2.0, 3.0)
+    ]
+    options = dict(num_permutations=B1, num_correction=B2, block_size=6, weights="centred")
+    kmethods.mmdagg(jax.random.key(9), x + 1.0, 2.0 * y, other, **options)
+    assert _mmdagg._cache_size() == size
 
 
 def test_ksdagg_matches_dense_numpy(x64):
