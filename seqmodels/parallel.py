@@ -26,7 +26,7 @@ from jaxtyping import Array, ArrayLike, Inexact
 
 from seqmodels._affine import act, compose
 from seqmodels._checks import check_positive_int, common_dtype, compute_dtype
-from seqmodels._gla import chunkwise_form
+from seqmodels._gla import chunkwise_scan
 from seqmodels._scan import check_method, linear_recurrence, prepare_recurrence
 
 __all__ = ["gated_linear_attention_sharded", "linear_recurrence_sharded"]
@@ -153,9 +153,9 @@ def gated_linear_attention_sharded(
     """`gated_linear_attention` (y_t = q_t H_t, H_t = diag(a_t) H_{t-1} + k_t^T v_t) with the
     time axis split across `mesh[axis_name]`, as in LASP-2.
 
-    Each device computes its chunk's own part (from a zero state, by the chunkwise form) and its
-    chunk state
-    S = sum_s (prod_{r > s} a_r) k_s^T v_s with its total decay; one all-gather of the (K x V)
+    Each device computes, from a zero state and by the chunkwise form, its chunk's own part
+    and its chunk state S = sum_s (prod_{r > s} a_r) k_s^T v_s, and its total decay; one
+    all-gather of the (K x V)
     chunk states and K decays gives each device its incoming state H_in, and the inter-chunk
     part is (q_t * prod_{r <= t} a_r) H_in. Communication per device is O(K V), independent of L.
 
@@ -184,11 +184,8 @@ def gated_linear_attention_sharded(
     chunk_size = min(chunk_size, q.shape[0] // num_devices)
 
     def local(q, k, v, log_a):
-        intra = chunkwise_form(q, k, v, log_a, chunk_size)
-        cum = jnp.cumsum(log_a, axis=0)
-        total = cum[-1]
-        state = jnp.einsum("tk,tv->kv", k * jnp.exp(total[None] - cum), v)
-        decays = jax.lax.all_gather(jnp.exp(total), axis_name)  # (n, K)
+        intra, state = chunkwise_scan(q, k, v, log_a, chunk_size)
+        decays = jax.lax.all_gather(jnp.exp(jnp.sum(log_a, axis=0)), axis_name)  # (n, K)
         states = jax.lax.all_gather(state, axis_name)  # (n, K, V)
 
         def step(carry, summary):
@@ -197,7 +194,7 @@ def gated_linear_attention_sharded(
 
         _, starts = jax.lax.scan(step, jnp.zeros_like(state), (decays, states))
         start = starts[jax.lax.axis_index(axis_name)]
-        return intra + jnp.einsum("tk,kv->tv", q * jnp.exp(cum), start)
+        return intra + jnp.einsum("tk,kv->tv", q * jnp.exp(jnp.cumsum(log_a, axis=0)), start)
 
     spec = PartitionSpec(axis_name)
     return _sharded(local, mesh, (spec,) * 4, spec, q, k, v, log_a).astype(dtype)

@@ -13,8 +13,8 @@ Layers:
 
 Functions:
   `gated_linear_attention`, `multihead_gated_linear_attention`: the recurrence that GateLoop
-    and LinearAttention share, in four equal forms chosen by `mode` ("recurrent", "parallel",
-    "attention", "chunkwise").
+    and LinearAttention share, in four equal forms chosen by `mode`: "chunkwise" (the
+    default, memory linear in L forward and backward), "recurrent", "parallel", "attention".
 """
 
 from seqmodels.layers._ckconv import CKConv as CKConv

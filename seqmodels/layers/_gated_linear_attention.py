@@ -32,7 +32,7 @@ def gated_linear_attention(
     v: Inexact[Array, "L V"],
     log_a: Inexact[Array, "L K"],
     *,
-    mode: str | Callable = "parallel",
+    mode: str | Callable = "chunkwise",
     chunk_size: int = 64,
 ) -> Inexact[Array, "L V"]:
     """y_t = q_t H_t with H_t = diag(a_t) H_{t-1} + k_t^T v_t, for one head.
@@ -41,10 +41,15 @@ def gated_linear_attention(
       q, k: (L, K). v: (L, V). Real or complex.
       log_a: (L, K) logarithms of the gates (real, or complex for rotating gates as in
         GateLoop); Re(log_a) <= 0 keeps the recurrence stable.
-      mode: "recurrent", "parallel", "attention" or "chunkwise"; all four are equal. A
-        callable `form(q, k, v, log_a) -> y` on one head is used as it is.
-      chunk_size: chunk length of the chunkwise form, a positive int; one longer than L is
-        cut to L (a longer chunk would only be padding).
+      mode: "chunkwise" (the default), "recurrent", "parallel" or "attention"; all four are
+        equal. Memory, forward and backward: chunkwise O(L (K + V) + (L / C) K V) (Yang et
+        al., 2024, GLA: states only at chunk boundaries, each chunk recomputed in the
+        backward pass); recurrent O(L K V) for the backward pass (O(K V) forward); parallel
+        O(L K V); attention O(L^2 K). A callable `form(q, k, v, log_a) -> y` on one head is
+        used as it is.
+      chunk_size: C, the chunk length of the chunkwise form, a positive int; one longer than
+        L is cut to L (a longer chunk would only be padding), and C is rounded up to a
+        multiple of its sub-chunk, min(16, C).
 
     Returns:
       y of shape (L, V), in the common dtype of the inputs. float16 and bfloat16 inputs are
@@ -71,7 +76,7 @@ def multihead_gated_linear_attention(
     log_a: Inexact[Array, "L HK"],
     num_heads: int,
     *,
-    mode: str | Callable = "parallel",
+    mode: str | Callable = "chunkwise",
     chunk_size: int = 64,
     mesh: jax.sharding.Mesh | None = None,
     axis_name: str = "seq",

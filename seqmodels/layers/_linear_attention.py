@@ -20,8 +20,9 @@ class LinearAttention(eqx.Module):
 
     Per head h with decay gamma_h = 1 - 2^(-5 - h) (RetNet's choice):
       S_t = gamma_h S_{t-1} + k_t^T v_t,  y_t = q_t S_t,
-    computed in the recurrent, parallel ((Q K^T . D) V with D_ts = gamma^(t-s), the
-    "attention" mode) or chunkwise form; all agree. Heads are concatenated, gated by
+    computed in the chunkwise form (the default; memory linear in L, forward and backward),
+    or the recurrent, parallel, or attention ((Q K^T . D) V with D_ts = gamma^(t-s)) form;
+    all agree. Heads are concatenated, gated by
     SiLU(W_g x) as in RetNet, and projected.
     """
 
