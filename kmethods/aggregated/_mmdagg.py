@@ -164,14 +164,16 @@ def _mmdagg(
         return jax.tree.map(lambda *parts: jnp.concatenate(parts), *outs)
 
     within_x, x_to_all, total = sum_row_blocks(block, n + m, block_size=block_size)
-    within_y = total[:, None] - 2.0 * x_to_all + within_x  # f' K f with f = 1 - e
-    between = x_to_all - within_x  # e' K f
+    # With W = e'Ke, X = e'K1 and T = 1'K1 (zero diagonal, f = 1 - e), MMD_u^2 is
+    # W / (n(n-1)) + f'Kf / (m(m-1)) - 2 e'Kf / (nm), and f'Kf = T - 2X + W, e'Kf = X - W:
+    # collected per sum, the coefficients below. The scale of the rounding is the size of the
+    # terms.
     nf, mf = float(n), float(m)
-    cx, cy, cxy = nf * (nf - 1), mf * (mf - 1), nf * mf
-    draws = within_x / cx + within_y / cy - 2.0 * between / cxy
-    scale = jnp.max(
-        jnp.abs(within_x) / cx + jnp.abs(within_y) / cy + 2.0 * jnp.abs(between) / cxy, axis=1
-    )
+    cx, cy, cxy = 1.0 / (nf * (nf - 1)), 1.0 / (mf * (mf - 1)), 1.0 / (nf * mf)
+    sums = (within_x, x_to_all, jnp.broadcast_to(total[:, None], within_x.shape))
+    coefficients = (cx + cy + 2.0 * cxy, -2.0 * (cy + cxy), cy)
+    draws = sum(c * t for c, t in zip(coefficients, sums, strict=True))
+    scale = jnp.max(sum(abs(c) * jnp.abs(t) for c, t in zip(coefficients, sums, strict=True)), 1)
     draws = draws.at[:, 0].set(_checks.nan_unless_finite(draws[:, 0], x, y))
     return aggregate(
         draws,
