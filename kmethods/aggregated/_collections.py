@@ -16,7 +16,10 @@ most the first 500 points, as there):
   it is below 0.1, the 5% quantile of the distances, at least 0.1).
 - KSDAgg (Schrab, Guedj & Gretton, NeurIPS 2022, and their `ksdagg` package): IMQ kernels
   (1 + ||x - y||^2 / lambda^2)^(-1/2) over `num_bandwidths` bandwidths in geometric progression
-  from 1 to max(2, largest distance within x[:500]), each divided by the dimension d.
+  from 1 to max(2, largest distance within x[:500]), each divided by the dimension d. (The
+  paper's experiments use 2^i times the median distance, i = 0, ..., 10: pass
+  `[IMQ(bandwidth=2.0**i * h) for i in range(11)]`. Both grids start near or above the median
+  distance, so neither sees a perturbation on a much smaller scale.)
 - HSICAgg (Schrab, Kim, Guedj & Gretton, NeurIPS 2022, and their `agginc` package):
   Gaussian kernels at 2^i times the median distance within x[:500] (resp. y[:500]) for
   i = -2, ..., 2, every pair of an x-bandwidth and a y-bandwidth (25 pairs).
