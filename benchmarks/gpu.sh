@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu.sh OUT            # the profile (meant to finish in under 8 minutes)
 #   bash benchmarks/gpu.sh --dry OUT      # tiny sizes: checks the script end to end on a CPU
 #   KSEQ_GPU_SMOKE=1 bash benchmarks/gpu.sh OUT    # the same as --dry
+#   PYTHON=.venv/bin/python bash benchmarks/gpu.sh OUT   # another interpreter (default: python)
 #
 # Runs from a plain checkout (PYTHONPATH=.) and needs only kseq's own dependencies (jax with
 # CUDA, flax, equinox, optax, orbax, chex, jaxtyping, numpy, pyyaml, matplotlib, tqdm). The
@@ -57,7 +58,7 @@ mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)" || { echo "gpu.sh: cannot make $1" 
 
 cd "$(dirname "$0")/.." || exit 2
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python || command -v python3)}"
 
 echo "== hardware"
 if command -v nvidia-smi >/dev/null 2>&1; then
@@ -73,15 +74,16 @@ start_all=$SECONDS
 while IFS='|' read -r label config limit full small; do
   [ -n "$label" ] || continue
   if [ "$smoke" = 1 ]; then overrides=$small; else overrides=$full; fi
+  read -r -a kvs <<<"$overrides"  # split on spaces, no globbing of the [..] values
   args=()
-  for kv in $overrides; do args+=(--set "$kv"); done
+  for kv in ${kvs[@]+"${kvs[@]}"}; do args+=(--set "$kv"); done
   echo "== $label: $config ${overrides}"
   start=$SECONDS
   if command -v timeout >/dev/null 2>&1 && [ "$smoke" != 1 ]; then
-    timeout -s INT -k 10 "$limit" "$PY" -m experiments.cli run "$config" "${args[@]}" \
-      --out "$OUT" --quiet
+    timeout -s INT -k 10 "$limit" "$PY" -m experiments.cli run "$config" ${args[@]+"${args[@]}"} \
+      --out "$OUT" --quiet </dev/null
   else
-    "$PY" -m experiments.cli run "$config" "${args[@]}" --out "$OUT" --quiet
+    "$PY" -m experiments.cli run "$config" ${args[@]+"${args[@]}"} --out "$OUT" --quiet </dev/null
   fi
   rc=$?
   echo "== $label: exit $rc after $((SECONDS - start)) s"
