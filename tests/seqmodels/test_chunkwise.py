@@ -11,29 +11,12 @@ import numpy as np
 import pytest
 
 from seqmodels.layers import GateLoop, LinearAttention, gated_linear_attention
-from tests.seqmodels.test_gated_linear_attention import loop_reference
+from tests.seqmodels.test_gated_linear_attention import gla_inputs, loop_reference
 
 # (L, chunk_size): L not a multiple of the chunk, with 3 sub-chunks of 16 per chunk (blocks
 # between non-adjacent sub-chunks); a chunk of 8, its own sub-chunk; a chunk of 20, rounded up
 # to 32; a chunk longer than L, cut to L.
 SHAPES = [(101, 48), (37, 8), (45, 20), (13, 64)]
-
-
-def _inputs(key, length, *, complex_gates, strong, dtype=jnp.float32):
-    kq, kk, kv, ka, ks, kp = jax.random.split(key, 6)
-    q = jax.random.normal(kq, (length, 4), dtype)
-    k = jax.random.normal(kk, (length, 4), dtype)
-    v = jax.random.normal(kv, (length, 3), dtype)
-    log_a = jnp.log(jax.random.uniform(ka, (length, 4), dtype, minval=0.6, maxval=0.999))
-    if strong:
-        # Gates near 0: hard resets (log gate -1000) at a fifth of the entries. The naive
-        # factorisation's e^{-cumsum} overflows after one of them; differences of cumulative
-        # sums would lose ulp(1000) ~ 6e-5 of every later decay in float32.
-        log_a = jnp.where(jax.random.bernoulli(ks, 0.2, (length, 4)), -1000.0, log_a)
-    if complex_gates:
-        phase = jax.random.uniform(kp, (length, 4), dtype, minval=-1, maxval=1)
-        log_a = jax.lax.complex(log_a, phase)
-    return q, k, v, log_a
 
 
 def _close(got, want, tol):
@@ -46,9 +29,7 @@ def _close(got, want, tol):
 @pytest.mark.parametrize(("length", "chunk_size"), SHAPES)
 @pytest.mark.parametrize("complex_gates", [False, True])
 def test_forward_equals_the_loop_in_float64(x64, getkey, length, chunk_size, complex_gates):
-    args = _inputs(
-        getkey(), length, complex_gates=complex_gates, strong=length == 101, dtype=jnp.float64
-    )
+    args = gla_inputs(getkey(), length, complex_gates, strong=length == 101, dtype=jnp.float64)
     form = jax.jit(lambda *a: gated_linear_attention(*a, mode="chunkwise", chunk_size=chunk_size))
     _close([form(*args)], [loop_reference(*args)], 1e-10)
 
@@ -83,7 +64,7 @@ def _loss(mode, chunk_size):
 )
 def test_value_and_gradients_equal_the_recurrence(getkey, dtype, tol, complex_gates, strong):
     with jax.enable_x64(dtype == jnp.float64):
-        args = _inputs(getkey(), 101, complex_gates=complex_gates, strong=strong, dtype=dtype)
+        args = gla_inputs(getkey(), 101, complex_gates, strong=strong, dtype=dtype)
         value, grads = _loss("chunkwise", 48)(*args)
         ref_value, ref_grads = _loss("recurrent", 48)(*args)
         assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
@@ -94,7 +75,7 @@ def test_strong_decays_overflow_the_naive_factorisation(getkey):
     """The case the stabilised factorisation exists for: with gates of e^-1000 the naive
     (q e^{b}) (k e^{-b})^T is inf * 0 in float32 and float64, the chunkwise form is finite
     and equal to the recurrence (forward here, backward above)."""
-    q, k, v, log_a = _inputs(getkey(), 101, complex_gates=True, strong=True)
+    q, k, v, log_a = gla_inputs(getkey(), 101, True, strong=True)
     growth = jnp.exp(-jnp.cumsum(jnp.real(log_a[:48]), axis=0))
     assert not bool(jnp.all(jnp.isfinite(growth)))
     got = jax.jit(lambda *a: gated_linear_attention(*a, mode="chunkwise", chunk_size=48))(
