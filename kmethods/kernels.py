@@ -27,6 +27,7 @@ Conventions (`r = ||x - y||_2`):
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -35,6 +36,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 from kmethods._checks import as_points, check_positive, positive_int
+from kmethods._kernel_sums import KernelSum
 from kmethods._numerics import median_distance, safe_sqrt
 from kmethods.pairwise import centring_point, sqdist
 
@@ -405,20 +407,11 @@ class Polynomial(Kernel):
         return (self.scale * (x @ y.T) + self.c) ** self.degree
 
 
-class SumKernel(Kernel):
+class SumKernel(KernelSum, Kernel):
     """k(x, y) = sum_i k_i(x, y)."""
 
-    kernels: tuple
-
-    def __check_init__(self):
-        if len(self.kernels) == 0 or not all(isinstance(k, Kernel) for k in self.kernels):
-            raise TypeError("`kernels` must be a non-empty tuple of kernels.")
-
-    def __call__(self, x, y):
-        return sum(k(x, y) for k in self.kernels)
-
-    def gram(self, x, y):
-        return sum(k.gram(x, y) for k in self.kernels)
+    component: ClassVar[type] = Kernel
+    component_name: ClassVar[str] = "kernels"
 
     def stein_gram(self, x, sx, y, sy):
         # The Stein kernel is linear in the base kernel.

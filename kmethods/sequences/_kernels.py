@@ -6,20 +6,18 @@ The substring kernels (contiguous and gap-weighted) are in `_substrings.py`.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from kmethods import _checks
+from kmethods._kernel_sums import KernelSum
 from kmethods.pairwise import default_block_size, gram_matvec
 from kmethods.sequences._misc import float_dtype
-from kmethods.sequences._support import (
-    MAX_FEATURE_DIM,
-    SteinSupport,
-    feature_stein_matvec,
-    gram_stein_matvec,
-)
+from kmethods.sequences._support import SteinSupport, generic_stein_matvec
 
 Point = tuple[Int[Array, " w"], Int[Array, ""]]
 Batch = tuple[Int[Array, "m w"], Int[Array, " m"]]
@@ -78,13 +76,9 @@ class SequenceKernel(eqx.Module):
           exclude_diagonal: treat H's diagonal as zero.
           block_size: rows of H held at once (None: about 2^21 elements per block).
         """
-        dim = self.feature_dim(support.num_states, support.points.shape[-1])
-        route = (
-            feature_stein_matvec
-            if dim is not None and dim <= MAX_FEATURE_DIM
-            else gram_stein_matvec
+        return generic_stein_matvec(
+            self, support, v, exclude_diagonal=exclude_diagonal, block_size=block_size
         )
-        return route(self, support, v, exclude_diagonal=exclude_diagonal, block_size=block_size)
 
     def __add__(self, other):
         if not isinstance(other, SequenceKernel):
@@ -110,21 +104,12 @@ def check_sequence_kernel(kernel) -> None:
         )
 
 
-class SumSequenceKernel(SequenceKernel):
+class SumSequenceKernel(KernelSum, SequenceKernel):
     """k(x, y) = sum_i k_i(x, y) (also written `k1 + k2`); the Stein kernel is the sum of the
     components' Stein kernels (h is linear in k), each computed by its own fastest route."""
 
-    kernels: tuple
-
-    def __check_init__(self):
-        if len(self.kernels) == 0 or not all(isinstance(k, SequenceKernel) for k in self.kernels):
-            raise TypeError("`kernels` must be a non-empty tuple of sequence kernels.")
-
-    def __call__(self, x, y):
-        return sum(k(x, y) for k in self.kernels)
-
-    def gram(self, x, y):
-        return sum(k.gram(x, y) for k in self.kernels)
+    component: ClassVar[type] = SequenceKernel
+    component_name: ClassVar[str] = "sequence kernels"
 
     def stein_matvec(self, support, v, *, exclude_diagonal=False, block_size=None):
         parts = [

@@ -7,10 +7,10 @@ With mu_x = sum_y w_y (delta_y - delta_x) over the neighbours y of x, the Stein 
 
 over the support Z_x = [x, y_1, ..., y_N] with coefficients c_x = [-sum_y w_y, w_1, ..., w_N]
 (`SteinSupport`, one row per sequence). Every `SequenceKernel` computes H v, H = [h(x_i, x_j)],
-through its `stein_matvec` method; the two generic routes it can take are here:
-`gram_stein_matvec` (Gram blocks of all support points of a row block against all columns) and
-`feature_stein_matvec` (kernels with a finite feature map: h(x, x') = <psi_x, psi_x'>, with
-psi_x = sum_a c_a phi(z_a) one vector per sequence). Pairwise sums go through
+through its `stein_matvec` method; the generic route it takes by default is here,
+`generic_stein_matvec`, in one of two ways: Gram blocks of all support points of a row block
+against all columns, or, for kernels with a small finite feature map, h(x, x') =
+<psi_x, psi_x'> with psi_x = sum_a c_a phi(z_a) one vector per sequence. Pairwise sums go through
 `kmethods.pairwise` in row blocks: memory O(block * n * (N + 1)^2), never n x n kernel blocks of
 all neighbours at once.
 """
@@ -55,7 +55,7 @@ class SteinSupport(NamedTuple):
         return self.points, self.lengths, self.coef
 
 
-def gram_stein_matvec(
+def generic_stein_matvec(
     kernel: SequenceKernel,
     support: SteinSupport,
     v: Float[Array, " n *p"],
@@ -63,8 +63,22 @@ def gram_stein_matvec(
     exclude_diagonal: bool = False,
     block_size: int | None = None,
 ) -> Float[Array, " n *p"]:
-    """H v from Gram blocks `kernel.gram` of every support point of a row block against every
-    support point of the batch: works for any kernel."""
+    """H v by a route that works for any kernel: through its explicit feature map when it has
+    one of at most `MAX_FEATURE_DIM` coordinates, else through Gram blocks. Either route is one
+    `gram_matvec` over row blocks; they differ in the block and its default number of rows."""
+    dim = kernel.feature_dim(support.num_states, support.points.shape[-1])
+    if dim is not None and dim <= MAX_FEATURE_DIM:
+        block, columns, rows = _feature_blocks(kernel, support, dim)
+    else:
+        block, columns, rows = _gram_blocks(kernel, support)
+    return gram_matvec(
+        block, columns, v, exclude_diagonal=exclude_diagonal, block_size=block_size or rows
+    )
+
+
+def _gram_blocks(kernel, support):
+    """Rows of H from Gram blocks `kernel.gram` of every support point of a row block against
+    every support point of the batch."""
     n, m, w1 = support.points.shape
     columns = (support.points.reshape(n * m, w1), support.lengths.reshape(n * m))
     coef = support.coef
@@ -75,23 +89,14 @@ def gram_stein_matvec(
         k = k.astype(coef.dtype).reshape(b, m, n, m)
         return jnp.einsum("ia,iajb,jb->ij", cb, k, coef)
 
-    rows = block_size or default_block_size(n, n * m * m * kernel.pair_memory(w1))
-    return gram_matvec(block, support.arrays, v, exclude_diagonal=exclude_diagonal, block_size=rows)
+    return block, support.arrays, default_block_size(n, n * m * m * kernel.pair_memory(w1))
 
 
-def feature_stein_matvec(
-    kernel: SequenceKernel,
-    support: SteinSupport,
-    v: Float[Array, " n *p"],
-    *,
-    exclude_diagonal: bool = False,
-    block_size: int | None = None,
-) -> Float[Array, " n *p"]:
-    """H v through the explicit feature map `kernel.features`: h(x, x') = <psi_x, psi_x'>,
-    psi_x = sum_a c_a phi(z_a), one vector per sequence."""
+def _feature_blocks(kernel, support, dim):
+    """Rows of H through the explicit feature map `kernel.features` (of `dim` coordinates):
+    h(x, x') = <psi_x, psi_x'>, psi_x = sum_a c_a phi(z_a), one vector per sequence."""
     n, m, w1 = support.points.shape
     num_states = support.num_states
-    dim = kernel.feature_dim(num_states, w1)
 
     def psi_rows(rows, zb, lb, cb):
         b = zb.shape[0]
@@ -99,7 +104,4 @@ def feature_stein_matvec(
         return jnp.einsum("ia,iad->id", cb, phi.reshape(b, m, dim).astype(cb.dtype))
 
     psi = map_row_blocks(psi_rows, *support.arrays, block_size=default_block_size(n, m * dim))
-    rows = block_size or default_block_size(n, n)
-    return gram_matvec(
-        lambda pb: pb @ psi.T, (psi,), v, exclude_diagonal=exclude_diagonal, block_size=rows
-    )
+    return (lambda pb: pb @ psi.T), (psi,), default_block_size(n, n)
