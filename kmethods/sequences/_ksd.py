@@ -32,14 +32,14 @@ from kmethods.sequences._stein import stein_matvec
 def ksd2_seq(
     seqs: Int[Array, "n w"],
     lengths: Int[Array, " n"],
-    log_prob: Callable,
+    log_prob: Callable[[Int[Array, " w"], Int[Array, ""]], Float[Array, ""]],
     kernel: SequenceKernel,
     *,
+    unbiased: bool = True,
     num_states: int,
     neighbourhood: str | Neighbourhood = "zs",
     window: int | None = DEFAULT_WINDOW,
     balance: str = "barker",
-    unbiased: bool = True,
     block_size: int | None = None,
 ) -> Float[Array, ""]:
     """Squared kernel Stein discrepancy of a sample of sequences from a sequence model.
@@ -57,13 +57,13 @@ def ksd2_seq(
         are traced, so new parameter values do not recompile.
       kernel: a `SequenceKernel` (`HammingKernel`, `ContiguousSubsequenceKernel`,
         `StringSubsequenceKernel`, ...).
+      unbiased: U-statistic (default) or V-statistic (a bool).
       num_states: S, the number of symbols.
       neighbourhood: a `Neighbourhood` (`Edits(J)`, `Substitutions(J)`), or "zs" (ZS_J, the
         default), "zs_inf" or "substitution" (ZS').
       window: J, the trailing positions edited by "zs" and "substitution" (None: all); with a
         string `neighbourhood` only.
       balance: "barker" (default) or "sqrt".
-      unbiased: U-statistic (default) or V-statistic (a bool).
       block_size: rows of the Stein kernel matrix held at once (memory O(block_size * n)).
 
     Returns:
@@ -96,7 +96,7 @@ def ksd_seq_test(
     key: PRNGKeyArray,
     seqs: Int[Array, "n w"],
     lengths: Int[Array, " n"],
-    log_prob: Callable,
+    log_prob: Callable[[Int[Array, " w"], Int[Array, ""]], Float[Array, ""]],
     kernel: SequenceKernel,
     *,
     num_states: int,

@@ -39,7 +39,7 @@ from kmethods.sequences._operator import ZSOperator
 def zs_neighbours(
     seq: Int[Array, " w"],
     length: int | Int[Array, ""],
-    log_prob: Callable,
+    log_prob: Callable[[Int[Array, " w"], Int[Array, ""]], Float[Array, ""]],
     *,
     num_states: int,
     neighbourhood: str | Neighbourhood = "zs",
@@ -101,7 +101,7 @@ def stein_matvec(
 def zs_stein_matvec(
     seqs: Int[Array, "n w"],
     lengths: Int[Array, " n"],
-    log_prob: Callable,
+    log_prob: Callable[[Int[Array, " w"], Int[Array, ""]], Float[Array, ""]],
     kernel: SequenceKernel,
     v: Float[Array, " n *p"],
     *,
