@@ -102,11 +102,11 @@ def hsic_test(
     kernel_y: Kernel,
     *,
     num_permutations: int = 1000,
+    permutation_batch: int | None = None,
     alpha: float = 0.05,
     null: str = "permutation",
     unbiased: bool = False,
     block_size: int | None = None,
-    permutation_batch: int | None = None,
 ) -> TestResult:
     """Kernel independence test of H0: x and y are independent, from paired observations.
 
@@ -129,12 +129,12 @@ def hsic_test(
       x: (n, d_x). y: (n, d_y).
       kernel_x, kernel_y: separate kernels, so each variable keeps its own scale.
       num_permutations: B.
+      permutation_batch: permutations evaluated together (default: about 2^23 gathered
+        entries per batch).
       alpha: level.
       null: "permutation" or "gamma".
       unbiased: permutation null only: use the unbiased HSIC.
       block_size: rows held at once in the blocked reductions (gamma null).
-      permutation_batch: permutations evaluated together (default: about 2^23 gathered
-        entries per batch).
 
     Returns:
       `TestResult(statistic, p_value, reject, null_samples)`, float32 for half-precision (float16,

@@ -69,11 +69,9 @@ def _mmd2(x, y, kernel, *, unbiased, block_size):
     kxx = kernel_sum(kernel, x, x, exclude_diagonal=unbiased, block_size=block_size)
     kyy = kernel_sum(kernel, y, y, exclude_diagonal=unbiased, block_size=block_size)
     kxy = kernel_sum(kernel, x, y, block_size=block_size)
-    if unbiased:
-        value = kxx / (n * (n - 1)) + kyy / (m * (m - 1)) - 2.0 * kxy / (n * m)
-    else:
-        value = kxx / n**2 + kyy / m**2 - 2.0 * kxy / (n * m)
-    return _checks.nan_unless_finite(value, x, y)
+    # The U-statistic's within-sample sums leave out the diagonal: n(n - 1) pairs, not n^2.
+    pairs_x, pairs_y = (n * (n - 1), m * (m - 1)) if unbiased else (n**2, m**2)
+    return _checks.nan_unless_finite(kxx / pairs_x + kyy / pairs_y - 2.0 * kxy / (n * m), x, y)
 
 
 def mmd_test(
