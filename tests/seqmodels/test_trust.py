@@ -21,6 +21,14 @@ LOW = [jnp.bfloat16, jnp.float16]
 LOW_SLOW_F16 = [jnp.bfloat16, pytest.param(jnp.float16, marks=pytest.mark.slow)]
 
 
+def small_model(make_mixer, key, **inputs):
+    """A one-layer `SequenceModel` (d_model 8, 3 outputs) around `make_mixer`; `inputs` is
+    `input_dim=` or `num_tokens=`."""
+    return layers.SequenceModel(
+        make_mixer, d_model=8, num_layers=1, num_outputs=3, key=key, **inputs
+    )
+
+
 def loop_reference(a, b, h0, reverse=False):
     """h_t = a_t h_{t-1} + b_t by a Python loop in float64 (elementwise transitions)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -126,14 +134,7 @@ def test_float32_program_is_unchanged_by_the_upcast():
         ("ShortConv", lambda k: layers.ShortConv(8, key=k), (32, 8)),
         pytest.param(
             "SequenceModel",
-            lambda k: layers.SequenceModel(
-                lambda d, key: layers.LRU(d, 4, key=key),
-                d_model=8,
-                num_layers=1,
-                num_outputs=3,
-                input_dim=5,
-                key=k,
-            ),
+            lambda k: small_model(lambda d, key: layers.LRU(d, 4, key=key), k, input_dim=5),
             (32, 5),
             marks=pytest.mark.slow,  # its mixers are checked one by one above
         ),
@@ -310,13 +311,8 @@ LAYERS = {
     "CKConv": (lambda k: layers.CKConv(8, 4, key=k), 8, "in_channels"),
     "ShortConv": (lambda k: layers.ShortConv(8, key=k), 8, "d_model"),
     "SequenceModel": (
-        lambda k: layers.SequenceModel(
-            lambda d, key: layers.GateLoop(d, num_heads=2, key=key),
-            d_model=8,
-            num_layers=1,
-            num_outputs=3,
-            input_dim=5,
-            key=k,
+        lambda k: small_model(
+            lambda d, key: layers.GateLoop(d, num_heads=2, key=key), k, input_dim=5
         ),
         5,
         "input_dim",
@@ -342,14 +338,7 @@ def test_layer_constructor_and_step_scale_errors(getkey):
         for bad in (0, -2, 1.5):
             with pytest.raises(ValueError, match="`num_heads`"):
                 cls(8, num_heads=bad, key=getkey())
-    tokens = layers.SequenceModel(
-        lambda d, key: layers.LRU(d, 4, key=key),
-        d_model=8,
-        num_layers=1,
-        num_outputs=3,
-        num_tokens=10,
-        key=getkey(),
-    )
+    tokens = small_model(lambda d, key: layers.LRU(d, 4, key=key), getkey(), num_tokens=10)
     with pytest.raises(ValueError, match=r"tokens.*jax\.vmap"):
         tokens(jnp.zeros((2, 7), jnp.int32))
     with pytest.raises(ValueError, match="L >= 1"):
