@@ -127,7 +127,7 @@ PAGES_WITH_CODE = sorted(
 @pytest.mark.parametrize("page", PAGES_WITH_CODE)
 def test_docs_python_blocks_run(page):
     """Each page's Python blocks run as written, in order, in one namespace (slow: they run
-    real examples; about 5 minutes on 2 CPU cores for all pages)."""
+    real examples; about 1.5 minutes on 2 CPU cores for all pages)."""
     import re
 
     text = (ROOT / page).read_text()
