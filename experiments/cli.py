@@ -1,5 +1,5 @@
 """The `kseq` command: `kseq run CONFIG`, `kseq run --resume RUN_DIR`, `kseq list`,
-`kseq show RUN_DIR`.
+`kseq show RUN_DIR` (or SWEEP_DIR: its summary).
 
 It only parses arguments and calls `experiments.load_config`, `run_experiment`,
 `resume_experiment`, `show_run` and the sweeps of `experiments.sweep`.
@@ -120,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     lst = sub.add_parser("list", help="list the experiment configs")
     lst.add_argument("--dir", help="a folder of configs (default: the packaged configs)")
-    show = sub.add_parser("show", help="print a finished run's results")
+    show = sub.add_parser("show", help="print a finished run's results (or a sweep's summary)")
     show.add_argument("run_dir")
     return p
 
@@ -177,25 +177,12 @@ def _announce(*, resumed: bool):
     return on_start
 
 
-def _sweep_module():
-    """`experiments.sweep`, or None in a kseq without it."""
-    import importlib
-
-    try:
-        return importlib.import_module("experiments.sweep")
-    except ModuleNotFoundError as err:
-        if err.name != "experiments.sweep":
-            raise
-        return None
-
-
 def _load_shown(source, overrides, sweep) -> tuple:
     """(the resolved config that `--help` and `--print-config` show, its `sweep:` section or
     None): a config with a sweep section is shown without it, as the base of its runs."""
     from experiments.config import apply_overrides, load_config, parse_config
 
-    sectioned = getattr(sweep, "has_sweep_section", None)
-    if sectioned is None or not sectioned(source):
+    if not sweep.has_sweep_section(source):
         return load_config(source, overrides), None
     from experiments.packaged import find_config
 
@@ -209,14 +196,14 @@ def _run(args: argparse.Namespace) -> None:
     resumed): start line on stderr, progress, then the results table and the folder."""
     from experiments.config import ConfigError, describe_config, dump_config, load_config
     from experiments.distributed import is_writer
-    from experiments.errors import RunError
     from experiments.runner import resume_experiment, run_experiment
     from experiments.show import show_run
 
     source = args.config
     if source is None and args.resume is not None:
         source = pathlib.Path(args.resume) / "config.yaml"
-    sweep = _sweep_module()
+    from experiments import sweep
+
     if args.help:
         args.run_parser.print_help()
         if source is not None:
@@ -236,20 +223,27 @@ def _run(args: argparse.Namespace) -> None:
         return
     if args.sweep and args.resume is not None:
         raise ConfigError("--sweep goes with a CONFIG; a sweep folder resumes with --resume alone.")
-    sectioned = getattr(sweep, "has_sweep_section", None)  # a config with a `sweep:` section
     if (
         args.sweep
-        or (args.config is not None and sectioned is not None and sectioned(args.config))
-        or (args.resume is not None and sweep is not None and sweep.is_sweep_dir(args.resume))
+        or (args.config is not None and sweep.has_sweep_section(args.config))
+        or (args.resume is not None and sweep.is_sweep_dir(args.resume))
     ):
-        if sweep is None:
-            raise RunError("this kseq has no sweeps (experiments.sweep is missing).")
-        if args.sweep:
+        if args.resume is None:
             folder = sweep.run_sweep(
-                args.config, args.sweep, args.overrides, args.out, quiet=args.quiet
+                args.config,
+                args.sweep,
+                args.overrides,
+                args.out,
+                quiet=args.quiet,
+                on_start=_announce(resumed=False),
             )
         else:
-            folder = sweep.resume_sweep(args.resume, quiet=args.quiet, overrides=args.overrides)
+            folder = sweep.resume_sweep(
+                args.resume,
+                quiet=args.quiet,
+                overrides=args.overrides,
+                on_start=_announce(resumed=True),
+            )
         if is_writer():
             print(sweep.format_summary(folder))
         print(folder)
@@ -307,8 +301,9 @@ def main(argv=None) -> int:
             print(list_configs(args.dir or config_folder()))
         elif args.command == "show":
             from experiments.show import show_run
+            from experiments.sweep import format_summary, is_sweep_dir
 
-            print(show_run(args.run_dir))
+            print((format_summary if is_sweep_dir(args.run_dir) else show_run)(args.run_dir))
     except KeyboardInterrupt as err:
         from experiments.interrupts import last_signal
 

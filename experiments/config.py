@@ -30,6 +30,7 @@ from typing import Any, Literal
 import yaml
 
 __all__ = [
+    "LAUNCH_FIELDS",
     "MAX_SEED",
     "ConfigError",
     "ConfigTypeError",
@@ -406,7 +407,7 @@ def config_to_dict(cfg) -> dict:
 
 
 # Fields of the `devices` section that describe one launch of a run, not the experiment.
-_LAUNCH_FIELDS = ("coordinator", "num_processes", "process_id")
+LAUNCH_FIELDS = ("coordinator", "num_processes", "process_id")
 
 
 def resolved_dict(cfg: RunConfig) -> dict:
@@ -414,7 +415,7 @@ def resolved_dict(cfg: RunConfig) -> dict:
     (`coordinator`, `num_processes`, `process_id`): they differ between the processes of one
     run and between a run and its resumption."""
     plain = config_to_dict(cfg)
-    for name in _LAUNCH_FIELDS:
+    for name in LAUNCH_FIELDS:
         plain.get("devices", {}).pop(name, None)
     return plain
 
@@ -472,7 +473,7 @@ def describe_config(cfg: RunConfig) -> str:
     sections = [
         ("params.", type(cfg.params), cfg.params, ()),
         ("", RunConfig, cfg, ("task", "params", "devices")),
-        ("devices.", DevicesConfig, cfg.devices, _LAUNCH_FIELDS),
+        ("devices.", DevicesConfig, cfg.devices, LAUNCH_FIELDS),
     ]
     out = []
     for prefix, cls, values, skip in sections:

@@ -67,6 +67,7 @@ __all__ = [
     "check_requirements",
     "git_commit",
     "new_run_dir",
+    "prepare_run",
     "provenance",
     "resume_experiment",
     "run_experiment",
@@ -123,7 +124,7 @@ def new_run_dir(out_root: str | os.PathLike, name: str, *, leaf: str | None = No
     return pathlib.Path(shared)
 
 
-def _prepare(cfg: RunConfig) -> tuple[types.ModuleType, jax.sharding.Mesh | None]:
+def prepare_run(cfg: RunConfig) -> tuple[types.ModuleType, jax.sharding.Mesh | None]:
     """Every check a run needs before it writes anything: the task's optional packages, the
     processes and the device mesh (and tensorboardX for `tensorboard: true`). Returns (task
     module, mesh)."""
@@ -218,7 +219,7 @@ def run_experiment(
     `overrides` (the `--set` items `cfg` was loaded with) are recorded with the rest of the
     run's provenance (`provenance`) in `.run.json` and in `results.json`'s `meta`. Ctrl-C or
     SIGTERM raises `RunInterrupted`, which names the folder to resume."""
-    task, mesh = _prepare(cfg)
+    task, mesh = prepare_run(cfg)
     origin = provenance(overrides)
     run_dir = None
     try:
@@ -297,7 +298,7 @@ def resume_experiment(
             if on_start is not None:
                 on_start(run_dir)
             return run_dir
-        task, mesh = _prepare(cfg)
+        task, mesh = prepare_run(cfg)
         check_units(run_dir)  # before anything runs, not midway
         started = record.get("started") if record is not None else None
         origin = provenance()

@@ -8,7 +8,7 @@ from typing import Any
 
 from experiments.files import read_json
 
-__all__ = ["show_run"]
+__all__ = ["format_table", "format_value", "is_records", "show_run"]
 
 
 def _flatten(prefix: str, obj: Any, rows: list) -> None:
@@ -19,21 +19,24 @@ def _flatten(prefix: str, obj: Any, rows: list) -> None:
         rows.append((prefix, obj))
 
 
-def _is_records(v: Any) -> bool:
+def is_records(v: Any) -> bool:
+    """Whether `v` is a non-empty list of mappings: a table of records."""
     return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
 
 
-def _format_value(v: Any) -> str:
+def format_value(v: Any) -> str:
+    """One cell of a table: floats to 4 significant digits, lists element by element."""
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, list):
-        return "[" + ", ".join(_format_value(x) for x in v) + "]"
+        return "[" + ", ".join(format_value(x) for x in v) + "]"
     return str(v)
 
 
-def _table(records: list[dict]) -> str:
+def format_table(records: list[dict]) -> str:
+    """Records as an aligned text table, one column per key (in order of first appearance)."""
     cols = list(dict.fromkeys(k for r in records for k in r))
-    cells = [[_format_value(r.get(c, "")) for c in cols] for r in records]
+    cells = [[format_value(r.get(c, "")) for c in cols] for r in records]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
@@ -51,10 +54,10 @@ def show_run(run_dir: str | os.PathLike) -> str:
     )
     rows: list = []
     _flatten("", data, rows)
-    scalars = [(k, v) for k, v in rows if not _is_records(v)]
-    tables = [(k, v) for k, v in rows if _is_records(v)]
+    scalars = [(k, v) for k, v in rows if not is_records(v)]
+    tables = [(k, v) for k, v in rows if is_records(v)]
     width = max((len(k) for k, _ in scalars), default=0)
-    out = [f"{k.ljust(width)}  {_format_value(v)}" for k, v in scalars]
+    out = [f"{k.ljust(width)}  {format_value(v)}" for k, v in scalars]
     for k, v in tables:
-        out += ["", f"{k}:", _table(v)]
+        out += ["", f"{k}:", format_table(v)]
     return "\n".join(out)

@@ -79,7 +79,7 @@ from typing import Any
 import yaml
 
 from experiments.config import (
-    _LAUNCH_FIELDS,
+    LAUNCH_FIELDS,
     ConfigError,
     RunConfig,
     apply_overrides,
@@ -90,8 +90,8 @@ from experiments.distributed import is_writer
 from experiments.errors import RunError, RunInterrupted
 from experiments.files import atomic_write_text, read_json, to_jsonable
 from experiments.packaged import find_config
-from experiments.runner import _prepare, new_run_dir, resume_experiment, run_experiment
-from experiments.show import _format_value, _is_records, _table
+from experiments.runner import new_run_dir, prepare_run, resume_experiment, run_experiment
+from experiments.show import format_table, format_value, is_records
 
 __all__ = [
     "SWEEP_FILE",
@@ -252,7 +252,7 @@ def _without_launch_fields(base: dict) -> dict:
     devices = base.get("devices")
     if not isinstance(devices, dict):
         return base
-    return {**base, "devices": {k: v for k, v in devices.items() if k not in _LAUNCH_FIELDS}}
+    return {**base, "devices": {k: v for k, v in devices.items() if k not in LAUNCH_FIELDS}}
 
 
 def _combinations(axes: dict[str, list[str]]) -> list[dict]:
@@ -307,7 +307,7 @@ def _check_runs(cfgs: Sequence[RunConfig]) -> None:
         what = (cfg.task, repr(cfg.devices))
         if what not in seen:
             seen.add(what)
-            _prepare(cfg)
+            prepare_run(cfg)
 
 
 # ----------------------------------------------------------------------------- running
@@ -569,7 +569,7 @@ def _headline(results: Any) -> dict[str, Any]:
         if isinstance(obj, dict):
             for k, v in obj.items():
                 walk(f"{prefix}.{k}" if prefix else str(k), v)
-        elif _is_records(obj):
+        elif is_records(obj):
             for i, record in enumerate(obj):
                 label, rest = _record_label(record)
                 walk(f"{prefix}[{label or i}]", rest)
@@ -593,7 +593,7 @@ def _record_label(record: dict) -> tuple[str, dict]:
 
 def _text_table(table: tuple[list[str], list[dict], int]) -> str:
     columns, rows, left_out = table
-    text = _table([{c: row.get(c, "") for c in columns} for row in rows])
+    text = format_table([{c: row.get(c, "") for c in columns} for row in rows])
     text = "\n".join(line.rstrip() for line in text.splitlines())
     if left_out:
         text += f"\n({left_out} more result columns in results.jsonl)"
@@ -602,7 +602,7 @@ def _text_table(table: tuple[list[str], list[dict], int]) -> str:
 
 def _markdown_table(table: tuple[list[str], list[dict], int]) -> str:
     columns, rows, left_out = table
-    cell = lambda v: _format_value(v).replace("|", "\\|")
+    cell = lambda v: format_value(v).replace("|", "\\|")
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
     if left_out:

@@ -309,3 +309,21 @@ def test_sweep_over_two_processes(tmp_path):
     for line in lines:
         meta = json.loads((sweep_dir / line["run_dir"] / "results.json").read_text())["meta"]
         assert meta["process_count"] == 2 and meta["devices_used"] == 4
+
+
+def test_cli_sweep_start_line_summary_and_show(tmp_path, capsys):
+    from experiments.cli import main
+
+    sets = [arg for item in TINY for arg in ("--set", item)]
+    argv = ["run", str(QUICKSTART), "--sweep", "seed=0,1", "--sweep", "params.mmd_shift=0.5,1.0"]
+    assert main([*argv, *sets, "--out", str(tmp_path), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    *table, folder = out.rstrip("\n").splitlines()
+    sweep_dir = pathlib.Path(folder)
+    assert is_sweep_dir(sweep_dir) and sweep_dir.parent == tmp_path / "quickstart"
+    # the start line names the sweep folder and how to resume it
+    assert f"kseq run --resume {sweep_dir}" in err.splitlines()[0]
+    assert "\n".join(table) == format_summary(sweep_dir)
+    assert len(table) == 2 + 4 and table[0].split()[:3] == ["#", "seed", "params.mmd_shift"]
+    assert main(["show", str(sweep_dir)]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == format_summary(sweep_dir)
