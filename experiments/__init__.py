@@ -12,10 +12,12 @@ Modules, one job each:
 - `mesh`: the device mesh and `split_leading_axis`;
 - `distributed`: several processes (start, writer, barrier, broadcast, `host_array`, `put`);
 - `files`: JSON values (`to_jsonable`, `read_json`) and atomic writes;
-- `interrupts`: Ctrl-C during a run;
+- `interrupts`: Ctrl-C and SIGTERM during a run;
 - `errors`: `RunError`, `RunInterrupted`;
 - `checkpoints`: orbax checkpoints of training loops (`TrainCheckpoints`);
 - `show`: `show_run`, a finished run's results as text;
+- `sweep`: a config run over the product of values of some keys (`run_sweep`, `resume_sweep`);
+- `packaged`: the configs shipped with the package, found by name;
 - `plots`, `timing`: figures and wall-clock timing shared by the tasks;
 - `cli`: the `kseq` command; `tasks`: the experiment tasks.
 """

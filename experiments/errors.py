@@ -15,7 +15,7 @@ class RunError(Exception):
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a run: a `KeyboardInterrupt` that knows the run folder (None when it was
+    """Ctrl-C (or SIGTERM) during a run: a `KeyboardInterrupt` that knows the run folder (None when it was
     not made yet), so that the command line can print how to finish the run."""
 
     def __init__(self, run_dir: pathlib.Path | None):
