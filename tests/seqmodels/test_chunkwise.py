@@ -13,10 +13,16 @@ import pytest
 from seqmodels.layers import GateLoop, LinearAttention, gated_linear_attention
 from tests.seqmodels.test_gated_linear_attention import gla_inputs, loop_reference
 
-# (L, chunk_size): L not a multiple of the chunk, with 3 sub-chunks of 16 per chunk (blocks
-# between non-adjacent sub-chunks); a chunk of 8, its own sub-chunk; a chunk of 20, rounded up
-# to 32; a chunk longer than L, cut to L.
-SHAPES = [(101, 48), (37, 8), (45, 20), (13, 64)]
+# (L, chunk_size, complex gates, strong decays): L not a multiple of the chunk, with 3
+# sub-chunks of 16 per chunk (blocks between non-adjacent sub-chunks), twice; a chunk of 8, its
+# own sub-chunk; a chunk of 20, rounded up to 32; a chunk longer than L, cut to L.
+CASES = [
+    (101, 48, True, True),
+    (101, 48, False, True),
+    (37, 8, True, False),
+    (45, 20, False, False),
+    (13, 64, True, False),
+]
 
 
 def _close(got, want, tol):
@@ -26,10 +32,9 @@ def _close(got, want, tol):
         np.testing.assert_allclose(g, w, rtol=tol, atol=tol * scale)
 
 
-@pytest.mark.parametrize(("length", "chunk_size"), SHAPES)
-@pytest.mark.parametrize("complex_gates", [False, True])
-def test_forward_equals_the_loop_in_float64(x64, getkey, length, chunk_size, complex_gates):
-    args = gla_inputs(getkey(), length, complex_gates, strong=length == 101, dtype=jnp.float64)
+@pytest.mark.parametrize(("length", "chunk_size", "complex_gates", "strong"), CASES)
+def test_forward_equals_the_loop_in_float64(x64, getkey, length, chunk_size, complex_gates, strong):
+    args = gla_inputs(getkey(), length, complex_gates, strong=strong, dtype=jnp.float64)
     form = jax.jit(lambda *a: gated_linear_attention(*a, mode="chunkwise", chunk_size=chunk_size))
     _close([form(*args)], [loop_reference(*args)], 1e-10)
 
