@@ -176,3 +176,29 @@ def as_traced(tree):
         return v
 
     return jax.tree.map(leaf, tree)
+
+
+# A bandwidth h enters as r^2 / h^2; outside this range h^2 under- or overflows float32 (the
+# profiles divide by h twice, so the kernel itself stays finite, but a kernel that is the
+# identity matrix or all ones is a misplaced scale, not a choice).
+BANDWIDTH_RANGE = (1e-18, 1e18)
+
+
+def check_bandwidth(bandwidth, name="bandwidth"):
+    """A kernel bandwidth: a real positive number (or array of them) within `BANDWIDTH_RANGE`
+    when concrete; a traced one is checked where it is concrete."""
+    if isinstance(bandwidth, (str, bytes)) or bandwidth is None:
+        raise TypeError(f"`{name}` must be a positive number, got {bandwidth!r}.")
+    if isinstance(bandwidth, complex) or (
+        hasattr(bandwidth, "dtype") and jnp.issubdtype(bandwidth.dtype, jnp.complexfloating)
+    ):
+        raise TypeError(f"`{name}` must be a real positive number, got {bandwidth!r}.")
+    check_positive(bandwidth, name)
+    if bandwidth is not None and not isinstance(bandwidth, jax.core.Tracer):
+        arr = np.asarray(bandwidth)
+        low, high = BANDWIDTH_RANGE
+        if np.any(arr < low) or np.any(arr > high):
+            raise ValueError(
+                f"`{name}` must lie in [{low:g}, {high:g}], got {bandwidth!r}: its square "
+                "under- or overflows float32. Rescale the data instead."
+            )

@@ -50,6 +50,12 @@ class TestResult(NamedTuple):
 _TIE_ULPS = 64
 
 
+def tie_tolerance(scale, dtype):
+    """How far below a statistic a resampled one still counts as a tie: `_TIE_ULPS` roundings
+    (in `dtype`) of `scale`, the size of the terms the statistics sum."""
+    return _TIE_ULPS * jnp.finfo(dtype).eps * jnp.abs(scale)
+
+
 def resample_p_value(statistic, null_samples, *, scale=None):
     """(1 + #{b : null_b >= statistic}) / (1 + B), or NaN when the test cannot be decided.
 
@@ -67,7 +73,7 @@ def resample_p_value(statistic, null_samples, *, scale=None):
     """
     tolerance = 0.0
     if scale is not None:
-        tolerance = _TIE_ULPS * jnp.finfo(null_samples.dtype).eps * jnp.abs(scale)
+        tolerance = tie_tolerance(scale, null_samples.dtype)
     count = jnp.sum(null_samples >= statistic - tolerance).astype(null_samples.dtype)
     p_value = (1.0 + count) / (1.0 + null_samples.shape[0])
     defined = jnp.isfinite(statistic) & ~jnp.any(jnp.isnan(null_samples))

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
-from kmethods._checks import as_points, check_positive, positive_int
+from kmethods._checks import as_points, check_bandwidth, check_positive, positive_int
 from kmethods._kernel_sums import KernelSum
 from kmethods._numerics import median_distance, safe_sqrt
 from kmethods.pairwise import centring_point, sqdist
@@ -143,30 +143,6 @@ class RadialKernel(Kernel):
         return g * (sx @ sy.T) + g1_over_r * cross - ((d - 1) * g1_over_r + g2)
 
 
-# A bandwidth h enters as r^2 / h^2; outside this range h^2 under- or overflows float32 (the
-# profiles divide by h twice, so the kernel itself stays finite, but a kernel that is the
-# identity matrix or all ones is a misplaced scale, not a choice).
-_BANDWIDTH_RANGE = (1e-18, 1e18)
-
-
-def _check_bandwidth(bandwidth, name="bandwidth"):
-    if isinstance(bandwidth, (str, bytes)) or bandwidth is None:
-        raise TypeError(f"`{name}` must be a positive number, got {bandwidth!r}.")
-    if isinstance(bandwidth, complex) or (
-        hasattr(bandwidth, "dtype") and jnp.issubdtype(bandwidth.dtype, jnp.complexfloating)
-    ):
-        raise TypeError(f"`{name}` must be a real positive number, got {bandwidth!r}.")
-    check_positive(bandwidth, name)
-    if bandwidth is not None and not isinstance(bandwidth, jax.core.Tracer):
-        arr = np.asarray(bandwidth)
-        low, high = _BANDWIDTH_RANGE
-        if np.any(arr < low) or np.any(arr > high):
-            raise ValueError(
-                f"`{name}` must lie in [{low:g}, {high:g}], got {bandwidth!r}: its square "
-                "under- or overflows float32. Rescale the data instead."
-            )
-
-
 def _squared(bandwidth, like):
     """h^2, kept at or above the smallest normal float of `like`'s dtype. A traced bandwidth
     skips the eager range check, and h^2 = 0 would make the kernel 0/0 = NaN at r = 0; with
@@ -180,7 +156,7 @@ class Gaussian(RadialKernel):
     bandwidth: jax.Array | float = 1.0
 
     def __check_init__(self):
-        _check_bandwidth(self.bandwidth)
+        check_bandwidth(self.bandwidth)
 
     def profile(self, r2):
         return jnp.exp(-0.5 * r2 / _squared(self.bandwidth, r2))
@@ -202,7 +178,7 @@ class IMQ(RadialKernel):
 
     def __check_init__(self):
         check_positive(self.c, "c")
-        _check_bandwidth(self.bandwidth)
+        check_bandwidth(self.bandwidth)
         if self.beta is not None and not isinstance(self.beta, jax.core.Tracer):
             if not float(np.asarray(self.beta)) < 0:
                 raise ValueError(f"`beta` must be negative, got {self.beta!r}.")
@@ -271,7 +247,7 @@ class Matern(RadialKernel):
             raise TypeError(f"`nu` must be a positive number, got {self.nu!r}.")
         if not (math.isfinite(self.nu) and self.nu > 0):
             raise ValueError(f"`nu` must be positive and finite, got {self.nu!r}.")
-        _check_bandwidth(self.bandwidth)
+        check_bandwidth(self.bandwidth)
 
     def profile(self, r2):
         r = safe_sqrt(r2) / self.bandwidth
@@ -339,7 +315,7 @@ class Laplace(RadialKernel):
     bandwidth: jax.Array | float = 1.0
 
     def __check_init__(self):
-        _check_bandwidth(self.bandwidth)
+        check_bandwidth(self.bandwidth)
 
     def profile(self, r2):
         return jnp.exp(-safe_sqrt(r2) / self.bandwidth)
@@ -364,7 +340,7 @@ class Sinc(Kernel):
     bandwidth: jax.Array | float = 1.0
 
     def __check_init__(self):
-        _check_bandwidth(self.bandwidth)
+        check_bandwidth(self.bandwidth)
 
     def __call__(self, x, y):
         return jnp.prod(jnp.sinc((x - y) / self.bandwidth))

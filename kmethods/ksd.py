@@ -19,44 +19,12 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 from kmethods import _checks
+from kmethods._scores import check_score_function, scores_at
 from kmethods.calibration import TestResult, stein_bootstrap_columns, stein_bootstrap_result
 from kmethods.kernels import Kernel, check_kernel
 from kmethods.stein import langevin_stein_matvec
 
 __all__ = ["ksd2", "ksd_test"]
-
-
-def _check_score_function(x, score):
-    out = jax.eval_shape(score, x[0])
-    if getattr(out, "shape", None) != x.shape[1:]:
-        raise ValueError(
-            f"`score` must map a point of shape {x.shape[1:]} to a gradient of the same shape; "
-            f"it returned {getattr(out, 'shape', type(out).__name__)}."
-        )
-
-
-@eqx.filter_jit
-def _evaluate(score, x):
-    # A user function enters jit through equinox's filter: a plain function is static (one
-    # compile per function and shape), an equinox module's bound method is a pytree.
-    return jax.vmap(score)(x)
-
-
-def _scores(x, score):
-    """Validates `score`; evaluates it at x when it is a function. Returns (n, d) scores."""
-    if callable(score):
-        _check_score_function(x, score)
-        s = _evaluate(score, x)
-    else:
-        s = jnp.asarray(score)
-        if s.shape != x.shape:
-            raise ValueError(
-                f"`score` must be a function or an array of shape {x.shape} (one gradient of "
-                f"log p per point), got shape {s.shape}."
-            )
-    _checks.check_finite(s, "score")
-    dtype = jnp.promote_types(x.dtype, _checks.at_least_float32(s).dtype)
-    return x.astype(dtype), s.astype(dtype)
 
 
 def ksd2(
@@ -92,14 +60,14 @@ def ksd2(
     unbiased = _checks.flag(unbiased, "unbiased")
     block_size = _checks.block_size(block_size)
     if callable(score):
-        _check_score_function(x, score)
+        check_score_function(x, score)
         value = _ksd2_with_function(x, _checks.as_traced(kernel), score, unbiased, block_size)
         if _checks.is_concrete(value) and not bool(jnp.isfinite(value)):
             # Diagnosed only on this (rare) path, so the common one evaluates the score once
             # and stays differentiable through it; raises as the array path does.
-            _scores(x, score)
+            scores_at(x, score)
         return value
-    x, scores = _scores(x, score)
+    x, scores = scores_at(x, score)
     return _ksd2(x, scores, kernel, unbiased=unbiased, block_size=block_size)
 
 
@@ -161,7 +129,7 @@ def ksd_test(
     _checks.choice(bootstrap, "bootstrap", ("multinomial", "wild"))
     x = _checks.as_points(x, "x")
     check_kernel(kernel)
-    x, scores = _scores(x, score)
+    x, scores = scores_at(x, score)
     num_bootstrap = _checks.positive_int(num_bootstrap, "num_bootstrap")
     alpha = _checks.probability(alpha, "alpha", traced_ok=True)
     flip_probability = _checks.probability(flip_probability, "flip_probability", traced_ok=True)

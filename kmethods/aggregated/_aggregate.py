@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kmethods import _checks
-from kmethods.calibration import _TIE_ULPS, TestResult
+from kmethods.calibration import TestResult, tie_tolerance
 
 __all__ = ["WEIGHTINGS", "AggregatedTestResult", "aggregate", "collection_weights", "weights"]
 
@@ -118,14 +118,14 @@ def aggregate(draws, weights, alpha, scale, *, num_quantile, num_steps, kernels)
     """`AggregatedTestResult` from the statistics of N kernels on the data (column 0), the B1
     quantile draws (columns 1..B1) and the B2 correction draws (the rest), shape
     (N, 1 + B1 + B2), with weights w (N,). `scale` (N,) is the size of the terms each
-    statistic sums: values within `_TIE_ULPS` roundings of it count as ties, as in
+    statistic sums: values within `kmethods.calibration.tie_tolerance` of it count as ties, as in
     `kmethods.calibration.resample_p_value`."""
     dtype = draws.dtype
     observed = draws[:, 0]
     m1 = draws[:, : num_quantile + 1]
     m2 = draws[:, num_quantile + 1 :]
     b1 = num_quantile + 1  # values per quantile: the B1 draws and the statistic
-    tolerance = _TIE_ULPS * jnp.finfo(dtype).eps * jnp.abs(scale)
+    tolerance = tie_tolerance(scale, dtype)
     m1_sorted = jnp.sort(m1, axis=1)
 
     def at_least(values):  # #{j : m1_ij >= v - tolerance_i} for each entry v of row i

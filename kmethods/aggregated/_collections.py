@@ -38,7 +38,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from kmethods.kernels import IMQ, Gaussian, Kernel, _check_bandwidth
+from kmethods._checks import check_bandwidth
+from kmethods.kernels import IMQ, Gaussian, Kernel
 from kmethods.pairwise import sqdist
 
 __all__ = [
@@ -74,7 +75,7 @@ class L1Laplace(Kernel):
     bandwidth: jax.Array | float = 1.0
 
     def __check_init__(self):
-        _check_bandwidth(self.bandwidth)
+        check_bandwidth(self.bandwidth)
 
     def __call__(self, x, y):
         return jnp.exp(-jnp.sum(jnp.abs(x - y)) / self.bandwidth)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from kmethods import _checks
+from kmethods._scores import scores_at
 from kmethods.aggregated._aggregate import AggregatedTestResult, aggregate, collection_weights
 from kmethods.aggregated._blocks import (
     default_block_size,
@@ -26,7 +27,6 @@ from kmethods.aggregated._blocks import (
 )
 from kmethods.aggregated._collections import KernelCollection, as_collection, ksdagg_kernels
 from kmethods.kernels import Kernel
-from kmethods.ksd import _scores
 from kmethods.pairwise import mask_diagonal
 
 __all__ = ["ksdagg"]
@@ -77,7 +77,7 @@ def ksdagg(
       NaN raises eagerly, as in `ksd_test`).
     """
     x = _checks.as_points(x, "x")
-    x, scores = _scores(x, score)
+    x, scores = scores_at(x, score)
     alpha = _checks.probability(alpha, "alpha", traced_ok=True)
     num_bandwidths = _checks.positive_int(num_bandwidths, "num_bandwidths", minimum=2)
     num_bootstrap = _checks.positive_int(num_bootstrap, "num_bootstrap")
