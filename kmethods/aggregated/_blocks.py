@@ -10,10 +10,15 @@ would be N n B numbers).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
+from kmethods import _checks
+
 __all__ = [
+    "Plan",
     "default_block_size",
     "draw_rows",
     "family_map",
@@ -24,6 +29,39 @@ __all__ = [
 
 # Entries of the (N, block, n) slabs of one block: 2^21 floats = 8 MiB in float32.
 _BLOCK_ELEMENTS = 2**21
+
+
+class Plan(NamedTuple):
+    """How an aggregated test draws and decides, static under `jit` (one compile per plan):
+    B1 draws for the per-kernel quantiles, B2 draws for the level correction, B3 bisection
+    steps on u, and the rows of every kernel matrix held at once (None: `rows_per_block`)."""
+
+    num_quantile: int
+    num_correction: int
+    bisection_steps: int
+    block_size: int | None
+
+    @property
+    def num_draws(self) -> int:
+        return self.num_quantile + self.num_correction
+
+    @classmethod
+    def checked(cls, quantile_name, num_quantile, num_correction, bisection_steps, block_size):
+        """The plan of a test's arguments, each checked under its name (`quantile_name`: the
+        name of B1)."""
+        return cls(
+            _checks.positive_int(num_quantile, quantile_name),
+            _checks.positive_int(num_correction, "num_correction"),
+            _checks.positive_int(bisection_steps, "bisection_steps"),
+            _checks.block_size(block_size),
+        )
+
+    def rows_per_block(self, rows: int, num_kernels: int) -> int:
+        """`block_size`, or by default about 2^21 entries of the slabs of `num_kernels` kernel
+        matrices of `rows` rows, each as wide as its matrix or the draws."""
+        if self.block_size is not None:
+            return self.block_size
+        return default_block_size(rows, max(rows, self.num_draws + 1), num_kernels)
 
 
 def default_block_size(n: int, width: int, num_kernels: int) -> int:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from kmethods import _checks
+from kmethods.aggregated import _blocks
 from kmethods.aggregated._aggregate import (
     WEIGHTINGS,
     AggregatedTestResult,
@@ -24,13 +25,6 @@ from kmethods.aggregated._aggregate import (
 )
 from kmethods.aggregated._aggregate import (
     weights as weighting,
-)
-from kmethods.aggregated._blocks import (
-    default_block_size,
-    family_map,
-    rademacher_rows,
-    row_block,
-    sum_row_blocks,
 )
 from kmethods.aggregated._collections import KernelCollection, as_collection, hsicagg_kernels
 from kmethods.kernels import Kernel
@@ -109,10 +103,6 @@ def hsicagg(
                 f"`num_diagonals` must be at most N - 1 = {num_pairs - 1} for n = {x.shape[0]} "
                 f"observations (N = n // 2 pairs), got {num_diagonals}."
             )
-    num_bootstrap = _checks.positive_int(num_bootstrap, "num_bootstrap")
-    num_correction = _checks.positive_int(num_correction, "num_correction")
-    bisection_steps = _checks.positive_int(bisection_steps, "bisection_steps")
-    block_size = _checks.block_size(block_size)
     if (kernels_x is None) != (kernels_y is None):
         raise ValueError("`kernels_x` and `kernels_y` must both be None or both be given.")
     if kernels_x is None:
@@ -126,30 +116,16 @@ def hsicagg(
         ).ravel(),
         x.dtype,
     )
-    num_kernels = len(collection_x) * len(collection_y)
-    if block_size is None:
-        width = max(num_pairs, num_bootstrap + num_correction + 1)
-        block_size = default_block_size(num_pairs, width, num_kernels)
-    return _hsicagg(
-        key,
-        x,
-        y,
-        collection_x,
-        collection_y,
-        alpha,
-        w,
-        num_diagonals=num_diagonals,
-        num_bootstrap=num_bootstrap,
-        num_correction=num_correction,
-        bisection_steps=bisection_steps,
-        block_size=block_size,
+    plan = _blocks.Plan.checked(
+        "num_bootstrap", num_bootstrap, num_correction, bisection_steps, block_size
     )
+    return _hsicagg(key, x, y, collection_x, collection_y, alpha, w, num_diagonals, plan)
 
 
 def _h_block(collection, a, a2, b, b2):
     """h^k for every kernel k of the collection between the pairs (a, a2) (rows) and (b, b2)
     (columns), shape (N_k, rows, columns)."""
-    return family_map(
+    return _blocks.family_map(
         lambda k: k.gram(a, b) - k.gram(a, b2) - k.gram(a2, b) + k.gram(a2, b2), collection
     )
 
@@ -157,49 +133,26 @@ def _h_block(collection, a, a2, b, b2):
 def _h_paired(collection, a, a2, b, b2):
     """h^k between the pairs (a_i, a2_i) and (b_i, b2_i), i = 1..N, shape (N_k, N)."""
     pair = lambda k, p, q: jax.vmap(k)(p, q)
-    return family_map(
+    return _blocks.family_map(
         lambda k: pair(k, a, b) - pair(k, a, b2) - pair(k, a2, b) + pair(k, a2, b2), collection
     )
 
 
-@partial(
-    jax.jit,
-    static_argnames=(
-        "num_diagonals",
-        "num_bootstrap",
-        "num_correction",
-        "bisection_steps",
-        "block_size",
-    ),
-)
-def _hsicagg(
-    key,
-    x,
-    y,
-    collection_x,
-    collection_y,
-    alpha,
-    weights,
-    *,
-    num_diagonals,
-    num_bootstrap,
-    num_correction,
-    bisection_steps,
-    block_size,
-):
+@partial(jax.jit, static_argnames=("num_diagonals", "plan"))
+def _hsicagg(key, x, y, collection_x, collection_y, alpha, weights, num_diagonals, plan):
     num = x.shape[0] // 2
     dtype = x.dtype
     x1, x2, y1, y2 = x[:num], x[num : 2 * num], y[:num], y[num : 2 * num]
-    signs = rademacher_rows(key, num, num_bootstrap + num_correction, dtype)  # (1 + B, N)
+    signs = _blocks.rademacher_rows(key, num, plan.num_draws, dtype)  # (1 + B, N)
     nx, ny = len(collection_x), len(collection_y)
 
     if num_diagonals is None:
 
         def block(start, rows):
             size = rows.shape[0]
-            x1b, x2b = row_block(x1, start, size), row_block(x2, start, size)
-            y1b, y2b = row_block(y1, start, size), row_block(y2, start, size)
-            wb = row_block(signs, start, size, axis=1)
+            x1b, x2b = _blocks.row_block(x1, start, size), _blocks.row_block(x2, start, size)
+            y1b, y2b = _blocks.row_block(y1, start, size), _blocks.row_block(y2, start, size)
+            wb = _blocks.row_block(signs, start, size, axis=1)
             hx = _h_block(collection_x, x1b, x2b, x1, x2)
             hy = _h_block(collection_y, y1b, y2b, y1, y2)
             h = (hx[:, None] * hy[None, :]).reshape(nx * ny, *hx.shape[1:])
@@ -208,7 +161,9 @@ def _hsicagg(
             forms = jax.vmap(lambda hk: jnp.sum(wb * (signs @ hk.T), axis=1))(h)
             return forms, jnp.sum(jnp.abs(h), axis=(1, 2))
 
-        forms, abs_sum = sum_row_blocks(block, num, block_size=block_size)
+        forms, abs_sum = _blocks.sum_row_blocks(
+            block, num, block_size=plan.rows_per_block(num, len(collection_x) * len(collection_y))
+        )
         count = float(num) * (num - 1)
     else:
 
@@ -233,7 +188,7 @@ def _hsicagg(
         weights,
         alpha,
         abs_sum / (4.0 * count),
-        num_quantile=num_bootstrap,
-        num_steps=bisection_steps,
+        num_quantile=plan.num_quantile,
+        num_steps=plan.bisection_steps,
         kernels=(collection_x, collection_y),
     )

@@ -17,14 +17,8 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from kmethods import _checks
 from kmethods._scores import scores_at
+from kmethods.aggregated import _blocks
 from kmethods.aggregated._aggregate import AggregatedTestResult, aggregate, collection_weights
-from kmethods.aggregated._blocks import (
-    default_block_size,
-    family_map,
-    rademacher_rows,
-    row_block,
-    sum_row_blocks,
-)
 from kmethods.aggregated._collections import KernelCollection, as_collection, ksdagg_kernels
 from kmethods.kernels import Kernel
 from kmethods.pairwise import mask_diagonal
@@ -80,65 +74,37 @@ def ksdagg(
     x, scores = scores_at(x, score)
     alpha = _checks.probability(alpha, "alpha", traced_ok=True)
     num_bandwidths = _checks.positive_int(num_bandwidths, "num_bandwidths", minimum=2)
-    num_bootstrap = _checks.positive_int(num_bootstrap, "num_bootstrap")
-    num_correction = _checks.positive_int(num_correction, "num_correction")
-    bisection_steps = _checks.positive_int(bisection_steps, "bisection_steps")
-    block_size = _checks.block_size(block_size)
     if kernels is None:
         kernels = ksdagg_kernels(x, num_bandwidths)
     collection = as_collection(kernels, x.dtype)
     w = collection_weights(collection.sizes, weights)
-    num_draws = num_bootstrap + num_correction
-    if block_size is None:
-        n = x.shape[0]
-        block_size = default_block_size(n, max(n, num_draws + 1), len(collection))
-    return _ksdagg(
-        key,
-        x,
-        scores,
-        collection,
-        alpha,
-        jnp.asarray(w, x.dtype),
-        num_bootstrap=num_bootstrap,
-        num_correction=num_correction,
-        bisection_steps=bisection_steps,
-        block_size=block_size,
+    plan = _blocks.Plan.checked(
+        "num_bootstrap", num_bootstrap, num_correction, bisection_steps, block_size
     )
+    return _ksdagg(key, x, scores, collection, alpha, jnp.asarray(w, x.dtype), plan)
 
 
-@partial(
-    jax.jit, static_argnames=("num_bootstrap", "num_correction", "bisection_steps", "block_size")
-)
-def _ksdagg(
-    key,
-    x,
-    scores,
-    collection,
-    alpha,
-    weights,
-    *,
-    num_bootstrap,
-    num_correction,
-    bisection_steps,
-    block_size,
-):
+@partial(jax.jit, static_argnames=("plan",))
+def _ksdagg(key, x, scores, collection, alpha, weights, plan):
     n = x.shape[0]
     dtype = x.dtype
-    signs = rademacher_rows(key, n, num_bootstrap + num_correction, dtype)  # (1 + B, n)
+    signs = _blocks.rademacher_rows(key, n, plan.num_draws, dtype)  # (1 + B, n)
 
     def block(start, rows):
         size = rows.shape[0]
-        xb, sb = row_block(x, start, size), row_block(scores, start, size)
-        wb = row_block(signs, start, size, axis=1)
+        xb, sb = _blocks.row_block(x, start, size), _blocks.row_block(scores, start, size)
+        wb = _blocks.row_block(signs, start, size, axis=1)
 
         def one(kernel):
             u = mask_diagonal(kernel.stein_gram(xb, sb, x, scores), rows)
             u = jnp.where((rows < n)[:, None], u, jnp.zeros((), dtype))
             return jnp.sum(wb * (signs @ u.T), axis=1), jnp.sum(jnp.abs(u))
 
-        return family_map(one, collection)
+        return _blocks.family_map(one, collection)
 
-    forms, abs_sum = sum_row_blocks(block, n, block_size=block_size)
+    forms, abs_sum = _blocks.sum_row_blocks(
+        block, n, block_size=plan.rows_per_block(n, len(collection))
+    )
     nf = float(n)
     draws = forms / (nf * (nf - 1))
     draws = draws.at[:, 0].set(_checks.nan_unless_finite(draws[:, 0], x, scores))
@@ -147,7 +113,7 @@ def _ksdagg(
         weights,
         alpha,
         abs_sum / (nf * (nf - 1)),
-        num_quantile=num_bootstrap,
-        num_steps=bisection_steps,
+        num_quantile=plan.num_quantile,
+        num_steps=plan.bisection_steps,
         kernels=collection,
     )

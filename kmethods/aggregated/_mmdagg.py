@@ -14,14 +14,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from kmethods import _checks
+from kmethods.aggregated import _blocks
 from kmethods.aggregated._aggregate import AggregatedTestResult, aggregate, collection_weights
-from kmethods.aggregated._blocks import (
-    default_block_size,
-    draw_rows,
-    family_map,
-    row_block,
-    sum_row_blocks,
-)
 from kmethods.aggregated._collections import KernelCollection, as_collection, mmdagg_kernels
 from kmethods.kernels import Kernel
 from kmethods.pairwise import mask_diagonal
@@ -84,71 +78,35 @@ def mmdagg(
     x, y = _checks.promote(x, y)
     alpha = _checks.probability(alpha, "alpha", traced_ok=True)
     num_bandwidths = _checks.positive_int(num_bandwidths, "num_bandwidths", minimum=2)
-    num_permutations = _checks.positive_int(num_permutations, "num_permutations")
-    num_correction = _checks.positive_int(num_correction, "num_correction")
-    bisection_steps = _checks.positive_int(bisection_steps, "bisection_steps")
-    block_size = _checks.block_size(block_size)
     if kernels is None:
         kernels = mmdagg_kernels(x, y, num_bandwidths)
     collection = as_collection(kernels, x.dtype)
     w = collection_weights(collection.sizes, weights)
-    num_draws = num_permutations + num_correction
-    if block_size is None:
-        total = x.shape[0] + y.shape[0]
-        block_size = default_block_size(total, max(total, num_draws + 2), len(collection))
-    return _mmdagg(
-        key,
-        x,
-        y,
-        collection,
-        alpha,
-        jnp.asarray(w, x.dtype),
-        num_permutations=num_permutations,
-        num_correction=num_correction,
-        bisection_steps=bisection_steps,
-        block_size=block_size,
+    plan = _blocks.Plan.checked(
+        "num_permutations", num_permutations, num_correction, bisection_steps, block_size
     )
+    return _mmdagg(key, x, y, collection, alpha, jnp.asarray(w, x.dtype), plan)
 
 
-@partial(
-    jax.jit,
-    static_argnames=(
-        "num_permutations",
-        "num_correction",
-        "bisection_steps",
-        "block_size",
-    ),
-)
-def _mmdagg(
-    key,
-    x,
-    y,
-    collection,
-    alpha,
-    weights,
-    *,
-    num_permutations,
-    num_correction,
-    bisection_steps,
-    block_size,
-):
+@partial(jax.jit, static_argnames=("plan",))
+def _mmdagg(key, x, y, collection, alpha, weights, plan):
     n, m = x.shape[0], y.shape[0]
     z = jnp.concatenate([x, y])
     dtype = z.dtype
     observed = jnp.concatenate([jnp.ones(n, dtype), jnp.zeros(m, dtype)])
-    labels = draw_rows(  # (1 + B1 + B2, n + m): the labelling, then the permuted ones
+    labels = _blocks.draw_rows(  # (1 + B1 + B2, n + m): the labelling, then the permuted ones
         lambda k: jax.random.permutation(k, observed),
         key,
-        num_permutations + num_correction,
+        plan.num_draws,
         observed,
     )
     # MMD^2 is unchanged by K -> K - c: each kernel is shifted by one of its entries, so that
     # a nearly constant kernel keeps the digits its statistics differ in (as in `mmd_test`).
-    shifts = family_map(lambda k: k(z[0], z[-1]), collection)
+    shifts = _blocks.family_map(lambda k: k(z[0], z[-1]), collection)
 
     def block(start, rows):
         size = rows.shape[0]
-        zb, eb = row_block(z, start, size), row_block(labels, start, size, axis=1)
+        zb, eb = _blocks.row_block(z, start, size), _blocks.row_block(labels, start, size, axis=1)
 
         def one(kernel, shift):
             g = mask_diagonal(kernel.gram(zb, z) - shift, rows)
@@ -163,7 +121,9 @@ def _mmdagg(
         ]
         return jax.tree.map(lambda *parts: jnp.concatenate(parts), *outs)
 
-    within_x, x_to_all, total = sum_row_blocks(block, n + m, block_size=block_size)
+    within_x, x_to_all, total = _blocks.sum_row_blocks(
+        block, n + m, block_size=plan.rows_per_block(n + m, len(collection))
+    )
     # With W = e'Ke, X = e'K1 and T = 1'K1 (zero diagonal, f = 1 - e), MMD_u^2 is
     # W / (n(n-1)) + f'Kf / (m(m-1)) - 2 e'Kf / (nm), and f'Kf = T - 2X + W, e'Kf = X - W:
     # collected per sum, the coefficients below. The scale of the rounding is the size of the
@@ -180,8 +140,8 @@ def _mmdagg(
         weights,
         alpha,
         scale,
-        num_quantile=num_permutations,
-        num_steps=bisection_steps,
+        num_quantile=plan.num_quantile,
+        num_steps=plan.bisection_steps,
         kernels=collection,
     )
 
