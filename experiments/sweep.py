@@ -594,7 +594,6 @@ def _record_label(record: dict) -> tuple[str, dict]:
 def _text_table(table: tuple[list[str], list[dict], int]) -> str:
     columns, rows, left_out = table
     text = format_table([{c: row.get(c, "") for c in columns} for row in rows])
-    text = "\n".join(line.rstrip() for line in text.splitlines())
     if left_out:
         text += f"\n({left_out} more result columns in results.jsonl)"
     return text
