@@ -9,6 +9,9 @@ Layers:
   `LRU`, `S5`: diagonal complex state-space layers (S5's HiPPO-N initialisation: `hippo_n`).
   `CKConv`: continuous kernel convolution, by FFT (`causal_fft_conv`).
   `ShortConv`: a depthwise causal convolution over a few steps.
+  `LearnedKernelAttention`: linear attention with learned random-feature kernels (Chowdhury et
+    al., 2022), spectra `GaussianSpectrum` (kmethods.Gaussian), `MixtureSpectrum` (GMM-RKS),
+    `GenerativeSpectrum` (GEN-RKS).
   `SequenceModel`: embedding, residual blocks around any mixing layer, head.
 
 Functions:
@@ -26,6 +29,16 @@ from seqmodels.layers._gated_linear_attention import (
     multihead_gated_linear_attention as multihead_gated_linear_attention,
 )
 from seqmodels.layers._gateloop import GateLoop as GateLoop
+from seqmodels.layers._learned_kernel import GaussianSpectrum as GaussianSpectrum
+from seqmodels.layers._learned_kernel import GenerativeSpectrum as GenerativeSpectrum
+from seqmodels.layers._learned_kernel import LearnedKernelAttention as LearnedKernelAttention
+from seqmodels.layers._learned_kernel import MixtureSpectrum as MixtureSpectrum
+from seqmodels.layers._learned_kernel import (
+    gaussian_spectral_frequencies as gaussian_spectral_frequencies,
+)
+from seqmodels.layers._learned_kernel import (
+    random_fourier_features as random_fourier_features,
+)
 from seqmodels.layers._linear_attention import LinearAttention as LinearAttention
 from seqmodels.layers._sequence_model import SequenceModel as SequenceModel
 from seqmodels.layers._short_conv import ShortConv as ShortConv
@@ -38,11 +51,17 @@ __all__ = [
     "S5",
     "CKConv",
     "GateLoop",
+    "GaussianSpectrum",
+    "GenerativeSpectrum",
+    "LearnedKernelAttention",
     "LinearAttention",
+    "MixtureSpectrum",
     "SequenceModel",
     "ShortConv",
     "causal_fft_conv",
     "gated_linear_attention",
+    "gaussian_spectral_frequencies",
     "hippo_n",
     "multihead_gated_linear_attention",
+    "random_fourier_features",
 ]
