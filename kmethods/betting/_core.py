@@ -154,14 +154,8 @@ def advance(state: BettingState, witness, payoff, finite, log_threshold, bettor:
     crossed = log_wealth >= jnp.asarray(log_threshold).astype(log_wealth.dtype)
     rejected = (state.rejected | crossed) & valid
     stopping_time = jnp.where(state.rejected & valid, state.stopping_time, step)
-    return state._replace(
-        witness=witness,
-        payoff=payoff,
-        bettor=bettor_state,
-        log_wealth=log_wealth,
-        step=step,
-        rejected=rejected,
-        stopping_time=stopping_time,
+    return BettingState(
+        witness, payoff, bettor_state, log_wealth, step, rejected, stopping_time, state.overflow
     )
 
 
