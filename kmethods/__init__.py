@@ -16,12 +16,15 @@ Specialist names live one namespace down, each in one home:
 - `kmethods.betting`: bettors and the `(init, step)` sequential tests behind `skit` and
   `mmd_betting_test`;
 - `kmethods.aggregated`: kernel collections, weights and the level correction behind
-  `mmdagg`, `hsicagg` and `ksdagg`.
+  `mmdagg`, `hsicagg` and `ksdagg`;
+- `kmethods.compressed`: near-linear-time tests: `ctt_test`'s relatives ACTT and LR-CTT,
+  the random-Fourier-feature test and the block MMD test.
 """
 
 from kmethods import aggregated as aggregated
 from kmethods import betting as betting
 from kmethods import calibration as calibration
+from kmethods import compressed as compressed
 from kmethods import pairwise as pairwise
 from kmethods import pksd as pksd
 from kmethods import sequences as sequences
@@ -33,6 +36,7 @@ from kmethods.aggregated import mmdagg as mmdagg
 from kmethods.betting._tests import mmd_betting_test as mmd_betting_test
 from kmethods.betting._tests import skit as skit
 from kmethods.calibration import TestResult as TestResult
+from kmethods.compressed import ctt_test as ctt_test
 from kmethods.hsic import hsic as hsic
 from kmethods.hsic import hsic_test as hsic_test
 from kmethods.kernels import IMQ as IMQ
@@ -72,7 +76,9 @@ __all__ = [
     "aggregated",
     "betting",
     "calibration",
+    "compressed",
     "compresspp",
+    "ctt_test",
     "hsic",
     "hsic_test",
     "hsicagg",

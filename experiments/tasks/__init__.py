@@ -52,6 +52,7 @@ TASKS: dict[str, str] = {
     "bench_tests": "experiments.tasks.bench_tests",
     "bench_scan": "experiments.tasks.bench_scan",
     "bench_thinning": "experiments.tasks.bench_thinning",
+    "bench_ctt": "experiments.tasks.bench_ctt",
     "train_recall": "experiments.tasks.train_recall",
     "kt_mmd_rate": "experiments.tasks.kt_mmd_rate",
     "bench_deer": "experiments.tasks.bench_deer",

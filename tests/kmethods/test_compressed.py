@@ -1,0 +1,262 @@
+"""kmethods.compressed: CTT, ACTT, LR-CTT, the RFF test and the block MMD test.
+
+Reference checks against dense NumPy formulas on small samples, level over vmapped null
+replicates (inside the 99% binomial interval at alpha = 0.05), power on an easy alternative,
+and the TestResult contract (no rejection on non-finite input, float16 computed in float32,
+errors naming the argument).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+import kmethods as km
+from kmethods import compressed
+from kmethods.calibration import permuted_labels
+
+ALPHA = 0.05
+
+
+def _gauss_np(a, b, h):
+    d2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+    return np.exp(-d2 / (2 * h**2))
+
+
+def _labels(key, s_x, s, num):
+    observed = (jnp.arange(s) < s_x).astype(jnp.float32)
+    perms = np.asarray(permuted_labels(key, observed, num))
+    return np.concatenate([np.asarray(observed)[None], perms])
+
+
+def _binomial_ok(rejections, num):
+    low, high = stats.binom.interval(0.99, num, ALPHA)
+    count = int(np.sum(np.asarray(rejections)))
+    assert low <= count <= high, (count, low, high)
+
+
+def _null_pairs(key, num, m, n, d=2):
+    kx, ky = jax.random.split(key)
+    return jax.random.normal(kx, (num, m, d)), jax.random.normal(ky, (num, n, d))
+
+
+# ----------------------------------------------------------------------------- CTT
+
+
+@pytest.mark.parametrize("m,n", [(48, 48), (64, 40)])
+def test_ctt_matches_dense_bins(m, n):
+    """Without compression (4^g >= bin size) the statistic and every permuted draw equal the
+    dense V-statistic between the unions of the permuted bins."""
+    key = jax.random.key(3)
+    x = np.asarray(jax.random.normal(jax.random.key(1), (m, 2)), np.float64)
+    y = np.asarray(jax.random.normal(jax.random.key(2), (n, 2)), np.float64) + 0.3
+    num_bins, h, num = 8, 0.8, 30
+    size, s_x, s_y = compressed.bin_plan(m, n, num_bins)
+    result = km.ctt_test(key, x, y, km.Gaussian(h), g=5, num_bins=num_bins, num_permutations=num)
+    bins = np.concatenate([x[: s_x * size], y[: s_y * size]]).reshape(s_x + s_y, size, 2)
+    means = np.array([[_gauss_np(a, b, h).mean() for b in bins] for a in bins])
+    _, k_perm = jax.random.split(key)
+    labels = _labels(k_perm, s_x, s_x + s_y, num)
+    w = labels / s_x - (1 - labels) / s_y
+    dense = np.einsum("bi,ij,bj->b", w, means, w)
+    np.testing.assert_allclose(result.statistic, dense[0], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(result.null_samples, dense[1:], rtol=1e-4, atol=1e-6)
+    count = np.sum(dense[1:] >= dense[0] - 1e-6)
+    np.testing.assert_allclose(result.p_value, (1 + count) / (1 + num), rtol=1e-6)
+
+
+def test_bin_plan_follows_sample_sizes():
+    assert compressed.bin_plan(64, 64, 16) == (8, 8, 8)
+    assert compressed.bin_plan(96, 32, 8) == (16, 6, 2)
+    assert compressed.bin_plan(10, 100, 4) == (10, 1, 10)
+    with pytest.raises(ValueError, match="num_bins"):
+        compressed.bin_plan(4, 4, 9)
+
+
+@pytest.mark.slow
+def test_ctt_compresses_and_detects_a_shift():
+    """With compression (bins of 256 points to 2^(1 + 4) = 32), a clear mean shift rejects,
+    the statistic lies near the full-sample V-statistic, and the null draws vary."""
+    x = jax.random.normal(jax.random.key(0), (1024, 2))
+    y = jax.random.normal(jax.random.key(1), (1024, 2)) + 0.5
+    kernel = km.Gaussian(1.0)
+    result = km.ctt_test(jax.random.key(2), x, y, kernel, g=1, num_bins=8, num_permutations=99)
+    assert bool(result.reject) and result.null_samples.shape == (99,)
+    full = km.mmd2(x, y, kernel, unbiased=False)
+    assert abs(float(result.statistic) - float(full)) < 0.2 * float(full)
+    assert float(jnp.std(result.null_samples)) > 0
+
+
+# ----------------------------------------------------------------------------- levels
+
+NUM_NULL, NUM_ALT = 200, 20
+
+
+def _replicates(test, m, n, num_null, num_alt, key=0):
+    """One vmapped call: `num_null` null pairs, `num_alt` pairs with y shifted by 1 in its
+    first coordinate, and 3 pairs holding NaN or inf (past the eager checks)."""
+    num = num_null + num_alt + 3
+    x, y = _null_pairs(jax.random.key(key), num, m, n)
+    y = y.at[num_null:, :, 0].add(1.0)
+    x = x.at[-3, 5, 0].set(jnp.nan).at[-2, 2, 1].set(jnp.inf)
+    y = y.at[-1, 0, 0].set(-jnp.inf)
+    result = jax.vmap(test)(jax.random.split(jax.random.key(key + 1), num), x, y)
+    assert bool(jnp.all(jnp.isfinite(result.p_value[:-3])))
+    assert not bool(jnp.any(result.reject[-3:]))
+    assert bool(jnp.all(jnp.isnan(result.p_value[-3:])))
+    return result.reject[:num_null], result.reject[num_null:-3]
+
+
+LEVEL_TESTS = {
+    "ctt": lambda k, x, y: km.ctt_test(
+        k, x, y, km.Gaussian(1.0), g=1, num_bins=16, num_permutations=39
+    ),
+    "lrctt": lambda k, x, y: compressed.lrctt_test(
+        k, x, y, km.Gaussian(1.0), g=1, num_bins=16, num_features=32, num_permutations=39
+    ),
+    "rff": lambda k, x, y: compressed.rff_test(
+        k, x, y, km.Laplace(1.0), num_features=16, num_permutations=39
+    ),
+    "block": lambda k, x, y: compressed.block_mmd_test(k, x, y, km.Gaussian(1.0)),
+}
+SIZES = {"ctt": (256, 256), "lrctt": (256, 192)}
+
+
+@pytest.mark.parametrize("name", sorted(LEVEL_TESTS))
+def test_level_power_and_nonfinite(name):
+    """Level within the 99% binomial interval over 200 null replicates (unequal sizes but for
+    CTT), power on a unit mean shift, and no rejection on non-finite input."""
+    m, n = SIZES.get(name, (128, 96))
+    null, alt = _replicates(LEVEL_TESTS[name], m, n, NUM_NULL, NUM_ALT)
+    _binomial_ok(null, NUM_NULL)
+    assert float(jnp.mean(alt)) >= 0.8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(LEVEL_TESTS))
+@pytest.mark.parametrize("m,n", [(256, 256), (384, 128)])
+def test_level_500(name, m, n):
+    null, _ = _replicates(LEVEL_TESTS[name], m, n, 500, 0, key=7)
+    _binomial_ok(null, 500)
+
+
+# ----------------------------------------------------------------------------- ACTT
+
+
+@pytest.mark.parametrize("g", [2, pytest.param(1, marks=pytest.mark.slow)])
+def test_actt_level_power_and_nonfinite(g):
+    """g = 2 leaves the bins of 16 points whole (the aggregation alone); g = 1 compresses
+    them to 8 with the sum of the kernels."""
+    kernels = [km.Gaussian(0.5), km.Gaussian(1.0), km.Gaussian(2.0)]
+
+    def test(k, x, y):
+        return compressed.actt_test(
+            k, x, y, kernels, g=g, num_bins=28, num_permutations=99, num_correction=99
+        )
+
+    null, alt = _replicates(test, 256, 192, 100, 10, key=11)
+    _binomial_ok(null, 100)
+    assert float(jnp.mean(alt)) >= 0.8
+
+
+# ----------------------------------------------------------------------------- RFF
+
+
+@pytest.mark.parametrize(
+    "kernel", [km.Gaussian(0.7), km.Laplace(0.7), km.Matern(1.5, 0.7), km.Matern(0.8, 0.7)]
+)
+def test_random_features_estimate_the_kernel(kernel):
+    """phi(x)'phi(y) over 2^13 frequencies matches k(x, y) (Monte Carlo error < 0.008)."""
+    x = jax.random.normal(jax.random.key(0), (12, 3)) * 0.5
+    w = compressed.random_frequencies(jax.random.key(1), kernel, 3, 2**13)
+    phi = compressed.random_features(x, w)
+    np.testing.assert_allclose(phi @ phi.T, kernel.gram(x, x), atol=0.04)
+
+
+@pytest.mark.parametrize("m,n", [(40, 40), (50, 30)])
+def test_rff_matches_dense_features(m, n):
+    key = jax.random.key(5)
+    x = jax.random.normal(jax.random.key(1), (m, 3))
+    y = jax.random.normal(jax.random.key(2), (n, 3)) + 0.2
+    kernel, r, num = km.Gaussian(1.2), 32, 20
+    result = compressed.rff_test(key, x, y, kernel, num_features=r, num_permutations=num)
+    k_features, k_perm = jax.random.split(key)
+    w = compressed.random_frequencies(k_features, kernel, 3, r // 2)
+    phi = np.asarray(compressed.random_features(jnp.concatenate([x, y]), w), np.float64)
+    gram = phi @ phi.T
+    np.fill_diagonal(gram, 0.0)
+    labels = _labels(k_perm, m, m + n, num)
+    dense = []
+    for e in labels:
+        f = 1 - e
+        dense.append(
+            e @ gram @ e / (m * (m - 1)) + f @ gram @ f / (n * (n - 1)) - 2 * e @ gram @ f / (m * n)
+        )
+    np.testing.assert_allclose(result.statistic, dense[0], atol=2e-6)
+    np.testing.assert_allclose(result.null_samples, dense[1:], atol=2e-6)
+
+
+# ----------------------------------------------------------------------------- block MMD
+
+
+def test_block_mmd_matches_dense_blocks():
+    x = np.asarray(jax.random.normal(jax.random.key(1), (50, 2)), np.float64)
+    y = np.asarray(jax.random.normal(jax.random.key(2), (37, 2)), np.float64) + 0.3
+    h, size = 1.1, 7
+    result = compressed.block_mmd_test(None, x, y, km.Gaussian(h), block_size=size)
+    num = 50 // size
+    size_y = 37 // num
+    etas = []
+    for i in range(num):
+        a, b = x[i * size : (i + 1) * size], y[i * size_y : (i + 1) * size_y]
+        kxx, kyy = _gauss_np(a, a, h), _gauss_np(b, b, h)
+        etas.append(
+            (kxx.sum() - np.trace(kxx)) / (size * (size - 1))
+            + (kyy.sum() - np.trace(kyy)) / (size_y * (size_y - 1))
+            - 2 * _gauss_np(a, b, h).mean()
+        )
+    etas = np.array(etas)
+    z = etas.mean() / np.sqrt(etas.var(ddof=1) / num)
+    np.testing.assert_allclose(result.statistic, etas.mean(), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(result.p_value, stats.norm.sf(z), rtol=1e-3, atol=1e-6)
+    assert result.null_samples.shape == (0,)
+
+
+# ----------------------------------------------------------------------------- contract
+
+
+@pytest.mark.parametrize("name", ["rff", "block"])
+def test_float16_is_computed_in_float32(name):
+    x = jax.random.normal(jax.random.key(0), (128, 2)).astype(jnp.float16)
+    y = (jax.random.normal(jax.random.key(1), (96, 2)) + 1.0).astype(jnp.float16)
+    test = {
+        "rff": lambda k, x, y: compressed.rff_test(k, x, y, km.Laplace(1.0), num_features=64),
+        "block": LEVEL_TESTS["block"],
+    }[name]
+    result = test(jax.random.key(2), x, y)
+    assert bool(result.reject)
+    assert result.statistic.dtype == jnp.float32 and result.p_value.dtype == jnp.float32
+
+
+def test_errors_name_the_argument():
+    key = jax.random.key(0)
+    x = jnp.zeros((64, 2))
+    with pytest.raises(ValueError, match="`x` contains NaN"):
+        km.ctt_test(key, x.at[0, 0].set(jnp.nan), x, km.Gaussian(1.0), g=1, num_bins=4)
+    with pytest.raises(TypeError, match="`g`"):
+        km.ctt_test(key, x, x, km.Gaussian(1.0), g=1.5, num_bins=4)
+    with pytest.raises(ValueError, match="`num_bins`"):
+        km.ctt_test(key, x, x, km.Gaussian(1.0), g=1, num_bins=1)
+    with pytest.raises(TypeError, match="`kernel`"):
+        compressed.rff_test(key, x, x, km.IMQ())
+    with pytest.raises(ValueError, match="`num_features`"):
+        compressed.rff_test(key, x, x, km.Gaussian(1.0), num_features=15)
+    with pytest.raises(ValueError, match="`compress_bin_size`"):
+        compressed.lrctt_test(key, x, x, km.Gaussian(1.0), g=1, num_bins=4, compress_bin_size=8)
+    with pytest.raises(ValueError, match="`block_size`"):
+        compressed.block_mmd_test(key, x, x, km.Gaussian(1.0), block_size=40)
+    with pytest.raises(ValueError, match="dimension"):
+        km.ctt_test(key, x, jnp.zeros((64, 3)), km.Gaussian(1.0), g=1, num_bins=4)
+    with pytest.raises(TypeError, match="`key`"):
+        km.ctt_test(0, x, x, km.Gaussian(1.0), g=1, num_bins=4)
