@@ -14,12 +14,14 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Inexact
 
-from seqmodels._checks import check_positive_int, common_dtype, compute_dtype, prepare_sequence
-from seqmodels._gla import check_mode, check_qkv, resolve_form
+from seqmodels._checks import check_positive_int, common_dtype, compute_dtype
+from seqmodels._gla import check_mode, check_qkv, outer, resolve_form
+from seqmodels.layers._common import cast, complex_of, layer_input, param_dtype_of
 from seqmodels.parallel import gated_linear_attention_sharded
 
 __all__ = [
     "gated_heads_call",
+    "gated_heads_recurrent",
     "gated_linear_attention",
     "multihead_gated_linear_attention",
     "qkv_projections",
@@ -119,10 +121,20 @@ def multihead_gated_linear_attention(
     return y.swapaxes(0, 1).reshape(length, -1)
 
 
-def qkv_projections(d_model: int, inner: int, keys) -> tuple[eqx.nn.Linear, ...]:
+def qkv_projections(d_model: int, inner: int, keys, dtype=None) -> tuple[eqx.nn.Linear, ...]:
     """The bias-free query, key and value projections d_model -> inner of a layer built on
-    `multihead_gated_linear_attention`, from keys[0], keys[1] and keys[2]."""
-    return tuple(eqx.nn.Linear(d_model, inner, use_bias=False, key=k) for k in keys[:3])
+    `multihead_gated_linear_attention`, from keys[0], keys[1] and keys[2], with parameters in
+    `dtype` (default: the default float)."""
+    return tuple(
+        eqx.nn.Linear(d_model, inner, use_bias=False, dtype=dtype, key=k) for k in keys[:3]
+    )
+
+
+def _heads_output(layer, y, x, work):
+    """The heads' output y (L, H V), mixed as Re(y) * SiLU(W_g x) and projected by W_o, in the
+    work dtype (states were accumulated in at least float32)."""
+    y = jnp.real(y).astype(work)  # GateLoop's complex states; a real y passes through
+    return jax.vmap(layer.out)(y * jax.nn.silu(jax.vmap(layer.gate)(x)))
 
 
 def gated_heads_call(layer_name: str, default_mode: str) -> Callable:
@@ -131,8 +143,9 @@ def gated_heads_call(layer_name: str, default_mode: str) -> Callable:
     own default `mode`.
 
     The layer provides the modules `q` (whose `in_features` is d_model), `gate` and `out`, the
-    static `num_heads`, and `gla_inputs(x) -> (q, k, v, log_a)` for a float32 (or float64)
-    sequence x. The heads' output y is mixed as Re(y) * SiLU(W_g x), projected by W_o.
+    static `num_heads` and `dtype`, and `gla_inputs(x) -> (q, k, v, log_a)` for a sequence x in
+    the work dtype (log_a in at least float32). The heads' output y is mixed as
+    Re(y) * SiLU(W_g x), projected by W_o.
     """
 
     def __call__(
@@ -144,20 +157,68 @@ def gated_heads_call(layer_name: str, default_mode: str) -> Callable:
         mesh: jax.sharding.Mesh | None = None,
         axis_name: str = "seq",
     ) -> Float[Array, "L d_model"]:
-        """Mixes a sequence x of shape (L, d_model); returns (L, d_model) in x's dtype (float16
-        and bfloat16 are computed in float32). With a `mesh`, the time axis is split across
-        `mesh[axis_name]` (sequence parallelism, LASP-2). For a batch, `jax.vmap` it."""
-        x, dtype = prepare_sequence(x, self.q.in_features, layer_name)
+        """Mixes a sequence x of shape (L, d_model); returns (L, d_model) in the layer's
+        `dtype`, or x's dtype when that is None (float16 and bfloat16 are then computed in
+        float32). States and gates accumulate in at least float32. With a `mesh`, the time
+        axis is split across `mesh[axis_name]` (sequence parallelism, LASP-2). For a batch,
+        `jax.vmap` it."""
+        layer, x, work, out = _prepared(self, x, layer_name, token=False)
         y = multihead_gated_linear_attention(
-            *self.gla_inputs(x),
+            *layer.gla_inputs(x),
             self.num_heads,
             mode=mode,
             chunk_size=chunk_size,
             mesh=mesh,
             axis_name=axis_name,
         )
-        y = jnp.real(y)  # GateLoop's complex states; a real y passes through unchanged
-        return jax.vmap(self.out)(y * jax.nn.silu(jax.vmap(self.gate)(x))).astype(dtype)
+        return _heads_output(layer, y, x, work).astype(out)
 
     __call__.__qualname__ = f"{layer_name}.__call__"
     return __call__
+
+
+def _prepared(layer, x, layer_name, *, token):
+    """(the layer with its parameters in the work dtype, x checked and cast, work, out)."""
+    x, work, out = layer_input(
+        x,
+        layer.q.in_features,
+        layer_name,
+        dtype=layer.dtype,
+        params=param_dtype_of(layer),
+        argument="x_t" if token else "x",
+        token=token,
+    )
+    return cast(layer, work), x, work, out
+
+
+def gated_heads_recurrent(layer_name: str, complex_state: bool) -> tuple[Callable, Callable]:
+    """`init_state` and `step` of a layer built on `multihead_gated_linear_attention`: the
+    K x V state per head, one token at a time (the recurrent form, O(H K V) memory whatever
+    the length)."""
+
+    def init_state(self) -> Inexact[Array, "num_heads head_dim head_dim"]:
+        """The empty state: zeros of shape (num_heads, head_dim, head_dim), one K x V matrix
+        per head, in the accumulation dtype (float32 for bfloat16, float16 and float32 layers,
+        float64 for float64 parameters; complex for GateLoop's rotating gates)."""
+        acc = compute_dtype(self.dtype or param_dtype_of(self))
+        shape = (self.num_heads, self.head_dim, self.head_dim)
+        return jnp.zeros(shape, complex_of(acc) if complex_state else acc)
+
+    def step(
+        self, state: Inexact[Array, "num_heads head_dim head_dim"], x_t: Float[Array, " d_model"]
+    ) -> tuple[Inexact[Array, "num_heads head_dim head_dim"], Float[Array, " d_model"]]:
+        """One token x_t of shape (d_model,): H = diag(a_t) H + k_t^T v_t per head, and
+        y_t (d_model,), the t-th row of `__call__` on the tokens so far (any `mode`), in the
+        dtype `__call__` would give. The state keeps its dtype. O(H K V) memory and time per
+        token, independent of t: for generation, `lax.scan` over the tokens."""
+        layer, x, work, out = _prepared(self, x_t, layer_name, token=True)
+        q, k, v, log_a = (a.reshape(self.num_heads, -1) for a in layer.gla_inputs(x[None]))
+        acc = state.dtype
+        q, k, v, decay = q.astype(acc), k.astype(acc), v.astype(acc), jnp.exp(log_a.astype(acc))
+        state = decay[:, :, None] * state + outer(k, v)
+        y = jnp.einsum("hk,hkv->hv", q, state).reshape(1, -1)
+        return state, _heads_output(layer, y, x[None], work)[0].astype(out)
+
+    init_state.__qualname__ = f"{layer_name}.init_state"
+    step.__qualname__ = f"{layer_name}.step"
+    return init_state, step

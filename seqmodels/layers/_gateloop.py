@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax
+from jax.typing import DTypeLike
 
-from seqmodels._checks import head_sizes
-from seqmodels.layers._gated_linear_attention import gated_heads_call, qkv_projections
+from seqmodels._checks import compute_dtype, head_sizes
+from seqmodels.layers._common import check_dtype, param_init_dtype
+from seqmodels.layers._gated_linear_attention import (
+    gated_heads_call,
+    gated_heads_recurrent,
+    qkv_projections,
+)
 
 __all__ = ["GateLoop"]
 
@@ -25,10 +31,17 @@ class GateLoop(eqx.Module):
     O(L d + (L / C) K V) forward and backward, 108 MiB of planned temporaries for
     forward+backward at L = 4096, d = 256, 4 heads), or the recurrent, parallel (associative
     scan) or surrogate attention (O(L^2)) form of Section 3 of the paper; all give the same
-    output.
+    output. `step` runs the recurrence one token at a time for generation, from
+    `init_state()`: a complex K x V state per head, O(H K^2) memory whatever the length.
+
+    Shapes and dtypes: x (L, d_model) -> (L, d_model). `param_dtype` is the parameters' dtype
+    (default: float32, float64 with x64); `dtype` the computation's and output's (None: x's
+    dtype, with float16 and bfloat16 computed in float32). With `dtype=jnp.bfloat16` the
+    projections run in bfloat16 while the gates, their logarithms and the complex states are
+    computed in float32 / complex64.
 
     Attributes:
-      num_heads: heads. head_dim: key and value size per head.
+      num_heads: heads. head_dim: key and value size per head. dtype: the computation dtype.
     """
 
     q: eqx.nn.Linear
@@ -40,21 +53,38 @@ class GateLoop(eqx.Module):
     out: eqx.nn.Linear
     num_heads: int = eqx.field(static=True)
     head_dim: int = eqx.field(static=True)
+    dtype: jax.numpy.dtype | None = eqx.field(static=True)
 
-    def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None, *, key):
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int = 4,
+        head_dim: int | None = None,
+        *,
+        dtype: DTypeLike | None = None,
+        param_dtype: DTypeLike | None = None,
+        key,
+    ):
         num_heads, head_dim, inner = head_sizes(d_model, num_heads, head_dim)
+        self.dtype = check_dtype(dtype, "dtype")
+        pdt = param_init_dtype(param_dtype)
         keys = jax.random.split(key, 7)
-        self.q, self.k, self.v = qkv_projections(d_model, inner, keys)
-        self.magnitude = eqx.nn.Linear(d_model, inner, key=keys[3])
-        self.phase = eqx.nn.Linear(d_model, inner, key=keys[4])
-        self.gate = eqx.nn.Linear(d_model, inner, key=keys[5])
-        self.out = eqx.nn.Linear(inner, d_model, use_bias=False, key=keys[6])
+        self.q, self.k, self.v = qkv_projections(d_model, inner, keys, pdt)
+        self.magnitude = eqx.nn.Linear(d_model, inner, dtype=pdt, key=keys[3])
+        self.phase = eqx.nn.Linear(d_model, inner, dtype=pdt, key=keys[4])
+        self.gate = eqx.nn.Linear(d_model, inner, dtype=pdt, key=keys[5])
+        self.out = eqx.nn.Linear(inner, d_model, use_bias=False, dtype=pdt, key=keys[6])
         self.num_heads, self.head_dim = num_heads, head_dim
 
     __call__ = gated_heads_call("GateLoop", default_mode="chunkwise")
+    init_state, step = gated_heads_recurrent("GateLoop", complex_state=True)
 
     def gla_inputs(self, x):
-        """(q, k, v, log_a) of a float32 sequence x, with log_a = log sigmoid(W_m x) + i W_phi x."""
+        """(q, k, v, log_a) of a sequence x in the work dtype, with
+        log_a = log sigmoid(W_m x) + i W_phi x in at least float32 (a bfloat16 gate near 1
+        rounds to 1, and its logarithm to 0)."""
         proj = lambda layer: jax.vmap(layer)(x)
-        log_a = jax.lax.complex(jax.nn.log_sigmoid(proj(self.magnitude)), proj(self.phase))
+        acc = compute_dtype(x.dtype)
+        magnitude, phase = proj(self.magnitude).astype(acc), proj(self.phase).astype(acc)
+        log_a = jax.lax.complex(jax.nn.log_sigmoid(magnitude), phase)
         return proj(self.q), proj(self.k), proj(self.v), log_a

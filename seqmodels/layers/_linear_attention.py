@@ -6,9 +6,15 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
-from seqmodels._checks import head_sizes
-from seqmodels.layers._gated_linear_attention import gated_heads_call, qkv_projections
+from seqmodels._checks import compute_dtype, head_sizes
+from seqmodels.layers._common import check_dtype, param_init_dtype
+from seqmodels.layers._gated_linear_attention import (
+    gated_heads_call,
+    gated_heads_recurrent,
+    qkv_projections,
+)
 
 __all__ = ["LinearAttention"]
 
@@ -22,8 +28,14 @@ class LinearAttention(eqx.Module):
       S_t = gamma_h S_{t-1} + k_t^T v_t,  y_t = q_t S_t,
     computed in the chunkwise form (the default; memory linear in L, forward and backward),
     or the recurrent, parallel, or attention ((Q K^T . D) V with D_ts = gamma^(t-s)) form;
-    all agree. Heads are concatenated, gated by
-    SiLU(W_g x) as in RetNet, and projected.
+    all agree. Heads are concatenated, gated by SiLU(W_g x) as in RetNet, and projected.
+    `step` runs the recurrence one token at a time for generation, from `init_state()`: a
+    real K x V state per head, O(H K^2) memory whatever the length.
+
+    Shapes and dtypes: x (L, d_model) -> (L, d_model). `param_dtype` is the parameters' dtype
+    (default: float32, float64 with x64); `dtype` the computation's and output's (None: x's
+    dtype, with float16 and bfloat16 computed in float32). With `dtype=jnp.bfloat16` the
+    projections run in bfloat16 while the decays and states are float32.
     """
 
     q: eqx.nn.Linear
@@ -34,6 +46,7 @@ class LinearAttention(eqx.Module):
     log_decay: tuple[float, ...] = eqx.field(static=True)
     num_heads: int = eqx.field(static=True)
     head_dim: int = eqx.field(static=True)
+    dtype: jax.numpy.dtype | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -42,22 +55,30 @@ class LinearAttention(eqx.Module):
         head_dim: int | None = None,
         *,
         decay: bool = True,
+        dtype: DTypeLike | None = None,
+        param_dtype: DTypeLike | None = None,
         key,
     ):
         num_heads, head_dim, inner = head_sizes(d_model, num_heads, head_dim)
+        self.dtype = check_dtype(dtype, "dtype")
+        pdt = param_init_dtype(param_dtype)
         keys = jax.random.split(key, 5)
-        self.q, self.k, self.v = qkv_projections(d_model, inner, keys)
-        self.gate = eqx.nn.Linear(d_model, inner, key=keys[3])
-        self.out = eqx.nn.Linear(inner, d_model, use_bias=False, key=keys[4])
+        self.q, self.k, self.v = qkv_projections(d_model, inner, keys, pdt)
+        self.gate = eqx.nn.Linear(d_model, inner, dtype=pdt, key=keys[3])
+        self.out = eqx.nn.Linear(inner, d_model, use_bias=False, dtype=pdt, key=keys[4])
         gammas = 1.0 - 2.0 ** (-5.0 - np.arange(num_heads)) if decay else np.ones(num_heads)
         self.log_decay = tuple(float(g) for g in np.log(gammas))
         self.num_heads, self.head_dim = num_heads, head_dim
 
     __call__ = gated_heads_call("LinearAttention", default_mode="chunkwise")
+    init_state, step = gated_heads_recurrent("LinearAttention", complex_state=False)
 
     def gla_inputs(self, x):
-        """(q / sqrt(head_dim), k, v, log_a) of a float32 sequence x, with log_a each head's
-        fixed log decay."""
+        """(q / sqrt(head_dim), k, v, log_a) of a sequence x in the work dtype, with log_a each
+        head's fixed log decay in at least float32 (in bfloat16, 1 - 2^-5 and 1 - 2^-9
+        round to 0.96875 and 1)."""
         q, k, v = (jax.vmap(layer)(x) for layer in (self.q, self.k, self.v))
-        per_column = jnp.repeat(jnp.asarray(self.log_decay, q.dtype), self.head_dim)
-        return q / np.sqrt(self.head_dim), k, v, jnp.broadcast_to(per_column, q.shape)
+        acc = compute_dtype(q.dtype)
+        per_column = jnp.repeat(jnp.asarray(self.log_decay, acc), self.head_dim)
+        q = q * (1.0 / float(np.sqrt(self.head_dim)))  # a weak Python float keeps q's dtype
+        return q, k, v, jnp.broadcast_to(per_column, q.shape)

@@ -9,10 +9,19 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float
+from jax.typing import DTypeLike
+from jaxtyping import Array, ArrayLike, Complex, Float
 
-from seqmodels._checks import prepare_sequence
+from seqmodels._checks import compute_dtype
 from seqmodels._scan import linear_recurrence
+from seqmodels.layers._common import (
+    cast,
+    check_dtype,
+    complex_of,
+    layer_input,
+    param_dtype_of,
+    param_init_dtype,
+)
 
 __all__ = ["LRU", "S5", "hippo_n"]
 
@@ -49,6 +58,7 @@ def hippo_n(size: int):
 
 @partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
 def _lru_init(key, d_model, d_state, r_min, r_max, max_phase):
+    """LRU's parameters in float32 (float64 with x64), cast to param_dtype by the caller."""
     # One compiled program: a dozen eager ops would each compile on their own.
     k1, k2, k3, k4, k5 = jax.random.split(key, 5)
     u1 = jax.random.uniform(k1, (d_state,))
@@ -72,6 +82,13 @@ class LRU(eqx.Module):
     ring initialisation (|lambda| uniform on the ring r_min <= |lambda| <= r_max in area, phase
     uniform in [0, max_phase]) and the normalisation gamma = sqrt(1 - |lambda|^2), stored as
     gamma_log and trained.
+
+    Shapes and dtypes: u (L, H) -> (L, H). `param_dtype` is the real parameters' dtype
+    (default: float32, float64 with x64; B and C are its complex counterpart, complex64 for
+    bfloat16); `dtype` the output's (None: u's dtype). The recurrence, its eigenvalues and
+    the complex projections are computed in at least float32 / complex64 whatever `dtype`.
+    Memory: the N complex states of every step (`linear_recurrence`); `step`, one token at a
+    time from `init_state()`, keeps N complex numbers.
     """
 
     nu_log: jax.Array
@@ -80,6 +97,7 @@ class LRU(eqx.Module):
     b: jax.Array  # complex (N, H)
     c: jax.Array  # complex (H, N)
     d: jax.Array  # real (H,)
+    dtype: jnp.dtype | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -89,27 +107,77 @@ class LRU(eqx.Module):
         r_min: float = 0.0,
         r_max: float = 1.0,
         max_phase: float = 2 * math.pi,
+        dtype: DTypeLike | None = None,
+        param_dtype: DTypeLike | None = None,
         key,
     ):
         if not 0.0 <= r_min < r_max <= 1.0:
             raise ValueError(f"need 0 <= r_min < r_max <= 1, got {r_min}, {r_max}.")
+        self.dtype = check_dtype(dtype, "dtype")
         params = _lru_init(key, d_model, d_state, float(r_min), float(r_max), float(max_phase))
+        params = cast(params, param_init_dtype(param_dtype))
         self.nu_log, self.theta_log, self.gamma_log, self.b, self.c, self.d = params
 
     def eigenvalues(self):
         """lambda, shape (N,), complex."""
         return jnp.exp(jax.lax.complex(-jnp.exp(self.nu_log), jnp.exp(self.theta_log)))
 
+    def _inputs(self, u, token):
+        """(the layer in the accumulation dtype, u there, lambda, gamma * B u, output dtype)
+        for a sequence u (L, H), or one token (H,)."""
+        layer, u, out = _ssm_input(self, u, "LRU", token)
+        bu = u.astype(layer.b.dtype) @ layer.b.T
+        bu = bu * jnp.broadcast_to(jnp.exp(layer.gamma_log).astype(bu.dtype), bu.shape)
+        return layer, u, layer.eigenvalues(), bu, out
+
     def __call__(self, u: Float[Array, "L H"], *, method: str = "auto") -> Float[Array, "L H"]:
-        """Maps u of shape (L, H) to y of shape (L, H), in u's dtype (float16 and bfloat16 are
-        computed in float32 / complex64). For a batch, `jax.vmap` it."""
-        u, dtype = prepare_sequence(u, self.d.shape[0], "LRU")
-        lam = self.eigenvalues()
-        bu = (u.astype(self.b.dtype) @ self.b.T) * jnp.exp(self.gamma_log).astype(self.b.dtype)[
-            None
-        ]
+        """Maps u of shape (L, H) to y of shape (L, H), in the layer's `dtype` or, when that
+        is None, u's dtype (computed in float32 / complex64 at least). For a batch,
+        `jax.vmap` it."""
+        layer, u, lam, bu, out = self._inputs(u, token=False)
         x = linear_recurrence(lam, bu, method=method)
-        return (jnp.real(x @ self.c.T) + self.d[None] * u).astype(dtype)
+        return _readout(layer, x, u, out)
+
+    def init_state(self) -> Complex[Array, " N"]:
+        """The empty state: N complex zeros (complex64; complex128 for float64 parameters)."""
+        return _ssm_state(self)
+
+    def step(
+        self, state: Complex[Array, " N"], u_t: Float[Array, " H"]
+    ) -> tuple[Complex[Array, " N"], Float[Array, " H"]]:
+        """One token u_t (H,): x = lambda x + gamma B u_t, and y_t (H,), the t-th row of
+        `__call__` on the tokens so far. The state keeps its dtype; O(N H) time and O(N)
+        memory per token."""
+        layer, u, lam, bu, out = self._inputs(u_t, token=True)
+        state = (lam * state + bu).astype(state.dtype)
+        return state, _readout(layer, state, u, out)
+
+
+def _ssm_input(layer, u, name, token):
+    """(the layer cast to the accumulation dtype, u checked and cast there, output dtype) of an
+    LRU or S5 layer: its recurrence and complex projections have no bfloat16 form."""
+    u, work, out = layer_input(
+        u,
+        layer.d.shape[0],
+        name,
+        dtype=layer.dtype,
+        params=param_dtype_of(layer),
+        argument="u_t" if token else "u",
+        token=token,
+    )
+    acc = compute_dtype(work)
+    return cast(layer, acc), u.astype(acc), out
+
+
+def _readout(layer, x, u, out):
+    """y = Re(C x) + D u, for states x (..., N) and inputs u (..., H), in the output dtype."""
+    return (jnp.real(x @ layer.c.T) + jnp.broadcast_to(layer.d, u.shape) * u).astype(out)
+
+
+def _ssm_state(layer):
+    """Zeros of the state's shape (N,) in the complex accumulation dtype."""
+    acc = compute_dtype(layer.dtype or param_dtype_of(layer))
+    return jnp.zeros(layer.b.shape[:1], complex_of(acc))
 
 
 @partial(jax.jit, static_argnums=(3, 4, 5, 6))
@@ -150,6 +218,13 @@ class S5(eqx.Module):
     y = Re(C x) (tested). "s4d-lin" uses Lambda = -1/2 + i pi n with random complex B and C.
     log Delta is uniform in [log dt_min, log dt_max] (one timescale per state).
     The paper's conjugate-symmetry halving of the state is not used: all P states are kept.
+
+    Shapes and dtypes: u (L, H) -> (L, H). `param_dtype` is the real parameters' dtype
+    (default: float32, float64 with x64; B and C are its complex counterpart, complex64 for
+    bfloat16); `dtype` the output's (None: u's dtype). The discretisation, the recurrence and
+    the complex projections are computed in at least float32 / complex64 whatever `dtype`.
+    Memory: the P complex states of every step (`linear_recurrence`); `step`, one token at a
+    time from `init_state()`, keeps P complex numbers.
     """
 
     lambda_re_log: jax.Array  # Re(Lambda) = -exp(lambda_re_log) < 0 keeps it stable
@@ -158,6 +233,7 @@ class S5(eqx.Module):
     c: jax.Array  # complex (H, P)
     d: jax.Array
     log_step: jax.Array
+    dtype: jnp.dtype | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -168,6 +244,8 @@ class S5(eqx.Module):
         dt_max: float = 1e-1,
         init: str = "hippo",
         blocks: int = 1,
+        dtype: DTypeLike | None = None,
+        param_dtype: DTypeLike | None = None,
         key,
     ):
         if init not in ("hippo", "s4d-lin"):
@@ -182,7 +260,9 @@ class S5(eqx.Module):
             lambda_im = np.tile(lam.imag, blocks)
         else:
             basis, lambda_im = None, np.pi * np.arange(d_state)
+        self.dtype = check_dtype(dtype, "dtype")
         params = _s5_init(key, basis, lambda_im, d_model, d_state, float(dt_min), float(dt_max))
+        params = cast(params, param_init_dtype(param_dtype))
         self.lambda_re_log, self.lambda_im, self.b, self.c, self.d, self.log_step = params
 
     def discretise(self, step_scale=None):
@@ -197,6 +277,25 @@ class S5(eqx.Module):
         b_bar = ((lam_bar - 1.0) / lam)[..., :, None] * b
         return lam_bar, b_bar
 
+    def _inputs(self, u, step_scale, token):
+        """(the layer in the accumulation dtype, u there, Lambda_bar, B_bar u, output dtype)
+        for a sequence u (L, H) with `step_scale` None or (L,), or one token (H,) with a
+        scalar `step_scale`."""
+        layer, u, out = _ssm_input(self, u, "S5", token)
+        if step_scale is not None:
+            step_scale = _check_step_scale(step_scale, None if token else u.shape[0])
+            step_scale = step_scale.astype(u.dtype)
+        lam_bar, b_bar = layer.discretise(None if step_scale is None else step_scale.reshape(-1))
+        uc = u.astype(layer.b.dtype)
+        if step_scale is None:
+            bu = uc @ b_bar.T
+            lam_bar = jnp.broadcast_to(lam_bar, bu.shape)
+        elif token:
+            bu, lam_bar = b_bar[0] @ uc, lam_bar[0]
+        else:
+            bu = jnp.einsum("tph,th->tp", b_bar, uc)
+        return layer, u, lam_bar, bu, out
+
     def __call__(
         self,
         u: Float[Array, "L H"],
@@ -204,33 +303,47 @@ class S5(eqx.Module):
         step_scale: Float[ArrayLike, " L"] | None = None,
         method: str = "auto",
     ) -> Float[Array, "L H"]:
-        """Maps u of shape (L, H) to y of shape (L, H), in u's dtype (float16 and bfloat16 are
-        computed in float32 / complex64). For a batch, `jax.vmap` it.
+        """Maps u of shape (L, H) to y of shape (L, H), in the layer's `dtype` or, when that
+        is None, u's dtype (computed in float32 / complex64 at least). For a batch,
+        `jax.vmap` it.
 
         `step_scale`, if given, has shape (L,) and entries >= 0 (0 holds the state: a sample
         at the same time as the previous one). A negative entry is a ValueError when the
         values are known; under `jit` it makes that step's output NaN.
         """
-        u, dtype = prepare_sequence(u, self.d.shape[0], "S5")
-        if step_scale is not None:
-            step_scale = _check_step_scale(step_scale, u.shape[0])
-        lam_bar, b_bar = self.discretise(step_scale)
-        uc = u.astype(self.b.dtype)
-        bu = uc @ b_bar.T if step_scale is None else jnp.einsum("tph,th->tp", b_bar, uc)
-        a = lam_bar if step_scale is not None else jnp.broadcast_to(lam_bar, bu.shape)
-        x = linear_recurrence(a, bu, method=method)
-        return (jnp.real(x @ self.c.T) + self.d[None] * u).astype(dtype)
+        layer, u, lam_bar, bu, out = self._inputs(u, step_scale, token=False)
+        x = linear_recurrence(lam_bar, bu, method=method)
+        return _readout(layer, x, u, out)
+
+    def init_state(self) -> Complex[Array, " P"]:
+        """The empty state: P complex zeros (complex64; complex128 for float64 parameters)."""
+        return _ssm_state(self)
+
+    def step(
+        self,
+        state: Complex[Array, " P"],
+        u_t: Float[Array, " H"],
+        *,
+        step_scale: Float[ArrayLike, ""] | None = None,
+    ) -> tuple[Complex[Array, " P"], Float[Array, " H"]]:
+        """One token u_t (H,), with an optional scalar `step_scale` (as one entry of
+        `__call__`'s): x = Lambda_bar x + B_bar u_t, and y_t (H,), the t-th row of `__call__`
+        on the tokens so far. The state keeps its dtype; O(P H) time and O(P) memory per
+        token."""
+        layer, u, lam_bar, bu, out = self._inputs(u_t, step_scale, token=True)
+        state = (lam_bar * state + bu).astype(state.dtype)
+        return state, _readout(layer, state, u, out)
 
 
 def _check_step_scale(step_scale, length):
-    """`step_scale` as an (L,) array: a ValueError for a wrong shape or, when its values are
-    known, a negative or non-finite entry; traced, such entries become NaN (a negative step
-    turns the decay exp(Lambda Delta s) into growth: finite, and wrong)."""
+    """`step_scale` as an (L,) array (a scalar for `length` None, one step): a ValueError for a
+    wrong shape or, when its values are known, a negative or non-finite entry; traced, such
+    entries become NaN (a negative step turns the decay exp(Lambda Delta s) into growth:
+    finite, and wrong)."""
     step_scale = jnp.asarray(step_scale)
-    if step_scale.shape != (length,):
-        raise ValueError(
-            f"`step_scale` must have shape (L,) = ({length},), got {step_scale.shape}."
-        )
+    want, label = ((), "() for one step") if length is None else ((length,), f"(L,) = ({length},)")
+    if step_scale.shape != want:
+        raise ValueError(f"`step_scale` must have shape {label}, got {step_scale.shape}.")
     if not jnp.issubdtype(step_scale.dtype, jnp.floating):
         step_scale = step_scale.astype(jnp.float32)
     if isinstance(step_scale, jax.core.Tracer):
