@@ -19,12 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from kmethods import _checks
-from kmethods.calibration import permuted_labels
+from kmethods.calibration import decide, permuted_labels, resample_p_value
 from kmethods.thinning._compress import compresspp
 
 __all__ = [
     "BinPlan",
     "bin_plan",
+    "bin_result",
     "bin_statistics",
     "coreset_means",
     "coresets",
@@ -140,3 +141,12 @@ def bin_statistics(key, means, bins_x: int, num_permutations: int):
     draws = jnp.einsum("bi,...ij,bj->...b", w, means, w)
     scale = jnp.einsum("bi,...ij,bj->...b", jnp.abs(w), jnp.abs(means), jnp.abs(w))
     return draws, jnp.max(scale, axis=-1)
+
+
+def bin_result(draws, scale, alpha, x, y):
+    """The `TestResult` of a bin-permutation test from `bin_statistics`' draws and scale: NaN
+    statistic unless x and y are finite, p-value (1 + #{b : draw_b >= statistic}) / (1 + B)."""
+    statistic = _checks.nan_unless_finite(draws[0], x, y)
+    null_samples = draws[1:]
+    p_value = resample_p_value(statistic, null_samples, scale=scale)
+    return decide(statistic, p_value, alpha, null_samples)

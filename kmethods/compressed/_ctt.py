@@ -21,9 +21,10 @@ from kmethods.aggregated import AggregatedTestResult, KernelCollection, aggregat
 from kmethods.aggregated._aggregate import collection_weights
 from kmethods.aggregated._blocks import family_map
 from kmethods.aggregated._collections import as_collection
-from kmethods.calibration import TestResult, decide, resample_p_value
+from kmethods.calibration import TestResult
 from kmethods.compressed._bins import (
     bin_plan,
+    bin_result,
     bin_statistics,
     coreset_means,
     coresets,
@@ -126,10 +127,7 @@ def _ctt(key, x, y, kernel, alpha, *, plan, g, num_permutations, delta):
     shift = kernel(x[0], y[0])
     means = coreset_means(lambda a, b: jnp.mean(kernel.gram(a, b) - shift), sets)
     draws, scale = bin_statistics(k_perm, means, plan.bins_x, num_permutations)
-    statistic = _checks.nan_unless_finite(draws[0], x, y)
-    null_samples = draws[1:]
-    p_value = resample_p_value(statistic, null_samples, scale=scale)
-    return decide(statistic, p_value, alpha, null_samples)
+    return bin_result(draws, scale, alpha, x, y)
 
 
 def actt_test(

@@ -18,7 +18,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from kmethods import _checks
 from kmethods._jit import cpu_jit
 from kmethods.calibration import TestResult, decide, resample_p_value
-from kmethods.compressed._bins import bin_plan, bin_statistics, coresets, make_bins
+from kmethods.compressed._bins import bin_plan, bin_result, bin_statistics, coresets, make_bins
 from kmethods.compressed._features import (
     check_fourier_kernel,
     feature_count,
@@ -216,7 +216,4 @@ def _lrctt(key, x, y, kernel, alpha, *, size, plan, g, num_features, num_permuta
     f = jnp.concatenate([bin_features(k_x, x, bins_x), bin_features(k_y, y, bins_y)])
     f = f - jnp.mean(f, axis=0, keepdims=True)  # w sums to 0: the statistic ignores a common shift
     draws, scale = bin_statistics(k_perm, f @ f.T, bins_x, num_permutations)
-    statistic = _checks.nan_unless_finite(draws[0], x, y)
-    null_samples = draws[1:]
-    p_value = resample_p_value(statistic, null_samples, scale=scale)
-    return decide(statistic, p_value, alpha, null_samples)
+    return bin_result(draws, scale, alpha, x, y)

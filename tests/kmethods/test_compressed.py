@@ -44,7 +44,7 @@ def _null_pairs(key, num, m, n, d=2):
 # ----------------------------------------------------------------------------- CTT
 
 
-@pytest.mark.parametrize("m,n", [(48, 48), (64, 40)])
+@pytest.mark.parametrize("m,n", [(64, 40), pytest.param(48, 48, marks=pytest.mark.slow)])
 def test_ctt_matches_dense_bins(m, n):
     """Without compression (4^g >= bin size) the statistic and every permuted draw equal the
     dense V-statistic between the unions of the permuted bins."""
@@ -54,8 +54,7 @@ def test_ctt_matches_dense_bins(m, n):
     num_bins, h, num = 8, 0.8, 30
     size, s_x, s_y = compressed.bin_plan(m, n, num_bins)
     result = km.ctt_test(key, x, y, km.Gaussian(h), g=5, num_bins=num_bins, num_permutations=num)
-    bins = np.concatenate([x[: s_x * size], y[: s_y * size]]).reshape(s_x + s_y, size, 2)
-    means = np.array([[_gauss_np(a, b, h).mean() for b in bins] for a in bins])
+    means = _dense_bin_means(x, y, (size, s_x, s_y), lambda a, b: _gauss_np(a, b, h))
     _, k_perm = jax.random.split(key)
     labels = _labels(k_perm, s_x, s_x + s_y, num)
     w = labels / s_x - (1 - labels) / s_y
@@ -64,6 +63,55 @@ def test_ctt_matches_dense_bins(m, n):
     np.testing.assert_allclose(result.null_samples, dense[1:], rtol=1e-4, atol=1e-6)
     count = np.sum(dense[1:] >= dense[0] - 1e-6)
     np.testing.assert_allclose(result.p_value, (1 + count) / (1 + num), rtol=1e-6)
+
+
+def _dense_bin_means(x, y, plan, kernel_np):
+    size, s_x, s_y = plan
+    bins = np.concatenate([x[: s_x * size], y[: s_y * size]]).reshape(s_x + s_y, size, -1)
+    return np.array([[kernel_np(a, b).mean() for b in bins] for a in bins])
+
+
+def test_actt_statistics_match_dense_bins():
+    """Each kernel's statistic is CTT's dense V-statistic (no compression at g = 5)."""
+    x = np.asarray(jax.random.normal(jax.random.key(1), (64, 2)), np.float64)
+    y = np.asarray(jax.random.normal(jax.random.key(2), (40, 2)), np.float64) + 0.3
+    bandwidths = (0.5, 1.0, 2.0)
+    result = compressed.actt_test(
+        jax.random.key(0),
+        x,
+        y,
+        [km.Gaussian(h) for h in bandwidths],
+        g=5,
+        num_bins=8,
+        num_permutations=19,
+        num_correction=19,
+    )
+    plan = compressed.bin_plan(64, 40, 8)
+    w = np.r_[np.full(plan.bins_x, 1 / plan.bins_x), np.full(plan.bins_y, -1 / plan.bins_y)]
+    for h, statistic in zip(bandwidths, result.statistics, strict=True):
+        means = _dense_bin_means(x, y, plan, lambda a, b, h=h: _gauss_np(a, b, h))
+        np.testing.assert_allclose(statistic, w @ means @ w, rtol=1e-4, atol=1e-6)
+
+
+def test_lrctt_matches_dense_bin_features():
+    """Without compression (bins of 4^g points), the statistic is the V-statistic of the
+    permutation bins' mean features."""
+    key = jax.random.key(4)
+    x = jax.random.normal(jax.random.key(1), (64, 2))
+    y = jax.random.normal(jax.random.key(2), (48, 2)) + 0.3
+    kernel, r = km.Gaussian(0.9), 16
+    result = compressed.lrctt_test(
+        key, x, y, kernel, g=1, num_bins=8, num_features=r, num_permutations=9
+    )
+    _, _, k_features, _ = jax.random.split(key, 4)
+    w = compressed.random_frequencies(k_features, kernel, 2, r // 2)
+    plan = compressed.bin_plan(16, 12, 8)  # in bins of 4 points
+    size = 4 * plan.bin_size
+    pts = np.concatenate([x[: plan.bins_x * size], y[: plan.bins_y * size]])
+    phi = np.asarray(compressed.random_features(jnp.asarray(pts), w), np.float64)
+    f = phi.reshape(plan.bins_x + plan.bins_y, size, r).mean(1)
+    weights = np.r_[np.full(plan.bins_x, 1 / plan.bins_x), -np.full(plan.bins_y, 1 / plan.bins_y)]
+    np.testing.assert_allclose(result.statistic, np.sum((weights @ f) ** 2), rtol=1e-4, atol=1e-7)
 
 
 def test_bin_plan_follows_sample_sizes():
@@ -113,7 +161,7 @@ LEVEL_TESTS = {
         k, x, y, km.Gaussian(1.0), g=1, num_bins=16, num_permutations=39
     ),
     "lrctt": lambda k, x, y: compressed.lrctt_test(
-        k, x, y, km.Gaussian(1.0), g=1, num_bins=16, num_features=32, num_permutations=39
+        k, x, y, km.Gaussian(1.0), g=1, num_bins=16, num_features=16, num_permutations=39
     ),
     "rff": lambda k, x, y: compressed.rff_test(
         k, x, y, km.Laplace(1.0), num_features=16, num_permutations=39
@@ -133,11 +181,29 @@ def test_level_power_and_nonfinite(name):
     assert float(jnp.mean(alt)) >= 0.8
 
 
+# LR-CTT with compression: bins of 16 points halved (r = 32 > 4^(g + 1)).
+SLOW_TESTS = LEVEL_TESTS | {
+    "lrctt_compressed": lambda k, x, y: compressed.lrctt_test(
+        k, x, y, km.Gaussian(1.0), g=1, num_bins=16, num_features=32, num_permutations=39
+    ),
+    "actt": lambda k, x, y: compressed.actt_test(
+        k,
+        x,
+        y,
+        [km.Gaussian(0.5), km.Gaussian(1.0), km.Gaussian(2.0)],
+        g=1,
+        num_bins=28,
+        num_permutations=99,
+        num_correction=99,
+    ),
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(LEVEL_TESTS))
+@pytest.mark.parametrize("name", sorted(SLOW_TESTS))
 @pytest.mark.parametrize("m,n", [(256, 256), (384, 128)])
 def test_level_500(name, m, n):
-    null, _ = _replicates(LEVEL_TESTS[name], m, n, 500, 0, key=7)
+    null, _ = _replicates(SLOW_TESTS[name], m, n, 500, 0, key=7)
     _binomial_ok(null, 500)
 
 
@@ -164,7 +230,13 @@ def test_actt_level_power_and_nonfinite(g):
 
 
 @pytest.mark.parametrize(
-    "kernel", [km.Gaussian(0.7), km.Laplace(0.7), km.Matern(1.5, 0.7), km.Matern(0.8, 0.7)]
+    "kernel",
+    [
+        km.Gaussian(0.7),
+        km.Laplace(0.7),
+        km.Matern(1.5, 0.7),
+        pytest.param(km.Matern(0.8, 0.7), marks=pytest.mark.slow),
+    ],
 )
 def test_random_features_estimate_the_kernel(kernel):
     """phi(x)'phi(y) over 2^13 frequencies matches k(x, y) (Monte Carlo error < 0.008)."""
@@ -174,7 +246,7 @@ def test_random_features_estimate_the_kernel(kernel):
     np.testing.assert_allclose(phi @ phi.T, kernel.gram(x, x), atol=0.04)
 
 
-@pytest.mark.parametrize("m,n", [(40, 40), (50, 30)])
+@pytest.mark.parametrize("m,n", [(50, 30), pytest.param(40, 40, marks=pytest.mark.slow)])
 def test_rff_matches_dense_features(m, n):
     key = jax.random.key(5)
     x = jax.random.normal(jax.random.key(1), (m, 3))
