@@ -142,7 +142,7 @@ class MixtureSpectrum(eqx.Module):
         size = (num_heads, self.num_components, head_dim)
         inv_h = float(head_dim) ** -0.25
         spread = np.linspace(-0.5, 0.5, self.num_components) if self.num_components > 1 else [0]
-        log_scales = math.log(inv_h) + jnp.asarray(spread, jnp.float32)[:, None]
+        log_scales = math.log(inv_h) + jnp.asarray(spread)[:, None]
         return MixtureSpectrum(
             self.num_components,
             self.rank,
