@@ -51,6 +51,7 @@ TASKS: dict[str, str] = {
     "quickstart": "experiments.tasks.quickstart",
     "bench_tests": "experiments.tasks.bench_tests",
     "bench_scan": "experiments.tasks.bench_scan",
+    "bench_layers": "experiments.tasks.bench_layers",
     "bench_thinning": "experiments.tasks.bench_thinning",
     "bench_ctt": "experiments.tasks.bench_ctt",
     "train_recall": "experiments.tasks.train_recall",
@@ -61,6 +62,7 @@ TASKS: dict[str, str] = {
     "seq_two_sample": "experiments.tasks.seq_two_sample",
     "ksd_seq": "experiments.tasks.ksd_seq",
     "pksd_bimodal": "experiments.tasks.pksd_bimodal",
+    "aggregated_power": "experiments.tasks.aggregated_power",
 }
 
 
