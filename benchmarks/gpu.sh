@@ -28,6 +28,9 @@
 # memory is not RSS). bench_scan: the three solvers up to L = 2^16, then the log-depth ones
 # alone up to 2^20 (the sequential scan is one step per loop iteration on a GPU).
 # bench_deer: L up to 10^5 and H up to 128, Newton's Jacobians allowed up to 16 GB.
+# bench_layers: GateLoop (chunkwise, parallel), LearnedKernelAttention, LRU and softmax
+# attention at L = 16k and 64k, d = 256, 4 heads, plans up to 60 GB run (softmax's 64k
+# forward+backward plans more, and is recorded as skipped).
 # kt_mmd_rate: the MMD rates of i.i.d. thinning, KT, KT+ and Compress++ up to n = 2^16, on
 # the Gaussian and the mixture, no comparator needed.
 
@@ -35,9 +38,10 @@ set -uo pipefail
 
 read -r -d '' RUNS <<'END_OF_RUNS'
 bench_tests|configs/bench_tests.yaml|85|params.sample_sizes=[1000,2000,4000] params.num_permutations=1000 params.repeats=3 params.hyppo_permutation_max_n=500 params.hyppo_reps_large=2|params.sample_sizes=[40] params.num_permutations=20 params.repeats=1 params.hyppo_permutation_max_n=10 params.hyppo_reps_large=2
-bench_thinning|configs/bench_thinning.yaml|120|params.sample_sizes=[4096,16384] params.dims=[2] params.repeats=3 params.goodpoints_matrix_max_n=16384 params.goodpoints_thin_max_n=0 params.kt_only_sizes=[65536,262144] params.compresspp_only_sizes=[1048576,4194304] params.mmd_max_n=65536 params.measure_memory=false|params.sample_sizes=[64] params.dims=[2] params.repeats=1 params.goodpoints_matrix_max_n=64 params.goodpoints_thin_max_n=0 params.kt_only_sizes=[] params.compresspp_only_sizes=[256] params.mmd_max_n=256 params.measure_memory=false
+bench_thinning|configs/bench_thinning.yaml|90|params.sample_sizes=[4096,16384] params.dims=[2] params.repeats=3 params.goodpoints_matrix_max_n=16384 params.goodpoints_thin_max_n=0 params.kt_only_sizes=[65536,262144] params.compresspp_only_sizes=[1048576,4194304] params.mmd_max_n=65536 params.measure_memory=false|params.sample_sizes=[64] params.dims=[2] params.repeats=1 params.goodpoints_matrix_max_n=64 params.goodpoints_thin_max_n=0 params.kt_only_sizes=[] params.compresspp_only_sizes=[256] params.mmd_max_n=256 params.measure_memory=false
 bench_scan|configs/bench_scan.yaml|45|params.lengths=[4096,16384,65536] params.batch=4 params.channels=256 params.repeats=5|params.lengths=[64] params.batch=2 params.channels=8 params.repeats=1
 bench_scan_long|configs/bench_scan.yaml|40|name=bench_scan_long params.lengths=[262144,1048576] params.batch=4 params.channels=256 params.methods=[associative,chunked] params.repeats=5|name=bench_scan_long params.lengths=[128] params.batch=2 params.channels=8 params.methods=[associative,chunked] params.repeats=1
+bench_layers|configs/bench_layers.yaml|50|params.lengths=[16384,65536] params.layers=[gateloop,gateloop:parallel,learned_kernel,lru,softmax] params.repeats=3 params.memory_budget_mb=60000|params.lengths=[32] params.d_model=8 params.num_heads=2 params.state_size=4 params.num_features=4 params.chunk_size=8 params.layers=[gateloop,gateloop:parallel,learned_kernel,lru,softmax] params.repeats=1
 bench_deer|configs/bench_deer.yaml|75|params.lengths=[10000,100000] params.hidden_sizes=[8,32,64,128] params.repeats=3 params.newton_max_jacobian_mb=16000|params.lengths=[50] params.hidden_sizes=[2] params.repeats=1
 kt_mmd_rate|configs/kt_mmd_rate.yaml|65|params.sample_sizes=[1024,4096,16384,65536] params.dims=[2] params.methods=[iid,kt,kt_plus,compresspp] params.repeats=3 params.slope_range=[1024,65536]|params.sample_sizes=[16,64] params.datasets=[gaussian] params.dims=[2] params.methods=[iid,kt] params.repeats=1 params.slope_range=[16,64]
 END_OF_RUNS
