@@ -114,12 +114,14 @@ def _rff(key, x, y, kernel, alpha, *, num_features, num_permutations):
         scale = (sq + q_x) / (mf * (mf - 1)) + (sq + total - q_x) / (nf * (nf - 1))
         return stat, scale + 2.0 * sq / (mf * nf)
 
-    keys = jax.random.split(k_perm, num_permutations)
+    # Whole batches only (a remainder would compile the batched body twice); the keys are a
+    # prefix-stable split, so the first B draws are those of `permuted_labels(k_perm, ., B)`.
+    batch = min(_PERMUTATION_BATCH, num_permutations)
+    keys = jax.random.split(k_perm, -(-num_permutations // batch) * batch)
     draws, scales = jax.lax.map(
-        lambda k: statistic(jax.random.permutation(k, observed)),
-        keys,
-        batch_size=min(_PERMUTATION_BATCH, num_permutations),
+        lambda k: statistic(jax.random.permutation(k, observed)), keys, batch_size=batch
     )
+    draws, scales = draws[:num_permutations], scales[:num_permutations]
     stat, scale = statistic(observed)
     stat = _checks.nan_unless_finite(stat, x, y)
     p_value = resample_p_value(stat, draws, scale=jnp.maximum(scale, jnp.max(scales)))
