@@ -89,7 +89,7 @@ class Config:
     )
     chunk_size: int = 64
     repeats: int = 3
-    memory_budget_mb: float = 4000.0
+    memory_budget_mb: float = 16000.0
 
     def __post_init__(self):
         if not self.lengths or min(self.lengths) < 2:
