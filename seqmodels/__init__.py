@@ -1,8 +1,9 @@
 """seqmodels: linear and nonlinear recurrences solved fast, and the layers built on them.
 
 Top level, the solvers:
-  `linear_recurrence(a, b, h0, *, method, reverse, chunk_size)`: h_t = a_t h_{t-1} + b_t by
-    a sequential, associative (log-depth) or chunked scan, with a custom gradient.
+  `linear_recurrence(a, b, h0, *, method, reverse, chunk_size, axis)`: h_t = a_t h_{t-1} + b_t
+    by a sequential, associative (log-depth) or chunked scan, with a custom gradient, along
+    `axis` (0: time first; a batch-first array needs axis=1, or it is run along its batch).
   `deer_solve(step, h0, xs, *, method, ...)` -> `DeerSolution`: a nonlinear recurrence
     h_t = step(h_{t-1}, x_t) solved for all t at once (DEER, quasi-DEER, ELK);
     `sequential_solve` is the `lax.scan` reference.
@@ -11,9 +12,13 @@ Top level, the solvers:
 One namespace down:
   `seqmodels.cells`: recurrent cells (`ElmanCell`, `GRUCell`, `LSTMCell`, `NeuralODECell`).
   `seqmodels.layers`: sequence-mixing layers (GateLoop, LinearAttention, LRU, S5, CKConv,
-    ShortConv), the `SequenceModel` stack, and gated linear attention as a function.
+    ShortConv), the `SequenceModel` stack, and gated linear attention as a function; one
+    sequence (L, d_model) per call, `step` for token-by-token inference, flax-style `dtype`
+    and `param_dtype`.
   `seqmodels.parallel`: the time axis split across devices (LASP-2).
-  `seqmodels.flax`: the layers as Flax nnx modules (imported on its own: it needs flax).
+  `seqmodels.flax`: the layers as Flax nnx modules over batch-first (B, L, D) inputs
+    (`time_major` for (L, B, D)), parameters named by the equinox fields (imported on its own:
+    it needs flax).
 """
 
 from seqmodels import cells as cells

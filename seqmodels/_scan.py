@@ -1,8 +1,9 @@
 """Linear recurrences h_t = a_t * h_{t-1} + b_t: checks, the choice of solver, the gradient.
 
-Time is axis 0. `a` is either elementwise (broadcastable to `b`, any trailing shape, real or
-complex) or a matrix transition of shape (L, ..., D, D) acting on b of shape (L, ..., D)
-(h_t = a_t @ h_{t-1} + b_t, as DEER needs).
+Time is axis 0 (`axis=` moves it there and back; the solvers only ever see time first). `a`
+is either elementwise (broadcastable to `b`, any trailing shape, real or complex) or a matrix
+transition of shape (L, ..., D, D) acting on b of shape (L, ..., D) (h_t = a_t @ h_{t-1} + b_t,
+as DEER needs).
 
 `method` names a solver (`_solvers`); the name is mapped to a `Solver` object once, here, and
 everything below takes the object:
@@ -136,6 +137,28 @@ def _recurrence_bwd(solver, matrix, reverse, res, g):
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 
+def _time_first(a, b, axis):
+    """(a, b) with the time `axis` of b moved to the front, and the axis normalised. An
+    elementwise `a` is first given b's rank (ones on the left, as broadcasting would) so that
+    its axes line up with b's; a matrix `a` (one more axis) lines up on the left."""
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    if isinstance(axis, bool) or not isinstance(axis, int) or not -b.ndim <= axis < b.ndim:
+        raise ValueError(
+            f"`axis` must be an int in [-{b.ndim}, {b.ndim}) for `b` of shape "
+            f"{b.shape}, got {axis!r}."
+        )
+    axis %= b.ndim
+    if a.ndim == b.ndim + 1:
+        if axis == b.ndim - 1:
+            raise ValueError(
+                f"`axis` {axis} is the state axis of a matrix recurrence (b of shape {b.shape}); "
+                "time must come before it."
+            )
+    elif a.ndim <= b.ndim:
+        a = a.reshape((1,) * (b.ndim - a.ndim) + a.shape)
+    return jnp.moveaxis(a, axis, 0), jnp.moveaxis(b, axis, 0), axis
+
+
 # ------------------------------------------------------------------------------ public API
 
 
@@ -147,8 +170,14 @@ def linear_recurrence(
     method: str | Solver = "auto",
     reverse: bool = False,
     chunk_size: int | None = None,
+    axis: int = 0,
 ) -> Inexact[Array, " L *state"]:
-    """Solves h_t = a_t * h_{t-1} + b_t for t = 0 .. L-1 (h_{-1} = h0), along axis 0.
+    """Solves h_t = a_t * h_{t-1} + b_t for t = 0 .. L-1 (h_{-1} = h0), along `axis` (0).
+
+    Time is axis 0 unless `axis` says otherwise. A batch-first array (B, L, ...) passed
+    without `axis=1` is solved along its batch axis, as if the B sequences were B time steps
+    of one: the shapes fit, so there is no error, and the answer is silently wrong. Pass
+    `axis=1` (or `jax.vmap` over the batch).
 
     Args:
       a: transitions. Elementwise: any shape that broadcasts to `b`'s shape under NumPy's
@@ -162,6 +191,10 @@ def linear_recurrence(
         used as it is.
       reverse: run backwards in time, h_t = a_t * h_{t+1} + b_t with h_L = h0.
       chunk_size: chunk length for "chunked" (default about sqrt(L)).
+      axis: the time axis of `b` (negative counts from the end); `a`'s axes align with b's
+        from the right (elementwise) or from the left (matrix: a (..., L, ..., D, D)), and
+        `h0` has b's shape without the time axis. A matrix recurrence's time axis cannot be
+        b's last (state) axis.
 
     Returns:
       h of shape b.shape, in the common dtype of a, b and h0. float16 and bfloat16 inputs are
@@ -171,13 +204,17 @@ def linear_recurrence(
       inputs are solved in their own dtype.
 
     Raises:
-      ValueError: an unknown `method`; `chunk_size` not an int in [1, L]; shapes that do not
-        fit (see `prepare_recurrence`).
+      ValueError: an unknown `method`; `chunk_size` not an int in [1, L]; an `axis` out of
+        range; shapes that do not fit (see `prepare_recurrence`).
 
     The gradient with respect to a, b and h0 is one reverse recurrence (custom VJP), and the
     function composes with jit, vmap and grad.
     """
     check_method(method)
+    if axis != 0:
+        a, b, axis = _time_first(a, b, axis)
+        h = linear_recurrence(a, b, h0, method=method, reverse=reverse, chunk_size=chunk_size)
+        return jnp.moveaxis(h, 0, axis)
     a_full, b, h0, matrix = prepare_recurrence(a, b, h0)
     solver = resolve_solver(method, chunk_size, b.shape[0])
     dtype = b.dtype

@@ -1,7 +1,12 @@
 """Sequence-mixing layers built on linear recurrences, and a model stack around them.
 
 Every layer is an equinox module that maps one sequence of shape (L, d_model) to (L, d_model)
-(`jax.vmap` it over a batch); float16 and bfloat16 inputs are computed in float32.
+(`jax.vmap` it over a batch; any other rank is a ValueError naming the argument). Dtypes as
+in flax: `param_dtype` for the parameters, `dtype` for the computation and output (None: the
+input's, float16 and bfloat16 then computed in float32); states and decays always accumulate
+in at least float32. For generation, every layer and `SequenceModel` has `init_state()` and
+`step(state, x_t) -> (state, y_t)`, one token at a time in memory independent of L, equal to
+the parallel call.
 
 Layers:
   `GateLoop`: data-controlled complex gates over gated linear attention (Katsch, 2023).
