@@ -18,13 +18,16 @@ Specialist names live one namespace down, each in one home:
 - `kmethods.aggregated`: kernel collections, weights and the level correction behind
   `mmdagg`, `hsicagg` and `ksdagg`;
 - `kmethods.compressed`: near-linear-time tests: `ctt_test`'s relatives ACTT and LR-CTT,
-  the random-Fourier-feature test and the block MMD test.
+  the random-Fourier-feature test and the block MMD test;
+- `kmethods.debias`: Stein kernels as kernels, Stein thinning and debiasing weights (with the
+  solver and the randomly pivoted Cholesky behind them).
 """
 
 from kmethods import aggregated as aggregated
 from kmethods import betting as betting
 from kmethods import calibration as calibration
 from kmethods import compressed as compressed
+from kmethods import debias as debias
 from kmethods import pairwise as pairwise
 from kmethods import pksd as pksd
 from kmethods import sequences as sequences
@@ -37,6 +40,9 @@ from kmethods.betting._tests import mmd_betting_test as mmd_betting_test
 from kmethods.betting._tests import skit as skit
 from kmethods.calibration import TestResult as TestResult
 from kmethods.compressed import ctt_test as ctt_test
+from kmethods.debias import SteinKernel as SteinKernel
+from kmethods.debias import debias_weights as debias_weights
+from kmethods.debias import stein_thin as stein_thin
 from kmethods.hsic import hsic as hsic
 from kmethods.hsic import hsic_test as hsic_test
 from kmethods.kernels import IMQ as IMQ
@@ -71,6 +77,7 @@ __all__ = [
     "RadialKernel",
     "ScaledKernel",
     "Sinc",
+    "SteinKernel",
     "SumKernel",
     "TestResult",
     "aggregated",
@@ -79,6 +86,8 @@ __all__ = [
     "compressed",
     "compresspp",
     "ctt_test",
+    "debias",
+    "debias_weights",
     "hsic",
     "hsic_test",
     "hsicagg",
@@ -98,5 +107,6 @@ __all__ = [
     "sequences",
     "skit",
     "stein",
+    "stein_thin",
     "thinning",
 ]

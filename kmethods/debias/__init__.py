@@ -1,0 +1,39 @@
+"""Debiased compression: Stein kernels, Stein thinning and debiasing weights.
+
+A biased sample (MCMC with burn-in, an approximate or tempered sampler) is reweighted or
+thinned toward a target p known only through its score s = grad log p, by lowering the
+kernel Stein discrepancy KSD(Q, p) = MMD_{k_p}(Q, p) of the Langevin Stein kernel k_p, whose
+mean under p is zero.
+
+- `SteinKernel(base, score)`: k_p as a kernel on augmented points (x, s(x)), usable with
+  every routine that takes a kernel (Gram products, `mmd_to_sample`, `kernel_thin`,
+  `compresspp`);
+- `stein_thin`: greedy Stein thinning (Riabiz et al., 2022) and its regularised variant
+  (Benard et al., 2023);
+- `debias_weights`: the simplex weights minimising the KSD of the weighted sample, exactly
+  or after a randomly pivoted Cholesky approximation (Li, Dwivedi & Mackey, 2024);
+- `simplex_qp`, `rp_cholesky`, `project_to_simplex`: the solver and the low-rank factor
+  behind it.
+
+`kmethods.ksd2(x, score, kernel, weights=w, unbiased=False)` measures the KSD of a weighting.
+"""
+
+from kmethods.debias._kernel import SteinKernel as SteinKernel
+from kmethods.debias._thin import stein_thin as stein_thin
+from kmethods.debias._weights import DebiasInfo as DebiasInfo
+from kmethods.debias._weights import SolverNotConverged as SolverNotConverged
+from kmethods.debias._weights import debias_weights as debias_weights
+from kmethods.debias._weights import project_to_simplex as project_to_simplex
+from kmethods.debias._weights import rp_cholesky as rp_cholesky
+from kmethods.debias._weights import simplex_qp as simplex_qp
+
+__all__ = [
+    "DebiasInfo",
+    "SolverNotConverged",
+    "SteinKernel",
+    "debias_weights",
+    "project_to_simplex",
+    "rp_cholesky",
+    "simplex_qp",
+    "stein_thin",
+]

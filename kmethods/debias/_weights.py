@@ -1,0 +1,260 @@
+"""Debiasing weights: the simplex weights on a sample that minimise its KSD (Li et al., 2024)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar
+
+from kmethods import _checks
+from kmethods._jit import cpu_jit
+from kmethods.debias._kernel import stein_problem
+from kmethods.kernels import Kernel
+from kmethods.pairwise import kernel_matvec
+
+Score = Callable[[Float[Array, " d"]], Float[Array, " d"]] | Float[Array, "n d"]
+
+
+class DebiasInfo(NamedTuple):
+    """How the simplex quadratic program min_w w^T K w was solved.
+
+    objective: w^T K w at the returned weights (KSD^2 of the weighted sample; for
+      `method="low_rank"`, of the low-rank matrix). gap: the relative Frank-Wolfe gap
+      (w^T K w - min_i (K w)_i) / w^T K w, which bounds the relative suboptimality:
+      w^T K w - min = at most 2 gap w^T K w. iterations: gradient steps taken. converged: gap
+      at most `tol`.
+    """
+
+    objective: Float[Scalar, ""]
+    gap: Float[Scalar, ""]
+    iterations: Int[Scalar, ""]
+    converged: jax.Array
+
+
+class SolverNotConverged(UserWarning):
+    """`debias_weights` stopped at `max_iter` before its gap reached `tol`."""
+
+
+def project_to_simplex(v: Float[Array, " n"]) -> Float[Array, " n"]:
+    """Euclidean projection onto the probability simplex {w >= 0, sum w = 1}, by sorting
+    (Duchi, Shalev-Shwartz, Singer & Chandra, ICML 2008, Figure 1): O(n log n)."""
+    u = jnp.sort(v)[::-1]
+    excess = jnp.cumsum(u) - 1.0
+    count = jnp.arange(1, v.shape[0] + 1, dtype=v.dtype)
+    rho = jnp.sum(u - excess / count > 0) - 1
+    theta = excess[rho] / (rho + 1).astype(v.dtype)
+    return jnp.maximum(v - theta, 0.0)
+
+
+def simplex_qp(matvec, diag, tol, max_iter):
+    """min_w w^T K w over the simplex, K positive semi-definite given by `matvec`.
+
+    Accelerated projected gradient (FISTA; Beck & Teboulle, 2009) with Euclidean projection
+    onto the simplex, backtracking on the step (the curvature test is exact for a quadratic:
+    (w' - y)^T K (w' - y) <= L / 2 ||w' - y||^2, from products already computed, so each
+    iteration costs one product K w) and function-value restart of the momentum (O'Donoghue
+    & Candes, 2015). The step starts from L = 2 max(max_i K_ii, n w0^T K w0) <= 2 lambda_max
+    and doubles when the test fails. Stops when the relative Frank-Wolfe gap
+    (w^T K w - min_i (K w)_i) / w^T K w is at most `tol`, or after `max_iter` iterations.
+
+    Returns (w, DebiasInfo).
+    """
+    n = diag.shape[0]
+    dtype = diag.dtype
+    tiny = jnp.finfo(dtype).tiny
+    w0 = jnp.full((n,), 1.0 / n, dtype)
+    kw0 = matvec(w0)
+    f0 = jnp.dot(w0, kw0)
+    scale = jnp.max(jnp.abs(diag))
+    eps = jnp.finfo(dtype).eps
+    lipschitz = 2.0 * jnp.maximum(jnp.max(diag), n * f0)
+
+    def gap(w, kw):
+        f = jnp.dot(w, kw)
+        return (f - jnp.min(kw)) / jnp.maximum(f, tiny)
+
+    def cond(state):
+        w, kw, _, _, _, _, it = state
+        g = gap(w, kw)
+        # NaN (non-finite input) stops at once.
+        return (it < max_iter) & (g > tol)
+
+    def body(state):
+        w, kw, w_prev, kw_prev, momentum, lipschitz, it = state
+        next_momentum = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * momentum**2))
+        beta = (momentum - 1.0) / next_momentum
+        y = w + beta * (w - w_prev)
+        ky = kw + beta * (kw - kw_prev)
+        w_new = project_to_simplex(y - (2.0 / lipschitz) * ky)
+        kw_new = matvec(w_new)
+        step = w_new - y
+        curvature = jnp.dot(step, kw_new - ky)
+        bound = 0.5 * lipschitz * jnp.dot(step, step)
+        # K w' - K y cancels: its rounding, about eps max_i K_ii per entry (|K_ij| <= max K_ii
+        # for K PSD), must not read as curvature (in float32 it would halve the step forever).
+        noise = 8.0 * eps * scale * jnp.sum(jnp.abs(step))
+        fits = curvature <= bound + noise
+        # Without momentum (beta = 0) a fitting step is a descent step; with it, a rise of
+        # the objective restarts the momentum from w (O'Donoghue & Candes, 2015).
+        lower = (jnp.dot(w_new, kw_new) <= jnp.dot(w, kw)) | (momentum == 1.0)
+        accept = fits & lower
+        restart = fits & ~lower
+        pick = lambda new, old: jnp.where(accept, new, old)
+        return (
+            pick(w_new, w),
+            pick(kw_new, kw),
+            jnp.where(accept, w, jnp.where(restart, w, w_prev)),
+            jnp.where(accept, kw, jnp.where(restart, kw, kw_prev)),
+            jnp.where(accept, next_momentum, jnp.where(restart, 1.0, momentum)).astype(dtype),
+            jnp.where(fits, lipschitz, 2.0 * lipschitz),
+            it + 1,
+        )
+
+    init = (w0, kw0, w0, kw0, jnp.ones((), dtype), lipschitz, jnp.zeros((), jnp.int32))
+    w, kw, _, _, _, _, it = jax.lax.while_loop(cond, body, init)
+    g = gap(w, kw)
+    info = DebiasInfo(jnp.dot(w, kw), g, it, g <= tol)
+    return w, info
+
+
+def rp_cholesky(key, column, diag, rank):
+    """Randomly pivoted Cholesky (Chen, Epperly, Tropp & Webber, 2023, Algorithm 2.1): a
+    rank-`rank` factor F (n, rank) with K ~ F F^T, from `rank` columns of K.
+
+    Each step draws a pivot s with probability proportional to the residual diagonal d,
+    takes g = K[:, s] - F F[s]^T, appends g / sqrt(g_s) to F and lowers d by its square.
+    O(n rank^2) time, O(n rank) memory. Returns (F, the residual diagonal d >= 0).
+    """
+    n = diag.shape[0]
+    dtype = diag.dtype
+    keys = jax.random.split(key, rank)
+
+    def step(i, carry):
+        factor, residual = carry
+        logits = jnp.log(jnp.maximum(residual, 0.0))
+        s = jax.random.categorical(keys[i], logits)
+        g = column(s) - factor @ factor[s]
+        pivot = g[s]
+        ok = (pivot > 0) & jnp.isfinite(pivot)
+        new = jnp.where(ok, g / jnp.sqrt(jnp.where(ok, pivot, 1.0)), 0.0)
+        factor = factor.at[:, i].set(new)
+        return factor, jnp.maximum(residual - new**2, 0.0)
+
+    return jax.lax.fori_loop(0, rank, step, (jnp.zeros((n, rank), dtype), diag))
+
+
+@cpu_jit(static_argnames=("rank", "block_size"))
+def debias_program(key, z, kernel, tol, max_iter, *, rank, block_size):
+    diag = kernel.diag(z)
+    if rank is None:
+        matvec = lambda v: kernel_matvec(kernel, z, z, v, block_size=block_size)
+    else:
+        column = lambda s: kernel.gram(z, z[s][None])[:, 0]
+        factor, residual = rp_cholesky(key, column, diag, rank)
+        # K ~ F F^T + diag(residual): the factor plus the diagonal it misses (Li et al.'s
+        # diagonal correction), positive semi-definite and exact on the diagonal.
+        matvec = lambda v: factor @ (factor.T @ v) + residual * v
+    w, info = simplex_qp(matvec, diag, tol, max_iter)
+    finite = jnp.all(jnp.isfinite(z))
+    w = jnp.where(finite, w, jnp.nan)
+    return w, info._replace(converged=info.converged & finite)
+
+
+def debias_weights(
+    x: Float[Array, "n d"],
+    score: Score,
+    kernel: Kernel,
+    *,
+    method: str = "exact",
+    rank: int | None = None,
+    key: PRNGKeyArray | None = None,
+    tol: float = 1e-2,
+    max_iter: int = 5000,
+    preconditioner: Float[Array, "d d"] | None = None,
+    block_size: int | None = None,
+    return_info: bool = False,
+) -> Float[Array, " n"] | tuple[Float[Array, " n"], DebiasInfo]:
+    """Simplex weights on x that minimise the KSD of the weighted sample to the target p.
+
+    Solves min_{w in simplex} w^T K_p w, K_p the Stein kernel matrix of x (`SteinKernel`):
+    the weighted sample sum_i w_i delta_{x_i} has KSD^2 = w^T K_p w, so the optimum is the
+    closest weighting of a biased sample (MCMC with burn-in, an approximate or tempered
+    sampler) to p (Li, Dwivedi & Mackey, 2024, Section 3, "debiasing"). The solver is
+    accelerated projected gradient on the simplex with backtracking and restarts
+    (`simplex_qp`), one product K_p w per iteration.
+
+    method="exact": the products are blocked (`kmethods.pairwise.kernel_matvec`): O(n^2 d) time
+    per iteration, O(n block) memory, no n x n matrix. For moderate n.
+
+    method="low_rank": Li et al.'s low-rank debiasing: randomly pivoted Cholesky (Chen,
+    Epperly, Tropp & Webber, 2023) gives K_p ~ F F^T + D from `rank` columns of K_p (D the
+    residual diagonal, so that the approximation is exact on the diagonal), then the same
+    solver with products F (F^T w) + D w: O(n rank^2 d) to build, O(n rank) per iteration and
+    O(n rank) memory. Tends to the exact weights as the rank grows.
+
+    Args:
+      x: (n, d) biased sample.
+      score: grad log p, a function of one point or an (n, d) array of its values at x.
+      kernel: the base kernel of the Stein kernel, or a `SteinKernel` whose base and
+        preconditioner are used.
+      method: "exact" or "low_rank".
+      rank: the rank of "low_rank" (required there, at most n).
+      key: PRNG key of the pivots of "low_rank"; default a fixed key (0).
+      tol: stop when the relative Frank-Wolfe gap (w^T K w - min_i (K w)_i) / w^T K w is at
+        most tol; then w^T K w exceeds the minimum by at most 2 tol w^T K w (certified).
+      max_iter: iteration cap. A solve that stops there has not converged, and says so: a
+        `SolverNotConverged` warning (eagerly) and `converged=False` in the info.
+      preconditioner: optional (d, d) matrix M of the Stein kernel.
+      block_size: rows of K_p held at once ("exact").
+      return_info: also return a `DebiasInfo` (objective, gap, iterations, converged).
+
+    Returns:
+      (n,) weights >= 0 summing to 1 (many exactly 0), in the compute dtype of x; with
+      `return_info`, (weights, DebiasInfo). Non-finite scores raise a ValueError eagerly;
+      inside jit the weights are NaN and `converged` False.
+
+    References:
+      Li, Dwivedi & Mackey, "Debiased Distribution Compression", ICML 2024.
+      Chen, Epperly, Tropp & Webber, "Randomly pivoted Cholesky: practical approximation of a
+        kernel matrix with few entry evaluations", CPAM 2024 (arXiv:2207.06503, 2023).
+      Beck & Teboulle, "A fast iterative shrinkage-thresholding algorithm", SIAM J. Imaging
+        Sci. 2009.
+    """
+    _checks.choice(method, "method", ("exact", "low_rank"))
+    z, stein = stein_problem(x, score, kernel, preconditioner)
+    n = z.shape[0]
+    if method == "low_rank":
+        if rank is None:
+            raise ValueError('`rank` is required for method="low_rank".')
+        rank = _checks.positive_int(rank, "rank")
+        if rank > n:
+            raise ValueError(f"`rank` must be at most n = {n}, got {rank}.")
+    elif rank is not None:
+        raise ValueError('`rank` applies only to method="low_rank".')
+    if key is None:
+        key = jax.random.key(0)
+    _checks.check_positive(tol, "tol")
+    max_iter = _checks.positive_int(max_iter, "max_iter")
+    block_size = _checks.block_size(block_size)
+    return_info = _checks.flag(return_info, "return_info")
+    w, info = debias_program(
+        key,
+        z,
+        stein,
+        jnp.asarray(tol, z.dtype),
+        jnp.asarray(max_iter, jnp.int32),
+        rank=rank,
+        block_size=block_size,
+    )
+    if _checks.is_concrete(info.converged) and not bool(info.converged):
+        warnings.warn(
+            f"debias_weights did not converge: relative gap {float(info.gap):.3g} > tol = "
+            f"{float(tol):g} after {int(info.iterations)} iterations; raise `max_iter`.",
+            SolverNotConverged,
+            stacklevel=2,
+        )
+    return (w, info) if return_info else w
