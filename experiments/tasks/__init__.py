@@ -62,6 +62,7 @@ TASKS: dict[str, str] = {
     "seq_two_sample": "experiments.tasks.seq_two_sample",
     "ksd_seq": "experiments.tasks.ksd_seq",
     "pksd_bimodal": "experiments.tasks.pksd_bimodal",
+    "aggregated_power": "experiments.tasks.aggregated_power",
 }
 
 
