@@ -14,14 +14,22 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Inexact
 
-from seqmodels._checks import check_positive_int, common_dtype, compute_dtype
+from seqmodels._checks import check_positive_int, common_dtype, compute_dtype, head_sizes
 from seqmodels._gla import check_mode, check_qkv, outer, resolve_form
-from seqmodels.layers._common import cast, complex_of, layer_input, param_dtype_of
+from seqmodels.layers._common import (
+    cast,
+    check_dtype,
+    complex_of,
+    layer_input,
+    param_dtype_of,
+    param_init_dtype,
+)
 from seqmodels.parallel import gated_linear_attention_sharded
 
 __all__ = [
     "gated_heads_call",
     "gated_heads_recurrent",
+    "gated_heads_setup",
     "gated_linear_attention",
     "multihead_gated_linear_attention",
     "qkv_projections",
@@ -128,6 +136,19 @@ def qkv_projections(d_model: int, inner: int, keys, dtype=None) -> tuple[eqx.nn.
     return tuple(
         eqx.nn.Linear(d_model, inner, use_bias=False, dtype=dtype, key=k) for k in keys[:3]
     )
+
+
+def gated_heads_setup(layer, d_model, num_heads, head_dim, dtype, param_dtype, key, num_keys):
+    """Sets the query, key and value projections, `num_heads`, `head_dim` and `dtype` of a
+    layer built on `multihead_gated_linear_attention` (in its `__init__`); returns
+    (inner = num_heads * head_dim, the parameters' dtype, `num_keys` keys, of which the first
+    three made q, k and v)."""
+    layer.num_heads, layer.head_dim, inner = head_sizes(d_model, num_heads, head_dim)
+    layer.dtype = check_dtype(dtype, "dtype")
+    pdt = param_init_dtype(param_dtype)
+    keys = jax.random.split(key, num_keys)
+    layer.q, layer.k, layer.v = qkv_projections(d_model, inner, keys, pdt)
+    return inner, pdt, keys
 
 
 def _heads_output(layer, y, x, work):

@@ -6,12 +6,11 @@ import equinox as eqx
 import jax
 from jax.typing import DTypeLike
 
-from seqmodels._checks import compute_dtype, head_sizes
-from seqmodels.layers._common import check_dtype, param_init_dtype
+from seqmodels._checks import compute_dtype
 from seqmodels.layers._gated_linear_attention import (
     gated_heads_call,
     gated_heads_recurrent,
-    qkv_projections,
+    gated_heads_setup,
 )
 
 __all__ = ["GateLoop"]
@@ -65,16 +64,13 @@ class GateLoop(eqx.Module):
         param_dtype: DTypeLike | None = None,
         key,
     ):
-        num_heads, head_dim, inner = head_sizes(d_model, num_heads, head_dim)
-        self.dtype = check_dtype(dtype, "dtype")
-        pdt = param_init_dtype(param_dtype)
-        keys = jax.random.split(key, 7)
-        self.q, self.k, self.v = qkv_projections(d_model, inner, keys, pdt)
+        inner, pdt, keys = gated_heads_setup(
+            self, d_model, num_heads, head_dim, dtype, param_dtype, key, num_keys=7
+        )
         self.magnitude = eqx.nn.Linear(d_model, inner, dtype=pdt, key=keys[3])
         self.phase = eqx.nn.Linear(d_model, inner, dtype=pdt, key=keys[4])
         self.gate = eqx.nn.Linear(d_model, inner, dtype=pdt, key=keys[5])
         self.out = eqx.nn.Linear(inner, d_model, use_bias=False, dtype=pdt, key=keys[6])
-        self.num_heads, self.head_dim = num_heads, head_dim
 
     __call__ = gated_heads_call("GateLoop", default_mode="chunkwise")
     init_state, step = gated_heads_recurrent("GateLoop", complex_state=True)

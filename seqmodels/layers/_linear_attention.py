@@ -8,12 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import DTypeLike
 
-from seqmodels._checks import compute_dtype, head_sizes
-from seqmodels.layers._common import check_dtype, param_init_dtype
+from seqmodels._checks import compute_dtype
 from seqmodels.layers._gated_linear_attention import (
     gated_heads_call,
     gated_heads_recurrent,
-    qkv_projections,
+    gated_heads_setup,
 )
 
 __all__ = ["LinearAttention"]
@@ -59,16 +58,14 @@ class LinearAttention(eqx.Module):
         param_dtype: DTypeLike | None = None,
         key,
     ):
-        num_heads, head_dim, inner = head_sizes(d_model, num_heads, head_dim)
-        self.dtype = check_dtype(dtype, "dtype")
-        pdt = param_init_dtype(param_dtype)
-        keys = jax.random.split(key, 5)
-        self.q, self.k, self.v = qkv_projections(d_model, inner, keys, pdt)
+        inner, pdt, keys = gated_heads_setup(
+            self, d_model, num_heads, head_dim, dtype, param_dtype, key, num_keys=5
+        )
         self.gate = eqx.nn.Linear(d_model, inner, dtype=pdt, key=keys[3])
         self.out = eqx.nn.Linear(inner, d_model, use_bias=False, dtype=pdt, key=keys[4])
-        gammas = 1.0 - 2.0 ** (-5.0 - np.arange(num_heads)) if decay else np.ones(num_heads)
+        heads = self.num_heads
+        gammas = 1.0 - 2.0 ** (-5.0 - np.arange(heads)) if decay else np.ones(heads)
         self.log_decay = tuple(float(g) for g in np.log(gammas))
-        self.num_heads, self.head_dim = num_heads, head_dim
 
     __call__ = gated_heads_call("LinearAttention", default_mode="chunkwise")
     init_state, step = gated_heads_recurrent("LinearAttention", complex_state=False)

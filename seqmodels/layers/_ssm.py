@@ -219,12 +219,8 @@ class S5(eqx.Module):
     log Delta is uniform in [log dt_min, log dt_max] (one timescale per state).
     The paper's conjugate-symmetry halving of the state is not used: all P states are kept.
 
-    Shapes and dtypes: u (L, H) -> (L, H). `param_dtype` is the real parameters' dtype
-    (default: float32, float64 with x64; B and C are its complex counterpart, complex64 for
-    bfloat16); `dtype` the output's (None: u's dtype). The discretisation, the recurrence and
-    the complex projections are computed in at least float32 / complex64 whatever `dtype`.
-    Memory: the P complex states of every step (`linear_recurrence`); `step`, one token at a
-    time from `init_state()`, keeps P complex numbers.
+    Shapes, dtypes and memory as in `LRU`, with P states: u (L, H) -> (L, H); the
+    discretisation too runs in at least float32; `step` keeps P complex numbers.
     """
 
     lambda_re_log: jax.Array  # Re(Lambda) = -exp(lambda_re_log) < 0 keeps it stable

@@ -23,6 +23,14 @@ CASES = [
 ]
 
 
+def flax_model(state_size=4, **kwargs):
+    """A small `seqmodels.flax.SequenceModel` (d_model 8, 3 outputs) over LRU mixers;
+    `kwargs` chooses the inputs (`num_tokens=` or `input_dim=`) and the rest."""
+    kwargs = {"num_layers": 1, **kwargs}
+    mixer = lambda d, key: layers.LRU(d, state_size, key=key)
+    return sf.SequenceModel(mixer, d_model=8, num_outputs=3, rngs=nnx.Rngs(0), **kwargs)
+
+
 def _paths(state):
     """{'a/b/0/c': leaf} of an nnx state."""
     return {"/".join(map(str, path)): leaf for path, leaf in nnx.to_flat_state(state)}
@@ -59,15 +67,7 @@ def test_parameters_are_named_as_the_equinox_fields(getkey):
     layer = sf.GateLoop(8, num_heads=2, rngs=nnx.Rngs(0))
     names = set(_paths(nnx.state(layer, nnx.Param)))
     assert {"q/weight", "k/weight", "magnitude/weight", "magnitude/bias", "out/weight"} <= names
-    model = sf.SequenceModel(
-        lambda d, key: layers.LRU(d, 4, key=key),
-        d_model=8,
-        num_layers=2,
-        num_outputs=3,
-        num_tokens=5,
-        conv_width=3,
-        rngs=nnx.Rngs(0),
-    )
+    model = flax_model(num_layers=2, num_tokens=5, conv_width=3)
     names = set(_paths(nnx.state(model, nnx.Param)))
     assert {"embed/weight", "blocks/1/mixer/nu_log", "blocks/0/conv/weight"} <= names
     assert {"blocks/0/mlp/layers/0/weight", "head/weight", "norm/bias"} <= names
@@ -85,15 +85,7 @@ def test_parameters_are_named_as_the_equinox_fields(getkey):
 
 
 def test_batch_first_model_time_major_flag_and_batched_step(getkey):
-    model = sf.SequenceModel(
-        lambda d, key: layers.LRU(d, 4, key=key),
-        d_model=8,
-        num_layers=1,
-        num_outputs=3,
-        num_tokens=5,
-        time_major=True,
-        rngs=nnx.Rngs(0),
-    )
+    model = flax_model(num_tokens=5, time_major=True)
     tokens = jax.random.randint(getkey(), (2, 7), 0, 5)
     eqx_model = model.to_equinox()
     want = jax.vmap(eqx_model)(tokens)
@@ -106,14 +98,7 @@ def test_batch_first_model_time_major_flag_and_batched_step(getkey):
 
 
 def test_flax_model_trains_with_nnx_optimizer(getkey):
-    model = sf.SequenceModel(
-        lambda d, key: layers.LRU(d, 8, key=key),
-        d_model=8,
-        num_layers=1,
-        num_outputs=3,
-        input_dim=2,
-        rngs=nnx.Rngs(0),
-    )
+    model = flax_model(8, input_dim=2)
     opt = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
     x = jax.random.normal(getkey(), (4, 10, 2))
     y = jnp.cumsum(x[..., :1], axis=1)
