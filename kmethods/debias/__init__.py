@@ -12,13 +12,18 @@ mean under p is zero.
   (Benard et al., 2023);
 - `debias_weights`: the simplex weights minimising the KSD of the weighted sample, exactly
   or after a randomly pivoted Cholesky approximation (Li, Dwivedi & Mackey, 2024);
+- `stein_kernel_thin`: Stein kernel thinning, SKT (Stein thinning, then KT-SPLIT) or LSKT
+  (low-rank debiasing weights, rounded by `stratified_round`, then Compress++), each finished
+  by KT-SWAP toward the target (Li, Dwivedi & Mackey, 2024);
 - `simplex_qp`, `rp_cholesky`, `project_to_simplex`: the solver and the low-rank factor
-  behind it.
+  behind `debias_weights`.
 
 `kmethods.ksd2(x, score, kernel, weights=w, unbiased=False)` measures the KSD of a weighting.
 """
 
 from kmethods.debias._kernel import SteinKernel as SteinKernel
+from kmethods.debias._skt import stein_kernel_thin as stein_kernel_thin
+from kmethods.debias._skt import stratified_round as stratified_round
 from kmethods.debias._thin import stein_thin as stein_thin
 from kmethods.debias._weights import DebiasInfo as DebiasInfo
 from kmethods.debias._weights import SolverNotConverged as SolverNotConverged
@@ -35,5 +40,7 @@ __all__ = [
     "project_to_simplex",
     "rp_cholesky",
     "simplex_qp",
+    "stein_kernel_thin",
     "stein_thin",
+    "stratified_round",
 ]

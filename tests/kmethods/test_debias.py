@@ -7,7 +7,14 @@ import pytest
 import scipy.optimize
 
 import kmethods as km
-from kmethods.debias import SolverNotConverged, SteinKernel, debias_weights, stein_thin
+from kmethods.debias import (
+    SolverNotConverged,
+    SteinKernel,
+    debias_weights,
+    stein_kernel_thin,
+    stein_thin,
+    stratified_round,
+)
 
 BASES = {
     "gaussian": (km.Gaussian(1.3), lambda a, b: jnp.exp(-jnp.sum((a - b) ** 2) / (2 * 1.3**2))),
@@ -298,3 +305,27 @@ def test_ksd2_weights(x64, getkey):
             km.ksd2(x, score, km.Gaussian(1.0), unbiased=unbiased),
             rtol=1e-12,
         )
+
+
+def test_stein_kernel_thin_keeps_the_best_candidate(x64, getkey):
+    x = _mixture(getkey(), 128)
+    score = jax.grad(_mixture_log_p)
+    ksd = lambda idx: float(km.ksd2(x[idx], score, km.IMQ(), unbiased=False))
+    baseline = ksd(stein_thin(x, score, km.IMQ(), out_size=8))  # one of its candidates
+    standard = ksd(jnp.arange(0, 128, 16))
+    for rank in (None, 16):
+        idx = stein_kernel_thin(getkey(), x, score, km.IMQ(), out_size=8, rank=rank)
+        assert idx.shape == (8,) and int(idx.min()) >= 0 and int(idx.max()) < 128
+        assert ksd(idx) <= baseline * (1 + 1e-12)
+        assert ksd(idx) < 0.5 * standard
+    with pytest.raises(ValueError, match="out_size"):
+        stein_kernel_thin(getkey(), x, score, km.IMQ(), out_size=65)
+
+
+def test_stratified_round_keeps_the_weights(getkey):
+    w = jax.random.uniform(getkey(), (50,)) ** 3
+    w = w / jnp.sum(w)
+    seq = np.asarray(stratified_round(getkey(), w, 256))
+    assert seq.shape == (256,) and np.all(np.diff(seq) >= 0)
+    counts = np.bincount(seq, minlength=50)
+    assert np.all(np.abs(counts - 256 * np.asarray(w)) < 2)
