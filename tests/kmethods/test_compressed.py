@@ -261,7 +261,10 @@ def test_rff_matches_dense_features(m, n):
     phi = np.asarray(compressed.random_features(jnp.concatenate([x, y]), w), np.float64)
     gram = phi @ phi.T
     np.fill_diagonal(gram, 0.0)
-    labels = _labels(k_perm, m, m + n, num)
+    observed = np.r_[np.ones(m), np.zeros(n)]
+    keys = jax.random.split(k_perm, num)
+    drawn = jax.vmap(lambda k: compressed.random_labels(k, m + n, m))(keys)
+    labels = np.concatenate([observed[None], np.asarray(drawn)])
     dense = []
     for e in labels:
         f = 1 - e
@@ -270,6 +273,16 @@ def test_rff_matches_dense_features(m, n):
         )
     np.testing.assert_allclose(result.statistic, dense[0], atol=2e-6)
     np.testing.assert_allclose(result.null_samples, dense[1:], atol=2e-6)
+
+
+def test_random_labels_are_uniform_subsets():
+    """Exactly m ones, each point labelled 1 with probability m / num (over 4000 draws)."""
+    keys = jax.random.split(jax.random.key(0), 4000)
+    labels = jax.vmap(lambda k: compressed.random_labels(k, 10, 3))(keys)
+    assert bool(jnp.all(jnp.sum(labels, axis=1) == 3))
+    np.testing.assert_allclose(jnp.mean(labels, axis=0), 0.3, atol=0.03)
+    pairs = np.asarray(labels[:, 0] * labels[:, 1])  # P(both) = 3 * 2 / (10 * 9)
+    np.testing.assert_allclose(pairs.mean(), 1 / 15, atol=0.015)
 
 
 # ----------------------------------------------------------------------------- block MMD
