@@ -27,9 +27,7 @@ from seqmodels.layers._common import (
 from seqmodels.parallel import gated_linear_attention_sharded
 
 __all__ = [
-    "gated_heads_call",
-    "gated_heads_recurrent",
-    "gated_heads_setup",
+    "GatedHeads",
     "gated_linear_attention",
     "multihead_gated_linear_attention",
     "qkv_projections",
@@ -138,52 +136,76 @@ def qkv_projections(d_model: int, inner: int, keys, dtype=None) -> tuple[eqx.nn.
     )
 
 
-def gated_heads_setup(layer, d_model, num_heads, head_dim, dtype, param_dtype, key, num_keys):
-    """Sets the query, key and value projections, `num_heads`, `head_dim` and `dtype` of a
-    layer built on `multihead_gated_linear_attention` (in its `__init__`); returns
-    (inner = num_heads * head_dim, the parameters' dtype, `num_keys` keys, of which the first
-    three made q, k and v)."""
-    layer.num_heads, layer.head_dim, inner = head_sizes(d_model, num_heads, head_dim)
-    layer.dtype = check_dtype(dtype, "dtype")
-    pdt = param_init_dtype(param_dtype)
-    keys = jax.random.split(key, num_keys)
-    layer.q, layer.k, layer.v = qkv_projections(d_model, inner, keys, pdt)
-    return inner, pdt, keys
+class GatedHeads(eqx.Module):
+    """The common part of the token-mixing layers built on `multihead_gated_linear_attention`
+    (GateLoop, LinearAttention): the query, key, value, gate and output projections, the head
+    sizes and `dtype`, and one `__call__`, `init_state` and `step` for all of them.
 
-
-def _heads_output(layer, y, x, work):
-    """The heads' output y (L, H V), mixed as Re(y) * SiLU(W_g x) and projected by W_o, in the
-    work dtype (states were accumulated in at least float32)."""
-    y = jnp.real(y).astype(work)  # GateLoop's complex states; a real y passes through
-    return jax.vmap(layer.out)(y * jax.nn.silu(jax.vmap(layer.gate)(x)))
-
-
-def gated_heads_call(layer_name: str, default_mode: str) -> Callable:
-    """The `__call__` of a token-mixing layer built on `multihead_gated_linear_attention`
-    (GateLoop, LinearAttention): one body and one public signature for both, with the layer's
-    own default `mode`.
-
-    The layer provides the modules `q` (whose `in_features` is d_model), `gate` and `out`, the
-    static `num_heads` and `dtype`, and `gla_inputs(x) -> (q, k, v, log_a)` for a sequence x in
-    the work dtype (log_a in at least float32). The heads' output y is mixed as
-    Re(y) * SiLU(W_g x), projected by W_o.
+    A subclass declares `gate` and `out` (eqx.nn.Linear) after its own fields, sets them
+    through `_setup`, and provides `gla_inputs(x) -> (q, k, v, log_a)` for a sequence x in
+    the work dtype (log_a in at least float32) and `complex_state` (True for rotating,
+    complex gates). The heads' output y is mixed as
+    Re(y) * SiLU(W_g x) and projected by W_o.
     """
+
+    # gate and out are the subclass's fields, after its own (their order is the order of
+    # the leaves, which checkpoints of the layers rely on)
+    q: eqx.nn.Linear
+    k: eqx.nn.Linear
+    v: eqx.nn.Linear
+    num_heads: int = eqx.field(static=True)
+    head_dim: int = eqx.field(static=True)
+    dtype: jnp.dtype | None = eqx.field(static=True)
+
+    def _setup(self, d_model, num_heads, head_dim, dtype, param_dtype, key, num_keys):
+        """Sets the projections, `num_heads`, `head_dim` and `dtype` (from `__init__`);
+        returns (inner = num_heads * head_dim, the parameters' dtype, the `num_keys` keys,
+        of which the first three made q, k and v and the last two the gate and output
+        `gate` and `out`, set here as the subclass's fields)."""
+        self.num_heads, self.head_dim, inner = head_sizes(d_model, num_heads, head_dim)
+        self.dtype = check_dtype(dtype, "dtype")
+        pdt = param_init_dtype(param_dtype)
+        keys = jax.random.split(key, num_keys)
+        self.q, self.k, self.v = qkv_projections(d_model, inner, keys, pdt)
+        self.gate = eqx.nn.Linear(d_model, inner, dtype=pdt, key=keys[-2])
+        self.out = eqx.nn.Linear(inner, d_model, use_bias=False, dtype=pdt, key=keys[-1])
+        return inner, pdt, keys
+
+    def _prepared(self, x, *, token):
+        """(the layer with its parameters in the work dtype, x checked and cast, work, out)."""
+        x, work, out = layer_input(
+            x,
+            self.q.in_features,
+            type(self).__name__,
+            dtype=self.dtype,
+            params=param_dtype_of(self),
+            argument="x_t" if token else "x",
+            token=token,
+        )
+        return cast(self, work), x, work, out
+
+    def _output(self, y, x, work):
+        """The heads' output y (L, H V), mixed as Re(y) * SiLU(W_g x) and projected by W_o, in
+        the work dtype (the states were accumulated in at least float32)."""
+        y = jnp.real(y).astype(work)  # GateLoop's complex states; a real y passes through
+        return jax.vmap(self.out)(y * jax.nn.silu(jax.vmap(self.gate)(x)))
 
     def __call__(
         self,
         x: Float[Array, "L d_model"],
         *,
-        mode: str = default_mode,
+        mode: str = "chunkwise",
         chunk_size: int = 64,
         mesh: jax.sharding.Mesh | None = None,
         axis_name: str = "seq",
     ) -> Float[Array, "L d_model"]:
         """Mixes a sequence x of shape (L, d_model); returns (L, d_model) in the layer's
         `dtype`, or x's dtype when that is None (float16 and bfloat16 are then computed in
-        float32). States and gates accumulate in at least float32. With a `mesh`, the time
-        axis is split across `mesh[axis_name]` (sequence parallelism, LASP-2). For a batch,
+        float32). States and gates accumulate in at least float32. `mode` and `chunk_size`
+        choose the form (`gated_linear_attention`; all equal). With a `mesh`, the time axis
+        is split across `mesh[axis_name]` (sequence parallelism, LASP-2). For a batch,
         `jax.vmap` it."""
-        layer, x, work, out = _prepared(self, x, layer_name, token=False)
+        layer, x, work, out = self._prepared(x, token=False)
         y = multihead_gated_linear_attention(
             *layer.gla_inputs(x),
             self.num_heads,
@@ -192,30 +214,7 @@ def gated_heads_call(layer_name: str, default_mode: str) -> Callable:
             mesh=mesh,
             axis_name=axis_name,
         )
-        return _heads_output(layer, y, x, work).astype(out)
-
-    __call__.__qualname__ = f"{layer_name}.__call__"
-    return __call__
-
-
-def _prepared(layer, x, layer_name, *, token):
-    """(the layer with its parameters in the work dtype, x checked and cast, work, out)."""
-    x, work, out = layer_input(
-        x,
-        layer.q.in_features,
-        layer_name,
-        dtype=layer.dtype,
-        params=param_dtype_of(layer),
-        argument="x_t" if token else "x",
-        token=token,
-    )
-    return cast(layer, work), x, work, out
-
-
-def gated_heads_recurrent(layer_name: str, complex_state: bool) -> tuple[Callable, Callable]:
-    """`init_state` and `step` of a layer built on `multihead_gated_linear_attention`: the
-    K x V state per head, one token at a time (the recurrent form, O(H K V) memory whatever
-    the length)."""
+        return layer._output(y, x, work).astype(out)
 
     def init_state(self) -> Inexact[Array, "num_heads head_dim head_dim"]:
         """The empty state: zeros of shape (num_heads, head_dim, head_dim), one K x V matrix
@@ -223,7 +222,7 @@ def gated_heads_recurrent(layer_name: str, complex_state: bool) -> tuple[Callabl
         float64 for float64 parameters; complex for GateLoop's rotating gates)."""
         acc = compute_dtype(self.dtype or param_dtype_of(self))
         shape = (self.num_heads, self.head_dim, self.head_dim)
-        return jnp.zeros(shape, complex_of(acc) if complex_state else acc)
+        return jnp.zeros(shape, complex_of(acc) if self.complex_state else acc)
 
     def step(
         self, state: Inexact[Array, "num_heads head_dim head_dim"], x_t: Float[Array, " d_model"]
@@ -232,14 +231,10 @@ def gated_heads_recurrent(layer_name: str, complex_state: bool) -> tuple[Callabl
         y_t (d_model,), the t-th row of `__call__` on the tokens so far (any `mode`), in the
         dtype `__call__` would give. The state keeps its dtype. O(H K V) memory and time per
         token, independent of t: for generation, `lax.scan` over the tokens."""
-        layer, x, work, out = _prepared(self, x_t, layer_name, token=True)
+        layer, x, work, out = self._prepared(x_t, token=True)
         q, k, v, log_a = (a.reshape(self.num_heads, -1) for a in layer.gla_inputs(x[None]))
         acc = state.dtype
         q, k, v, decay = q.astype(acc), k.astype(acc), v.astype(acc), jnp.exp(log_a.astype(acc))
         state = decay[:, :, None] * state + outer(k, v)
         y = jnp.einsum("hk,hkv->hv", q, state).reshape(1, -1)
-        return state, _heads_output(layer, y, x[None], work)[0].astype(out)
-
-    init_state.__qualname__ = f"{layer_name}.init_state"
-    step.__qualname__ = f"{layer_name}.step"
-    return init_state, step
+        return state, layer._output(y, x[None], work)[0].astype(out)

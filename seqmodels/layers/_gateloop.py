@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax
 from jax.typing import DTypeLike
 
 from seqmodels._checks import compute_dtype
-from seqmodels.layers._gated_linear_attention import (
-    gated_heads_call,
-    gated_heads_recurrent,
-    gated_heads_setup,
-)
+from seqmodels.layers._gated_linear_attention import GatedHeads
 
 __all__ = ["GateLoop"]
 
 
-class GateLoop(eqx.Module):
+class GateLoop(GatedHeads):
     """A GateLoop token-mixing layer (Katsch, 2023, "GateLoop: Fully Data-Controlled Linear
     Recurrence for Sequence Modeling").
 
@@ -43,16 +41,11 @@ class GateLoop(eqx.Module):
       num_heads: heads. head_dim: key and value size per head. dtype: the computation dtype.
     """
 
-    q: eqx.nn.Linear
-    k: eqx.nn.Linear
-    v: eqx.nn.Linear
     magnitude: eqx.nn.Linear
     phase: eqx.nn.Linear
     gate: eqx.nn.Linear
     out: eqx.nn.Linear
-    num_heads: int = eqx.field(static=True)
-    head_dim: int = eqx.field(static=True)
-    dtype: jax.numpy.dtype | None = eqx.field(static=True)
+    complex_state: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -64,16 +57,11 @@ class GateLoop(eqx.Module):
         param_dtype: DTypeLike | None = None,
         key,
     ):
-        inner, pdt, keys = gated_heads_setup(
-            self, d_model, num_heads, head_dim, dtype, param_dtype, key, num_keys=7
+        inner, pdt, keys = self._setup(
+            d_model, num_heads, head_dim, dtype, param_dtype, key, num_keys=7
         )
         self.magnitude = eqx.nn.Linear(d_model, inner, dtype=pdt, key=keys[3])
         self.phase = eqx.nn.Linear(d_model, inner, dtype=pdt, key=keys[4])
-        self.gate = eqx.nn.Linear(d_model, inner, dtype=pdt, key=keys[5])
-        self.out = eqx.nn.Linear(inner, d_model, use_bias=False, dtype=pdt, key=keys[6])
-
-    __call__ = gated_heads_call("GateLoop", default_mode="chunkwise")
-    init_state, step = gated_heads_recurrent("GateLoop", complex_state=True)
 
     def gla_inputs(self, x):
         """(q, k, v, log_a) of a sequence x in the work dtype, with

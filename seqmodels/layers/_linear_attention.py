@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -9,16 +11,12 @@ import numpy as np
 from jax.typing import DTypeLike
 
 from seqmodels._checks import compute_dtype
-from seqmodels.layers._gated_linear_attention import (
-    gated_heads_call,
-    gated_heads_recurrent,
-    gated_heads_setup,
-)
+from seqmodels.layers._gated_linear_attention import GatedHeads
 
 __all__ = ["LinearAttention"]
 
 
-class LinearAttention(eqx.Module):
+class LinearAttention(GatedHeads):
     """Causal linear attention with a fixed per-head decay: RetNet's retention (Sun et al.,
     2023, "Retentive Network", eq. 1-5), or plain linear attention (Katharopoulos et al., 2020)
     with `decay=False`.
@@ -37,15 +35,10 @@ class LinearAttention(eqx.Module):
     projections run in bfloat16 while the decays and states are float32.
     """
 
-    q: eqx.nn.Linear
-    k: eqx.nn.Linear
-    v: eqx.nn.Linear
+    log_decay: tuple[float, ...] = eqx.field(static=True)
     gate: eqx.nn.Linear
     out: eqx.nn.Linear
-    log_decay: tuple[float, ...] = eqx.field(static=True)
-    num_heads: int = eqx.field(static=True)
-    head_dim: int = eqx.field(static=True)
-    dtype: jax.numpy.dtype | None = eqx.field(static=True)
+    complex_state: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -58,17 +51,10 @@ class LinearAttention(eqx.Module):
         param_dtype: DTypeLike | None = None,
         key,
     ):
-        inner, pdt, keys = gated_heads_setup(
-            self, d_model, num_heads, head_dim, dtype, param_dtype, key, num_keys=5
-        )
-        self.gate = eqx.nn.Linear(d_model, inner, dtype=pdt, key=keys[3])
-        self.out = eqx.nn.Linear(inner, d_model, use_bias=False, dtype=pdt, key=keys[4])
+        self._setup(d_model, num_heads, head_dim, dtype, param_dtype, key, num_keys=5)
         heads = self.num_heads
         gammas = 1.0 - 2.0 ** (-5.0 - np.arange(heads)) if decay else np.ones(heads)
         self.log_decay = tuple(float(g) for g in np.log(gammas))
-
-    __call__ = gated_heads_call("LinearAttention", default_mode="chunkwise")
-    init_state, step = gated_heads_recurrent("LinearAttention", complex_state=False)
 
     def gla_inputs(self, x):
         """(q / sqrt(head_dim), k, v, log_a) of a sequence x in the work dtype, with log_a each

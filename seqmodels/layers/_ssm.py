@@ -14,14 +14,7 @@ from jaxtyping import Array, ArrayLike, Complex, Float
 
 from seqmodels._checks import compute_dtype
 from seqmodels._scan import linear_recurrence
-from seqmodels.layers._common import (
-    cast,
-    check_dtype,
-    complex_of,
-    layer_input,
-    param_dtype_of,
-    param_init_dtype,
-)
+from seqmodels.layers import _common
 
 __all__ = ["LRU", "S5", "hippo_n"]
 
@@ -113,9 +106,9 @@ class LRU(eqx.Module):
     ):
         if not 0.0 <= r_min < r_max <= 1.0:
             raise ValueError(f"need 0 <= r_min < r_max <= 1, got {r_min}, {r_max}.")
-        self.dtype = check_dtype(dtype, "dtype")
+        self.dtype = _common.check_dtype(dtype, "dtype")
         params = _lru_init(key, d_model, d_state, float(r_min), float(r_max), float(max_phase))
-        params = cast(params, param_init_dtype(param_dtype))
+        params = _common.cast(params, _common.param_init_dtype(param_dtype))
         self.nu_log, self.theta_log, self.gamma_log, self.b, self.c, self.d = params
 
     def eigenvalues(self):
@@ -156,17 +149,17 @@ class LRU(eqx.Module):
 def _ssm_input(layer, u, name, token):
     """(the layer cast to the accumulation dtype, u checked and cast there, output dtype) of an
     LRU or S5 layer: its recurrence and complex projections have no bfloat16 form."""
-    u, work, out = layer_input(
+    u, work, out = _common.layer_input(
         u,
         layer.d.shape[0],
         name,
         dtype=layer.dtype,
-        params=param_dtype_of(layer),
+        params=_common.param_dtype_of(layer),
         argument="u_t" if token else "u",
         token=token,
     )
     acc = compute_dtype(work)
-    return cast(layer, acc), u.astype(acc), out
+    return _common.cast(layer, acc), u.astype(acc), out
 
 
 def _readout(layer, x, u, out):
@@ -176,8 +169,8 @@ def _readout(layer, x, u, out):
 
 def _ssm_state(layer):
     """Zeros of the state's shape (N,) in the complex accumulation dtype."""
-    acc = compute_dtype(layer.dtype or param_dtype_of(layer))
-    return jnp.zeros(layer.b.shape[:1], complex_of(acc))
+    acc = compute_dtype(layer.dtype or _common.param_dtype_of(layer))
+    return jnp.zeros(layer.b.shape[:1], _common.complex_of(acc))
 
 
 @partial(jax.jit, static_argnums=(3, 4, 5, 6))
@@ -256,9 +249,9 @@ class S5(eqx.Module):
             lambda_im = np.tile(lam.imag, blocks)
         else:
             basis, lambda_im = None, np.pi * np.arange(d_state)
-        self.dtype = check_dtype(dtype, "dtype")
+        self.dtype = _common.check_dtype(dtype, "dtype")
         params = _s5_init(key, basis, lambda_im, d_model, d_state, float(dt_min), float(dt_max))
-        params = cast(params, param_init_dtype(param_dtype))
+        params = _common.cast(params, _common.param_init_dtype(param_dtype))
         self.lambda_re_log, self.lambda_im, self.b, self.c, self.d, self.log_step = params
 
     def discretise(self, step_scale=None):

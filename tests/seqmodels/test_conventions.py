@@ -51,24 +51,38 @@ def test_other_ranks_are_refused_naming_the_argument(getkey, name):
         layer.step(state, jnp.ones((5, 4)))
 
 
+@jax.jit
+def _axis_cases(a, b, h0):
+    """(axis=1, axis=-2, without axis, per-sequence reference; a time-invariant decay in
+    reverse with axis=1 and its reference; the gradient through axis=1 and its reference)."""
+    per_sequence = jax.vmap(lambda a, b, h0: linear_recurrence(a, b, h0))(a, b, h0)
+    decay = jnp.array([0.9, 0.5])
+    rev = linear_recurrence(decay, b, reverse=True, axis=1)
+    rev_ref = jax.vmap(lambda b: linear_recurrence(decay, b, reverse=True))(b)
+    grad = jax.grad(lambda b: jnp.sum(linear_recurrence(a, b, axis=1) ** 2))(b)
+    grad_ref = jax.grad(lambda b: jnp.sum(jax.vmap(linear_recurrence)(a, b) ** 2))(b)
+    return (
+        linear_recurrence(a, b, h0, axis=1),
+        linear_recurrence(a, b, h0, axis=-2),
+        linear_recurrence(a, b),
+        per_sequence,
+        (rev, rev_ref),
+        (grad, grad_ref),
+    )
+
+
 def test_linear_recurrence_axis_chooses_the_time_axis(getkey):
     a = jax.random.uniform(getkey(), (3, 9, 2), minval=0.5, maxval=1.0)  # (B, L, D)
     b = jax.random.normal(getkey(), (3, 9, 2))
     h0 = jax.random.normal(getkey(), (3, 2))
-    per_sequence = jax.vmap(lambda a, b, h0: linear_recurrence(a, b, h0))(a, b, h0)
-    got = linear_recurrence(a, b, h0, axis=1)
-    np.testing.assert_allclose(got, per_sequence, rtol=1e-6)
-    np.testing.assert_allclose(linear_recurrence(a, b, h0, axis=-2), per_sequence, rtol=1e-6)
+    axis1, axis_neg, wrong, want, reverse, grads = _axis_cases(a, b, h0)
+    np.testing.assert_allclose(axis1, want, rtol=1e-6)
+    np.testing.assert_allclose(axis_neg, want, rtol=1e-6)
     # without axis=, a batch-first array is run along its batch axis: shapes fit, values not
-    wrong = linear_recurrence(a, b)
-    assert wrong.shape == b.shape and not np.allclose(wrong[:, -1], per_sequence[:, -1])
+    assert wrong.shape == b.shape and not np.allclose(wrong[:, -1], want[:, -1])
     # a time-invariant decay (D,) broadcasts as always; reverse and gradients follow the axis
-    decay = jnp.array([0.9, 0.5])
-    rev = jax.vmap(lambda b: linear_recurrence(decay, b, reverse=True))(b)
-    np.testing.assert_allclose(linear_recurrence(decay, b, reverse=True, axis=1), rev, rtol=1e-6)
-    grad = jax.grad(lambda b: jnp.sum(linear_recurrence(a, b, axis=1) ** 2))(b)
-    want = jax.grad(lambda b: jnp.sum(jax.vmap(linear_recurrence)(a, b) ** 2))(b)
-    np.testing.assert_allclose(grad, want, rtol=1e-5)
+    np.testing.assert_allclose(*reverse, rtol=1e-6)
+    np.testing.assert_allclose(*grads, rtol=1e-5)
 
 
 def test_linear_recurrence_axis_for_matrix_transitions_and_errors(getkey):

@@ -10,6 +10,7 @@ import pytest
 
 from seqmodels import layers
 from seqmodels.layers._common import cast
+from tests.seqmodels.test_trust import small_model
 
 BF16 = jnp.bfloat16
 
@@ -22,14 +23,11 @@ MAKERS = {
     "CKConv": (lambda k, **d: layers.CKConv(8, 4, hidden_size=8, key=k, **d), (24, 8)),
     "ShortConv": (lambda k, **d: layers.ShortConv(8, key=k, **d), (24, 8)),
     "SequenceModel": (
-        lambda k, **d: layers.SequenceModel(
-            lambda dm, key: layers.GateLoop(dm, num_heads=2, key=key, **d),
-            d_model=8,
-            num_layers=1,
-            num_outputs=3,
+        lambda k, **d: small_model(
+            lambda dm, key: layers.LRU(dm, 4, key=key, **d),  # GateLoop's bfloat16: above
+            k,
             input_dim=5,
             conv_width=3,
-            key=k,
             **d,
         ),
         (24, 5),
@@ -88,10 +86,9 @@ def test_param_dtype_and_dtype_choices(getkey):
     # dtype None: float32 inputs with bfloat16 weights compute in float32 and return float32
     assert gate(x).dtype == jnp.float32
     assert layers.GateLoop(4, num_heads=2, dtype=BF16, key=getkey())(x).dtype == BF16
-    with jax.enable_x64(True):
-        s5 = layers.S5(4, 2, param_dtype=jnp.float64, key=getkey())
-        assert s5.d.dtype == jnp.float64 and s5.b.dtype == jnp.complex128
-        assert s5.init_state().dtype == jnp.complex128
+    with jax.enable_x64(True):  # (complex128 states: test_inference's float64 cases)
+        conv = layers.ShortConv(4, param_dtype=jnp.float64, key=getkey())
+        assert conv.weight.dtype == jnp.float64 and conv.init_state().dtype == jnp.float64
     for bad in ("int32", jnp.complex64, "nonsense"):
         with pytest.raises(ValueError, match="`dtype`"):
             layers.ShortConv(4, dtype=bad, key=getkey())
