@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
-from kmethods import _checks
+from kmethods import _checks, _sharding
 from kmethods.calibration import (
     TestResult,
     decide,
@@ -34,6 +34,7 @@ def mmd2(
     *,
     unbiased: bool = True,
     block_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Float[Scalar, ""]:
     """Squared maximum mean discrepancy between the samples `x` and `y`.
 
@@ -47,6 +48,12 @@ def mmd2(
       x: (n, d) sample. y: (m, d) sample. kernel: a `kmethods` kernel.
       unbiased: U-statistic (default) or V-statistic.
       block_size: rows held at once in the blocked reductions (memory O(block_size * n)).
+      mesh: a `jax.sharding.Mesh`, or None (one device): the rows of every kernel sum are
+        split over all the mesh's axes, each of its p devices holding about n/p rows and a
+        p-th of each block (memory O(block_size * n / p) per device), and the partial sums
+        are added across devices. Equal to one device up to the float rounding of the
+        kernel sums (added in another order). Works with several processes
+        (`jax.distributed`) when each passes the same inputs.
 
     Returns:
       A scalar, float32 for half-precision (float16, bfloat16) input, which is computed in float32,
@@ -59,16 +66,19 @@ def mmd2(
     check_kernel(kernel)
     unbiased = _checks.flag(unbiased, "unbiased")
     block_size = _checks.block_size(block_size)
+    mesh = _sharding.check_mesh(mesh)
     x, y = _checks.promote(x, y)
-    return _mmd2(x, y, kernel, unbiased=unbiased, block_size=block_size)
+    x, y, kernel = _sharding.replicate((x, y, kernel), mesh)
+    return _mmd2(x, y, kernel, unbiased=unbiased, block_size=block_size, mesh=mesh)
 
 
-@partial(jax.jit, static_argnames=("unbiased", "block_size"))
-def _mmd2(x, y, kernel, *, unbiased, block_size):
+@partial(jax.jit, static_argnames=("unbiased", "block_size", "mesh"))
+def _mmd2(x, y, kernel, *, unbiased, block_size, mesh=None):
     n, m = float(x.shape[0]), float(y.shape[0])  # floats: n(n-1) overflows int32 at n ~ 46k
-    kxx = kernel_sum(kernel, x, x, exclude_diagonal=unbiased, block_size=block_size)
-    kyy = kernel_sum(kernel, y, y, exclude_diagonal=unbiased, block_size=block_size)
-    kxy = kernel_sum(kernel, x, y, block_size=block_size)
+    options = {"block_size": block_size, "mesh": mesh}
+    kxx = kernel_sum(kernel, x, x, exclude_diagonal=unbiased, **options)
+    kyy = kernel_sum(kernel, y, y, exclude_diagonal=unbiased, **options)
+    kxy = kernel_sum(kernel, x, y, **options)
     # The U-statistic's within-sample sums leave out the diagonal: n(n - 1) pairs, not n^2.
     pairs_x, pairs_y = (n * (n - 1), m * (m - 1)) if unbiased else (n**2, m**2)
     return _checks.nan_unless_finite(kxx / pairs_x + kyy / pairs_y - 2.0 * kxy / (n * m), x, y)
@@ -85,6 +95,7 @@ def mmd_test(
     null: str = "permutation",
     unbiased: bool = True,
     block_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> TestResult:
     """Kernel two-sample test of H0: P = Q from samples x ~ P and y ~ Q.
 
@@ -107,6 +118,11 @@ def mmd_test(
       null: "permutation" or "gamma".
       unbiased: permutation null only: U-statistic (default) or V-statistic.
       block_size: rows held at once in the blocked reductions.
+      mesh: a `jax.sharding.Mesh`, or None (one device): the rows of the blocked products
+        are split over all its axes, as in `mmd2` (memory O((n + m) block_size / p) per
+        device for the kernel blocks; the B label columns are copied to every device). The
+        relabellings are drawn as on one device, so the same key gives the same
+        permutations; statistics equal one device's up to float rounding.
 
     Returns:
       `TestResult(statistic, p_value, reject, null_samples)`, float32 for half-precision (float16,
@@ -122,10 +138,12 @@ def mmd_test(
     alpha = _checks.probability(alpha, "alpha", traced_ok=True)
     unbiased = _checks.flag(unbiased, "unbiased")
     block_size = _checks.block_size(block_size)
+    mesh = _sharding.check_mesh(mesh)
     x, y = _checks.promote(x, y)
+    key, x, y, kernel = _sharding.replicate((key, x, y, kernel), mesh)
     if null == "gamma":
         _checks.same_length(x, y, "x", "y")
-        return _mmd_gamma_test(x, y, kernel, alpha, block_size=block_size)
+        return _mmd_gamma_test(x, y, kernel, alpha, block_size=block_size, mesh=mesh)
     num_permutations = _checks.positive_int(num_permutations, "num_permutations")
     return _mmd_permutation_test(
         key,
@@ -136,11 +154,14 @@ def mmd_test(
         num_permutations=num_permutations,
         unbiased=unbiased,
         block_size=block_size,
+        mesh=mesh,
     )
 
 
-@partial(jax.jit, static_argnames=("num_permutations", "unbiased", "block_size"))
-def _mmd_permutation_test(key, x, y, kernel, alpha, *, num_permutations, unbiased, block_size):
+@partial(jax.jit, static_argnames=("num_permutations", "unbiased", "block_size", "mesh"))
+def _mmd_permutation_test(
+    key, x, y, kernel, alpha, *, num_permutations, unbiased, block_size, mesh=None
+):
     n, m = x.shape[0], y.shape[0]
     z = jnp.concatenate([x, y])
     dtype = z.dtype
@@ -158,6 +179,7 @@ def _mmd_permutation_test(key, x, y, kernel, alpha, *, num_permutations, unbiase
         columns,
         exclude_diagonal=unbiased,
         block_size=block_size,
+        mesh=mesh,
     )
     k_e, k_one = k_columns[:, :-1], k_columns[:, -1]
     total = jnp.sum(k_one)
@@ -177,8 +199,8 @@ def _mmd_permutation_test(key, x, y, kernel, alpha, *, num_permutations, unbiase
     return decide(statistic, p_value, alpha, null_samples)
 
 
-@partial(jax.jit, static_argnames=("block_size",))
-def _mmd_gamma_test(x, y, kernel, alpha, *, block_size):
+@partial(jax.jit, static_argnames=("block_size", "mesh"))
+def _mmd_gamma_test(x, y, kernel, alpha, *, block_size, mesh=None):
     m = x.shape[0]
 
     def block(rows, xb, yb):
@@ -187,7 +209,7 @@ def _mmd_gamma_test(x, y, kernel, alpha, *, block_size):
         h_off = mask_diagonal(h, rows)
         return jnp.sum(h, axis=1), jnp.sum(h_off**2, axis=1)
 
-    h_rows, h2_rows = map_row_blocks(block, x, y, block_size=block_size, num_columns=m)
+    h_rows, h2_rows = map_row_blocks(block, x, y, block_size=block_size, num_columns=m, mesh=mesh)
     m = float(m)
     statistic = jnp.sum(h_rows) / m  # m * MMD_b^2
     diag_xy = jax.vmap(kernel)(x, y)

@@ -18,13 +18,18 @@ from kmethods.pairwise import gram_matvec
 __all__ = ["langevin_stein_matvec"]
 
 
-def langevin_stein_matvec(kernel, x, scores, v, *, exclude_diagonal=False, block_size=None):
+def langevin_stein_matvec(
+    kernel, x, scores, v, *, exclude_diagonal=False, block_size=None, mesh=None
+):
     """U v with U = [u_p(x_i, x_j)] the Langevin Stein kernel matrix, without forming U.
 
     Args:
       kernel: base kernel. x: (n, d) sample. scores: (n, d), grad log p at x.
       v: (n,) or (n, p). exclude_diagonal: treat u_p(x_i, x_i) as zero (U-statistics).
       block_size: rows of U held at once (memory O(block_size * n)).
+      mesh: a `jax.sharding.Mesh` whose devices share the rows of U, each holding about n/p
+        of them and a p-th of each block (`kmethods.pairwise.map_row_blocks`; call it inside
+        `jit` with the inputs on the mesh), or None (one device).
     """
     return gram_matvec(
         lambda xb, sb: kernel.stein_gram(xb, sb, x, scores),
@@ -32,4 +37,5 @@ def langevin_stein_matvec(kernel, x, scores, v, *, exclude_diagonal=False, block
         v,
         exclude_diagonal=exclude_diagonal,
         block_size=block_size,
+        mesh=mesh,
     )
