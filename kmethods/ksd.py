@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
-from kmethods import _checks
+from kmethods import _checks, _sharding
 from kmethods._scores import check_score_function, scores_at
 from kmethods.calibration import TestResult, stein_bootstrap_columns, stein_bootstrap_result
 from kmethods.kernels import Kernel, check_kernel
@@ -35,6 +35,7 @@ def ksd2(
     unbiased: bool = True,
     weights: Float[Array, " n"] | None = None,
     block_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Float[Scalar, ""]:
     """Squared kernel Stein discrepancy of the sample `x` from the density with score `score`.
 
@@ -56,6 +57,11 @@ def ksd2(
         weights, and unbiased for KSD^2(q) when x is i.i.d. from q and w is fixed in advance
         (not for weights fitted to x); it needs two points of positive weight.
       block_size: rows held at once (memory O(block_size * n)).
+      mesh: a `jax.sharding.Mesh`, or None (one device): the rows of the Stein kernel
+        matrix are split over all the mesh's axes, each of its p devices holding about n/p
+        rows and a p-th of each block (memory O(block_size * n / p) per device), and the
+        partial sums are added across devices. Equal to one device up to float rounding.
+        Works with several processes (`jax.distributed`) when each passes the same inputs.
 
     Returns:
       A scalar, float32 for half-precision (float16, bfloat16) input, which is computed in float32,
@@ -67,18 +73,22 @@ def ksd2(
     check_kernel(kernel)
     unbiased = _checks.flag(unbiased, "unbiased")
     block_size = _checks.block_size(block_size)
+    mesh = _sharding.check_mesh(mesh)
     weights = _ksd_weights(weights, x, unbiased)
     if callable(score):
         check_score_function(x, score)
-        kernel = _checks.as_traced(kernel)
-        value = _ksd2_with_function(x, kernel, score, unbiased, block_size, weights)
+        x, weights, kernel = _sharding.replicate((x, weights, _checks.as_traced(kernel)), mesh)
+        value = _ksd2_with_function(x, kernel, score, unbiased, block_size, mesh, weights)
         if _checks.is_concrete(value) and not bool(jnp.isfinite(value)):
             # Diagnosed only on this (rare) path, so the common one evaluates the score once
             # and stays differentiable through it; raises as the array path does.
             scores_at(x, score)
         return value
     x, scores = scores_at(x, score)
-    return _ksd2(x, scores, kernel, unbiased=unbiased, block_size=block_size, weights=weights)
+    x, scores, weights, kernel = _sharding.replicate((x, scores, weights, kernel), mesh)
+    return _ksd2(
+        x, scores, kernel, unbiased=unbiased, block_size=block_size, mesh=mesh, weights=weights
+    )
 
 
 def _ksd_weights(weights, x, unbiased):
@@ -102,11 +112,11 @@ def _ksd_weights(weights, x, unbiased):
     return w / jnp.sum(w)
 
 
-@partial(jax.jit, static_argnames=("unbiased", "block_size"))
-def _ksd2(x, scores, kernel, *, unbiased, block_size, weights=None):
+@partial(jax.jit, static_argnames=("unbiased", "block_size", "mesh"))
+def _ksd2(x, scores, kernel, *, unbiased, block_size, mesh=None, weights=None):
     if weights is not None:
         u_w = langevin_stein_matvec(
-            kernel, x, scores, weights, exclude_diagonal=unbiased, block_size=block_size
+            kernel, x, scores, weights, exclude_diagonal=unbiased, block_size=block_size, mesh=mesh
         )
         value = jnp.dot(weights, u_w)
         value = value / (1.0 - jnp.sum(weights**2)) if unbiased else value
@@ -114,16 +124,18 @@ def _ksd2(x, scores, kernel, *, unbiased, block_size, weights=None):
     ones = jnp.ones(x.shape[0], x.dtype)
     n = float(x.shape[0])
     u_rows = langevin_stein_matvec(
-        kernel, x, scores, ones, exclude_diagonal=unbiased, block_size=block_size
+        kernel, x, scores, ones, exclude_diagonal=unbiased, block_size=block_size, mesh=mesh
     )
     value = jnp.sum(u_rows) / (n * (n - 1) if unbiased else n**2)
     return _checks.nan_unless_finite(value, x, scores)
 
 
 @eqx.filter_jit
-def _ksd2_with_function(x, kernel, score, unbiased, block_size, weights=None):
+def _ksd2_with_function(x, kernel, score, unbiased, block_size, mesh, weights=None):
     scores = jax.vmap(score)(x)
-    return _ksd2(x, scores, kernel, unbiased=unbiased, block_size=block_size, weights=weights)
+    return _ksd2(
+        x, scores, kernel, unbiased=unbiased, block_size=block_size, mesh=mesh, weights=weights
+    )
 
 
 def ksd_test(
@@ -137,6 +149,7 @@ def ksd_test(
     bootstrap: str = "multinomial",
     flip_probability: float = 0.5,
     block_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> TestResult:
     """Kernel Stein discrepancy goodness-of-fit test of H0: x ~ p, knowing only grad log p.
 
@@ -159,6 +172,10 @@ def ksd_test(
       bootstrap: "multinomial" or "wild".
       flip_probability: wild bootstrap only, in (0, 1).
       block_size: rows held at once.
+      mesh: a `jax.sharding.Mesh`, or None (one device): the rows of the blocked product are
+        split over all its axes, as in `ksd2` (the B bootstrap columns are copied to every
+        device). The draws are made as on one device, so the same key gives the same
+        bootstrap; statistics equal one device's up to float rounding.
 
     Returns:
       `TestResult(statistic, p_value, reject, null_samples)`, float32 for half-precision (float16,
@@ -173,6 +190,8 @@ def ksd_test(
     alpha = _checks.probability(alpha, "alpha", traced_ok=True)
     flip_probability = _checks.probability(flip_probability, "flip_probability", traced_ok=True)
     block_size = _checks.block_size(block_size)
+    mesh = _sharding.check_mesh(mesh)
+    key, x, scores, kernel = _sharding.replicate((key, x, scores, kernel), mesh)
     return _ksd_bootstrap_test(
         key,
         x,
@@ -183,17 +202,18 @@ def ksd_test(
         num_bootstrap=num_bootstrap,
         wild=bootstrap == "wild",
         block_size=block_size,
+        mesh=mesh,
     )
 
 
-@partial(jax.jit, static_argnames=("num_bootstrap", "wild", "block_size"))
+@partial(jax.jit, static_argnames=("num_bootstrap", "wild", "block_size", "mesh"))
 def _ksd_bootstrap_test(
-    key, x, scores, kernel, alpha, flip_probability, *, num_bootstrap, wild, block_size
+    key, x, scores, kernel, alpha, flip_probability, *, num_bootstrap, wild, block_size, mesh=None
 ):
     columns = stein_bootstrap_columns(
         key, x.shape[0], num_bootstrap, wild=wild, flip_probability=flip_probability, dtype=x.dtype
     )
     u_columns = langevin_stein_matvec(
-        kernel, x, scores, columns, exclude_diagonal=not wild, block_size=block_size
+        kernel, x, scores, columns, exclude_diagonal=not wild, block_size=block_size, mesh=mesh
     )
     return stein_bootstrap_result(columns, u_columns, wild=wild, alpha=alpha)
