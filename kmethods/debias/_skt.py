@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,10 @@ from kmethods.thinning._split import kt_split, kt_swap, split_log_multipliers
 Score = Callable[[Float[Array, " d"]], Float[Array, " d"]] | Float[Array, "n d"]
 
 
-def stratified_round(key, weights, size: int):
+@partial(jax.jit, static_argnames=("size",))
+def stratified_round(
+    key: PRNGKeyArray, weights: Float[Array, " n"], size: int
+) -> Int[Array, " size"]:
     """`size` indices whose multiplicities approximate size * weights: the integer parts
     floor(size w_i) first, then the remaining r draws by stratified resampling of the
     fractional parts (one uniform in each [k / r, (k + 1) / r)); sorted (Li et al., 2024,
