@@ -40,13 +40,24 @@ class SolverNotConverged(UserWarning):
 
 
 def project_to_simplex(v: Float[Array, " n"]) -> Float[Array, " n"]:
-    """Euclidean projection onto the probability simplex {w >= 0, sum w = 1}, by sorting
-    (Duchi, Shalev-Shwartz, Singer & Chandra, ICML 2008, Figure 1): O(n log n)."""
-    u = jnp.sort(v)[::-1]
-    excess = jnp.cumsum(u) - 1.0
-    count = jnp.arange(1, v.shape[0] + 1, dtype=v.dtype)
-    rho = jnp.sum(u - excess / count > 0) - 1
-    theta = excess[rho] / (rho + 1).astype(v.dtype)
+    """Euclidean projection onto the probability simplex {w >= 0, sum w = 1}: w = max(v - t, 0)
+    with t the root of sum_i max(v_i - t, 0) = 1 (Duchi, Shalev-Shwartz, Singer & Chandra,
+    ICML 2008). t is bracketed in [max v - 1, max v] and bisected to the float precision, then
+    solved exactly on the support found, t = (sum_{v_i > t} v_i - 1) / #{v_i > t} (Condat,
+    2016): O(n) per bisection step, where a sort (the textbook method) is slow on XLA:CPU."""
+    top = jnp.max(v)
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        enough = jnp.sum(jnp.maximum(v - mid, 0.0)) >= 1.0
+        return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
+
+    steps = jnp.finfo(v.dtype).nmant + 4
+    lo, _ = jax.lax.fori_loop(0, steps, halve, (top - 1.0, top))
+    support = v > lo
+    count = jnp.maximum(jnp.sum(support), 1).astype(v.dtype)
+    theta = (jnp.sum(jnp.where(support, v, 0.0)) - 1.0) / count
     return jnp.maximum(v - theta, 0.0)
 
 
