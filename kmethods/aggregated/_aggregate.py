@@ -129,7 +129,7 @@ def aggregate(draws, weights, alpha, scale, *, num_quantile, num_steps, kernels)
     m1_sorted = jnp.sort(m1, axis=1)
 
     def at_least(values):  # #{j : m1_ij >= v - tolerance_i} for each entry v of row i
-        below = jax.vmap(lambda s, v: jnp.searchsorted(s, v, side="left", method="compare_all"))(
+        below = jax.vmap(lambda s, v: jnp.searchsorted(s, v, side="left", method="sort"))(
             m1_sorted, values - tolerance[:, None]
         )
         return b1 - below
