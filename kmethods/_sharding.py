@@ -15,11 +15,19 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 def check_mesh(mesh, name: str = "mesh") -> Mesh | None:
     """None, or `mesh` as a `jax.sharding.Mesh` with automatic axes (the same devices and axis
     names): the statistics run `jax.shard_map` over it under `jit`, where explicitly typed
-    axes would require the inputs already sharded as the `shard_map` reads them."""
+    axes would require the inputs already sharded as the `shard_map` reads them. Refused
+    (ValueError) inside a `jax.set_mesh` context of explicit axes."""
     if mesh is None:
         return None
     if not isinstance(mesh, Mesh):
         raise TypeError(f"`{name}` must be a jax.sharding.Mesh or None, got {type(mesh).__name__}.")
+    current = jax.sharding.get_abstract_mesh()
+    if not current.empty and any(t == AxisType.Explicit for t in current.axis_types):
+        raise ValueError(
+            f"`{name}`: call the kernel statistics outside a `jax.set_mesh` context of explicitly "
+            "typed axes (they place their inputs on the mesh and split the rows themselves); "
+            "a context of automatic axes, or none, is fine."
+        )
     if all(t == AxisType.Auto for t in mesh.axis_types):
         return mesh
     return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * mesh.devices.ndim)

@@ -180,6 +180,9 @@ def test_mesh_must_be_a_mesh():
         for bad in ("cpu", jax.devices(), 8):
             with pytest.raises(TypeError, match="`mesh`"):
                 call(bad)
+    mesh = _mesh((4, 2))  # explicit axes: fine as an argument, refused as the context
+    with jax.set_mesh(mesh), pytest.raises(ValueError, match=r"`mesh`.*set_mesh"):
+        km.mmd2(x, y, KERNEL, mesh=mesh)
 
 
 # ------------------------------------------------------------------ several processes
