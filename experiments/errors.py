@@ -15,8 +15,8 @@ class RunError(Exception):
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGTERM) during a run: a `KeyboardInterrupt` that knows the run folder (None when it was
-    not made yet), so that the command line can print how to finish the run."""
+    """Ctrl-C (or SIGTERM) during a run: a `KeyboardInterrupt` that knows the run folder (None
+    when it was not made yet), so that the command line can print how to finish the run."""
 
     def __init__(self, run_dir: pathlib.Path | None):
         super().__init__(str(run_dir) if run_dir is not None else "")
