@@ -131,8 +131,9 @@ def stein_kernel_thin(
     zeros = jnp.zeros(n, z.dtype)
     k_debias, k_round, k_split = jax.random.split(key, 3)
     if rank is None:
-        sequence = jnp.sort(stein_thin_program(z, stein, zeros, zeros, out_size=size))
-        baseline = stein_thin_program(z, stein, zeros, zeros, out_size=out_size)
+        # greedy Stein thinning is prefix-consistent: its first out_size picks are the baseline
+        full = stein_thin_program(z, stein, zeros, zeros, out_size=size)
+        sequence, baseline = jnp.sort(full), full[:out_size]
         candidates = _split_candidates(k_split, z, sequence, stein, delta, out_size=out_size, m=m)
     else:
         w, _ = debias_program(
