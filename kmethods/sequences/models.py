@@ -126,13 +126,13 @@ def _safe_log(p):
 class _ChainWithStops(eqx.Module):
     """What the Markov chains share: a constant stop probability (geometric lengths >= 1,
     optionally conditioned on l <= max_length), `log_prob` and `sample` around the symbol
-    path of each chain's own order. Subclasses define `initial`, `stop_probability`,
-    `max_length`, `_order`, `_path_log_prob` and `_draw_path`."""
+    path of each chain's own order. Subclasses declare their other tables as fields and define
+    `_order`, `_path_log_prob` and `_draw_path`."""
 
     _order: eqx.AbstractClassVar[int]
-    initial: eqx.AbstractVar[jax.Array]
-    stop_probability: eqx.AbstractVar[jax.Array]
-    max_length: eqx.AbstractVar[int | None]
+    initial: jax.Array
+    stop_probability: jax.Array
+    max_length: int | None = eqx.field(static=True)
 
     @property
     def num_states(self) -> int:
@@ -193,10 +193,7 @@ class MarkovChain(_ChainWithStops):
     """
 
     _order = 1
-    initial: jax.Array
     transition: jax.Array
-    stop_probability: jax.Array
-    max_length: int | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -239,11 +236,8 @@ class SecondOrderMarkovChain(_ChainWithStops):
     """
 
     _order = 2
-    initial: jax.Array
     second: jax.Array
     transition: jax.Array
-    stop_probability: jax.Array
-    max_length: int | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -297,9 +291,9 @@ def random_walk_with_memory(
     num_states: int = 10,
     *,
     mean_length: float = 8.0,
+    max_length: int | None = None,
     memory: float = 0.95,
     floor: float = 1e-3,
-    max_length: int | None = None,
 ) -> SecondOrderMarkovChain:
     """The paper's random walk with memory on a cycle of S symbols (a second-order chain).
 
@@ -313,9 +307,9 @@ def random_walk_with_memory(
     Args:
       num_states: S >= 3, the number of symbols on the cycle.
       mean_length: the mean length (> 1); the stop probability is 1 / mean_length.
+      max_length: optional cap on the length (the model is conditioned on it).
       memory: in [0, 1], the probability of a second upward step after an upward step.
       floor: in [0, 1), the floor of every transition probability before renormalising.
-      max_length: optional cap on the length (the model is conditioned on it).
 
     Returns:
       A `SecondOrderMarkovChain`.
