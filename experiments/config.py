@@ -385,6 +385,14 @@ def require_non_empty(params, names: Sequence[str]) -> None:
         raise ConfigError(f"{keys} must be non-empty lists.")
 
 
+def require_sizes(params, name: str, minimum: int, symbol: str = "n") -> None:
+    """For a task's `__post_init__`: the named list field of `params` (sizes or lengths) must
+    be non-empty with every entry >= `minimum`; `symbol` names an entry in the message."""
+    values = getattr(params, name)
+    if not values or min(values) < minimum:
+        raise ConfigError(f"`params.{name}` must be a non-empty list of {symbol} >= {minimum}.")
+
+
 def require_probability(params, name: str = "alpha") -> None:
     """For a task's `__post_init__`: the named field of `params` (a level) must lie in (0, 1)."""
     if not 0.0 < getattr(params, name) < 1.0:

@@ -24,7 +24,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from experiments.config import ConfigError, require_at_least
+from experiments.config import ConfigError, require_at_least, require_sizes
 from experiments.plots import style_axis
 from experiments.timing import first_and_warm
 from seqmodels import deer_solve, sequential_solve
@@ -54,10 +54,8 @@ class Config:
     newton_max_jacobian_mb: float = 2000.0
 
     def __post_init__(self):
-        if not self.lengths or min(self.lengths) < 2:
-            raise ConfigError("`params.lengths` must be a non-empty list of L >= 2.")
-        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
-            raise ConfigError("`params.hidden_sizes` must be a non-empty list of H >= 1.")
+        require_sizes(self, "lengths", 2, "L")
+        require_sizes(self, "hidden_sizes", 1, "H")
         if "sequential" not in self.methods:
             raise ConfigError("`params.methods` must include 'sequential' (the reference).")
         require_at_least(self, ("repeats",))

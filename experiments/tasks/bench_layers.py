@@ -31,7 +31,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from experiments.config import ConfigError, require_at_least
+from experiments.config import ConfigError, require_at_least, require_sizes
 from experiments.plots import style_axis
 from experiments.timing import timed
 from seqmodels.layers import (
@@ -92,8 +92,7 @@ class Config:
     memory_budget_mb: float = 16000.0
 
     def __post_init__(self):
-        if not self.lengths or min(self.lengths) < 2:
-            raise ConfigError("`params.lengths` must be a non-empty list of L >= 2.")
+        require_sizes(self, "lengths", 2, "L")
         if not self.layers:
             raise ConfigError("`params.layers` must be a non-empty list.")
         for spec in self.layers:

@@ -22,7 +22,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from experiments.config import ConfigError, require_at_least
+from experiments.config import require_at_least, require_sizes
 from experiments.plots import style_axis
 from experiments.timing import first_and_warm
 from seqmodels import linear_recurrence
@@ -53,8 +53,7 @@ class Config:
     dtype: Literal["float32", "complex64"] = "float32"
 
     def __post_init__(self):
-        if not self.lengths or min(self.lengths) < 2:
-            raise ConfigError("`params.lengths` must be a non-empty list of L >= 2.")
+        require_sizes(self, "lengths", 2, "L")
         require_at_least(self, ("batch", "channels", "repeats"))
 
 

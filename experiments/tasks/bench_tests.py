@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import kmethods as km
-from experiments.config import ConfigError, require_at_least
+from experiments.config import require_at_least, require_sizes
 from experiments.plots import style_axis
 from experiments.tasks import nonfinite
 from experiments.timing import timed
@@ -77,8 +77,7 @@ class Config:
     hyppo_reps_large: int = 100
 
     def __post_init__(self):
-        if not self.sample_sizes or min(self.sample_sizes) < 10:
-            raise ConfigError("`params.sample_sizes` must be a non-empty list of n >= 10.")
+        require_sizes(self, "sample_sizes", 10)
         require_at_least(self, ("dim", "num_permutations", "repeats", "hyppo_reps_large"))
 
 

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import kmethods as km
-from experiments.config import ConfigError, require_at_least
+from experiments.config import require_at_least, require_sizes
 from experiments.plots import style_axis
 from experiments.timing import timed
 from kmethods import thinning
@@ -83,10 +83,8 @@ class Config:
     measure_memory: bool = True
 
     def __post_init__(self):
-        if not self.sample_sizes or min(self.sample_sizes) < 16:
-            raise ConfigError("`params.sample_sizes` must be a non-empty list of n >= 16.")
-        if not self.dims or min(self.dims) < 1:
-            raise ConfigError("`params.dims` must be a non-empty list of d >= 1.")
+        require_sizes(self, "sample_sizes", 16)
+        require_sizes(self, "dims", 1, "d")
         require_at_least(self, ("repeats",))
         require_at_least(self, ("g",), minimum=0)
 

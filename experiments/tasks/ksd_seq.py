@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import kmethods as km
-from experiments.config import ConfigError, require_at_least, require_probability
+from experiments.config import ConfigError, require_at_least, require_probability, require_sizes
 from experiments.plots import binomial_halfwidth, rejection_plot
 from experiments.tasks import nonfinite
 from kmethods import sequences as ks
@@ -97,8 +97,7 @@ class Config:
         for name in ("memory", "alt_memory"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"`params.{name}` must lie in [0, 1].")
-        if not self.sample_sizes or min(self.sample_sizes) < 2:
-            raise ConfigError("`params.sample_sizes` must be a non-empty list of n >= 2.")
+        require_sizes(self, "sample_sizes", 2)
         if not self.kernels:
             raise ConfigError("`params.kernels` must name at least one kernel.")
         require_at_least(self, ("max_length", "num_replicates", "num_bootstrap", "window"))

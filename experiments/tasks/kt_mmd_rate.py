@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import kmethods as km
-from experiments.config import ConfigError, require_at_least
+from experiments.config import ConfigError, require_at_least, require_sizes
 from experiments.plots import style_axis
 from kmethods import thinning
 
@@ -60,8 +60,7 @@ class Config:
     slope_range: tuple[int, int] = (256, 16384)
 
     def __post_init__(self):
-        if not self.sample_sizes or min(self.sample_sizes) < 16:
-            raise ConfigError("`params.sample_sizes` must be a non-empty list of n >= 16.")
+        require_sizes(self, "sample_sizes", 16)
         if self.slope_range[0] >= self.slope_range[1]:
             raise ConfigError("`params.slope_range` must be [n_min, n_max] with n_min < n_max.")
         require_at_least(self, ("repeats",))

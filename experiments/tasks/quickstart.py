@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 import kmethods as km
-from experiments.config import ConfigError, require_at_least, require_probability
+from experiments.config import ConfigError, require_at_least, require_probability, require_sizes
 from experiments.plots import rejection_plot
 from experiments.tasks import nonfinite
 
@@ -56,8 +56,7 @@ class Config:
     tests: tuple[Literal["mmd", "hsic", "ksd"], ...] = ("mmd", "hsic", "ksd")
 
     def __post_init__(self):
-        if not self.sample_sizes or min(self.sample_sizes) < 6:
-            raise ConfigError("`params.sample_sizes` must be a non-empty list of n >= 6.")
+        require_sizes(self, "sample_sizes", 6)
         require_at_least(self, ("num_replicates", "num_permutations", "dim"))
         require_probability(self)
         if not self.tests:
