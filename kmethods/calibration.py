@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, PRNGKeyArray
 
 __all__ = [
     "TestResult",
@@ -18,6 +19,7 @@ __all__ = [
     "gamma_p_value",
     "multinomial_weights",
     "permuted_labels",
+    "random_labels",
     "resample_p_value",
     "resampled_weights",
     "stein_bootstrap_columns",
@@ -109,6 +111,45 @@ def permuted_labels(key, labels, num_permutations):
     """`num_permutations` random permutations of a label vector, shape (B, n)."""
     keys = jax.random.split(key, num_permutations)
     return jax.vmap(lambda k: jax.random.permutation(k, labels))(keys)
+
+
+def _smallest(words, k, mask):
+    """The k-th smallest (1-based) of the uint32 `words` where `mask`, by bisection on the
+    bits: 32 counting passes, no sort."""
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        enough = jnp.sum(mask & (words <= mid)) >= k
+        return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+
+    top = jnp.asarray(0xFFFFFFFF, jnp.uint32)
+    return jax.lax.fori_loop(0, 32, halve, (jnp.zeros((), jnp.uint32), top))[1]
+
+
+def random_labels(key: PRNGKeyArray, num: int, m: int, dtype=jnp.float32) -> Array:
+    """A uniformly random 0/1 vector of length `num` with exactly `m` ones: the labels of a
+    random permutation of [1] * m + [0] * (num - m), without a sort.
+
+    Each point draws a random 64-bit word (two uint32) and the m smallest words are labelled
+    1: the m-th smallest word is found by bisection on its bits (64 counting passes over the
+    points, O(num) each), where XLA's sort on a CPU costs about 100x more (40 permutations of
+    32768 points: 5.4 s against 0.06 s for the feature products they feed, 2 loaded cores).
+    Equal words (probability about num^2 / 2^65) are ordered by index.
+    """
+    k1, k2 = jax.random.split(key)
+    high = jax.random.bits(k1, (num,), jnp.uint32)
+    low = jax.random.bits(k2, (num,), jnp.uint32)
+    everyone = jnp.ones((num,), bool)
+    t_high = _smallest(high, m, everyone)
+    below = high < t_high
+    tied = high == t_high
+    need = m - jnp.sum(below)  # >= 1 of the words whose high half is t_high
+    t_low = _smallest(low, need, tied)
+    below = below | (tied & (low < t_low))
+    last = tied & (low == t_low)
+    take = last & (jnp.cumsum(last) <= m - jnp.sum(below))
+    return (below | take).astype(dtype)
 
 
 def multinomial_weights(key, n, num_draws, dtype):

@@ -20,6 +20,7 @@ can then shift the result by one rank against a float64 reference, never past al
 
 from __future__ import annotations
 
+import math
 from collections import namedtuple
 
 import jax
@@ -29,7 +30,14 @@ import numpy as np
 from kmethods import _checks
 from kmethods.calibration import TestResult, tie_tolerance
 
-__all__ = ["WEIGHTINGS", "AggregatedTestResult", "aggregate", "collection_weights", "weights"]
+__all__ = [
+    "WEIGHTINGS",
+    "AggregatedTestResult",
+    "aggregate",
+    "check_quantile_draws",
+    "collection_weights",
+    "weights",
+]
 
 WEIGHTINGS = ("uniform", "decreasing", "increasing", "centred")
 
@@ -53,11 +61,13 @@ class AggregatedTestResult(
     Attributes:
       statistic: the weighted smallest p-value min_i p_i / w_i (the test rejects when it is at
         most `u`; small values are extreme).
-      p_value: the level-corrected p-value, #{b : min_i p_ib / w_i <= statistic} / B2 over the
-        B2 correction draws (p_ib: the p-value of draw b's statistic for kernel i against the
-        B1 draws): the estimated family-wise error of the union test that the data just
-        rejects. The test rejects when p_value <= alpha (up to the bisection's resolution); it
-        can be 0 (no correction draw as extreme as the data).
+      p_value: the level-corrected p-value, (1 + #{b : min_i p_ib / w_i <= statistic}) /
+        (1 + B2) over the B2 correction draws (p_ib: the p-value of draw b's statistic for
+        kernel i against the B1 draws), in (0, 1] like every p-value of the library: the
+        estimated family-wise error of the union test that the data just rejects, with the
+        data counted among the draws. p_value <= alpha implies a rejection, and a rejection
+        implies p_value <= alpha + (1 - alpha) / (1 + B2) (the bisection accepts an error of
+        #{b} / B2 <= alpha; up to its resolution).
       reject: whether H0 is rejected at level alpha (some kernel rejects).
       null_samples: min_i p_ib / w_i for the B2 correction draws, shape (B2,).
       statistics: the statistic of each kernel, shape (N,).
@@ -114,6 +124,27 @@ def collection_weights(sizes, kind) -> np.ndarray:
     return w
 
 
+def check_quantile_draws(num_quantile, name: str, alpha) -> int:
+    """B1, checked (a positive int) and large enough for the level: a kernel's p-value is at
+    least 1 / (1 + B1), and its corrected level u w_i is at most about alpha (the union test's
+    family-wise error is at least each kernel's own error), so with (1 + B1) alpha < 1 no
+    kernel could ever reject. A `ValueError` naming `name` then. (With N nearly independent
+    kernels u w_i is nearer alpha / N, and B1 should be well above N / alpha.) A traced alpha
+    (vmapped over) is not checked."""
+    num_quantile = _checks.positive_int(num_quantile, name)
+    if isinstance(alpha, jax.core.Tracer):
+        return num_quantile
+    level = float(alpha)
+    if (1 + num_quantile) * level < 1.0 - 1e-9:
+        needed = math.ceil(1.0 / level - 1.0 - 1e-9)
+        raise ValueError(
+            f"`{name}` = {num_quantile} is too small for alpha = {level:g}: a kernel's p-value "
+            f"is at least 1 / (1 + {name}) > alpha, so the test could never reject; use "
+            f"`{name}` >= {needed} (and well above the number of kernels / alpha)."
+        )
+    return num_quantile
+
+
 def aggregate(draws, weights, alpha, scale, *, num_quantile, num_steps, kernels):
     """`AggregatedTestResult` from the statistics of N kernels on the data (column 0), the B1
     quantile draws (columns 1..B1) and the B2 correction draws (the rest), shape
@@ -168,7 +199,8 @@ def aggregate(draws, weights, alpha, scale, *, num_quantile, num_steps, kernels)
     p_values = c_obs.astype(dtype) / b1
     statistic = jnp.min(p_values / w)
     null_samples = jnp.min(c_draws.astype(dtype) / b1 / w[:, None], axis=0)
-    p_value = jnp.mean((null_samples <= statistic).astype(dtype))
+    count = jnp.sum((null_samples <= statistic).astype(dtype))
+    p_value = (1.0 + count) / (1.0 + null_samples.shape[0])
     nan = jnp.full((), jnp.nan, dtype)
     return AggregatedTestResult(
         statistic=jnp.where(defined, statistic, nan),

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from kmethods import _checks
+from kmethods.aggregated._aggregate import check_quantile_draws
 
 __all__ = [
     "Plan",
@@ -46,11 +47,14 @@ class Plan(NamedTuple):
         return self.num_quantile + self.num_correction
 
     @classmethod
-    def checked(cls, quantile_name, num_quantile, num_correction, bisection_steps, block_size):
+    def checked(
+        cls, quantile_name, num_quantile, num_correction, bisection_steps, block_size, alpha
+    ):
         """The plan of a test's arguments, each checked under its name (`quantile_name`: the
-        name of B1)."""
+        name of B1, which must be large enough for the level `alpha`:
+        `check_quantile_draws`)."""
         return cls(
-            _checks.positive_int(num_quantile, quantile_name),
+            check_quantile_draws(num_quantile, quantile_name, alpha),
             _checks.positive_int(num_correction, "num_correction"),
             _checks.positive_int(bisection_steps, "bisection_steps"),
             _checks.block_size(block_size),

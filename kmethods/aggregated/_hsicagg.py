@@ -80,7 +80,8 @@ def hsicagg(
         is the product of the weightings of a among the x-kernels and b among the y-kernels.
       num_diagonals: None (complete U-statistic) or R in [1, N - 1] (incomplete; R = N - 1
         is the complete one).
-      num_bootstrap: B1. num_correction: B2. bisection_steps: B3.
+      num_bootstrap: B1, with (1 + B1) alpha >= 1 (else a `ValueError`: no kernel pair
+        could reject). num_correction: B2. bisection_steps: B3.
       block_size: rows held at once (complete U-statistic).
 
     Returns:
@@ -117,7 +118,7 @@ def hsicagg(
         x.dtype,
     )
     plan = _blocks.Plan.checked(
-        "num_bootstrap", num_bootstrap, num_correction, bisection_steps, block_size
+        "num_bootstrap", num_bootstrap, num_correction, bisection_steps, block_size, alpha
     )
     return _hsicagg(key, x, y, collection_x, collection_y, alpha, w, num_diagonals, plan)
 

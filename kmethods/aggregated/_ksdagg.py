@@ -62,7 +62,8 @@ def ksdagg(
       weights: "uniform", "decreasing", "increasing" or "centred" (within each family), or one
         positive weight per kernel.
       num_bandwidths: size of the default collection (>= 2).
-      num_bootstrap: B1. num_correction: B2. bisection_steps: B3.
+      num_bootstrap: B1, with (1 + B1) alpha >= 1 (else a `ValueError`: no kernel could
+        reject). num_correction: B2. bisection_steps: B3.
       block_size: rows of the Stein kernel matrices held at once.
 
     Returns:
@@ -79,7 +80,7 @@ def ksdagg(
     collection = as_collection(kernels, x.dtype)
     w = collection_weights(collection.sizes, weights)
     plan = _blocks.Plan.checked(
-        "num_bootstrap", num_bootstrap, num_correction, bisection_steps, block_size
+        "num_bootstrap", num_bootstrap, num_correction, bisection_steps, block_size, alpha
     )
     return _ksdagg(key, x, scores, collection, alpha, jnp.asarray(w, x.dtype), plan)
 

@@ -61,7 +61,8 @@ def mmdagg(
       weights: "uniform", "decreasing", "increasing" or "centred" (Section 5.1, applied within
         each family of kernels, ordered as given), or one positive weight per kernel.
       num_bandwidths: size of each family of the default collection (>= 2).
-      num_permutations: B1, the permutations that estimate the quantiles.
+      num_permutations: B1, the permutations that estimate the quantiles, with
+        (1 + B1) alpha >= 1 (else a `ValueError`: no kernel could reject).
       num_correction: B2, the permutations that estimate the level correction.
       bisection_steps: B3.
       block_size: rows of the pooled kernel matrices held at once.
@@ -83,7 +84,7 @@ def mmdagg(
     collection = as_collection(kernels, x.dtype)
     w = collection_weights(collection.sizes, weights)
     plan = _blocks.Plan.checked(
-        "num_permutations", num_permutations, num_correction, bisection_steps, block_size
+        "num_permutations", num_permutations, num_correction, bisection_steps, block_size, alpha
     )
     return _mmdagg(key, x, y, collection, alpha, jnp.asarray(w, x.dtype), plan)
 

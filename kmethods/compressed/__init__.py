@@ -13,8 +13,8 @@ feature count), for samples of 10^5 to 10^6 points:
   `random_features` sample their spectral densities);
 - `block_mmd_test`: the linear-time block MMD test (B-test, Zaremba, Gretton & Blaschko
   2013) with its asymptotic normal null;
-- `bin_plan`: the bins CTT and LR-CTT cut the samples into; `random_labels`: a uniformly
-  random relabelling of m + n points without a sort (the RFF test's permutations).
+- `bin_plan`: the bins CTT and LR-CTT cut the samples into (the RFF test's relabellings are
+  `kmethods.calibration.random_labels`, drawn without a sort).
 
 Every test returns a `kmethods.TestResult` (ACTT an `AggregatedTestResult`), rejects only on
 a finite statistic, computes half-precision input in float32 and compiles once per shape.
@@ -29,7 +29,6 @@ from kmethods.compressed._ctt import ctt_test as ctt_test
 from kmethods.compressed._features import random_features as random_features
 from kmethods.compressed._features import random_frequencies as random_frequencies
 from kmethods.compressed._rff import lrctt_test as lrctt_test
-from kmethods.compressed._rff import random_labels as random_labels
 from kmethods.compressed._rff import rff_test as rff_test
 
 __all__ = [
@@ -41,6 +40,5 @@ __all__ = [
     "lrctt_test",
     "random_features",
     "random_frequencies",
-    "random_labels",
     "rff_test",
 ]

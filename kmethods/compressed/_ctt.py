@@ -18,7 +18,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from kmethods import _checks
 from kmethods._jit import cpu_jit
 from kmethods.aggregated import AggregatedTestResult, KernelCollection, aggregate
-from kmethods.aggregated._aggregate import collection_weights
+from kmethods.aggregated._aggregate import check_quantile_draws, collection_weights
 from kmethods.aggregated._blocks import family_map
 from kmethods.aggregated._collections import as_collection
 from kmethods.calibration import TestResult
@@ -163,7 +163,8 @@ def actt_test(
       g, num_bins, delta: as for `ctt_test`.
       weights: "uniform", "decreasing", "increasing", "centred" or one positive weight per
         kernel (as `mmdagg`).
-      num_permutations: B1. num_correction: B2. bisection_steps: B3.
+      num_permutations: B1, with (1 + B1) alpha >= 1 (else a `ValueError`: no kernel could
+        reject). num_correction: B2. bisection_steps: B3.
       alpha: level.
 
     Returns:
@@ -172,7 +173,7 @@ def actt_test(
     """
     x, y, g, plan, delta = _inputs(key, x, y, g, num_bins, delta)
     alpha = _checks.probability(alpha, "alpha", traced_ok=True)
-    num_permutations = _checks.positive_int(num_permutations, "num_permutations")
+    num_permutations = check_quantile_draws(num_permutations, "num_permutations", alpha)
     num_correction = _checks.positive_int(num_correction, "num_correction")
     bisection_steps = _checks.positive_int(bisection_steps, "bisection_steps")
     collection = as_collection(kernels, x.dtype)

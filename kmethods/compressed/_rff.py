@@ -17,7 +17,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from kmethods import _checks
 from kmethods._jit import cpu_jit
-from kmethods.calibration import TestResult, decide, resample_p_value
+from kmethods.calibration import TestResult, decide, random_labels, resample_p_value
 from kmethods.compressed._bins import bin_plan, bin_result, bin_statistics, coresets, make_bins
 from kmethods.compressed._features import (
     check_fourier_kernel,
@@ -28,49 +28,10 @@ from kmethods.compressed._features import (
 from kmethods.kernels import Kernel
 from kmethods.thinning._sizes import check_key
 
-__all__ = ["lrctt_test", "random_labels", "rff_test"]
+__all__ = ["lrctt_test", "rff_test"]
 
 # Permutations whose label vectors are drawn and multiplied at once.
 _PERMUTATION_BATCH = 16
-
-
-def _smallest(words, k, mask):
-    """The k-th smallest (1-based) of the uint32 `words` where `mask`, by bisection on the
-    bits: 32 counting passes, no sort."""
-
-    def halve(_, bounds):
-        lo, hi = bounds
-        mid = lo + (hi - lo) // 2
-        enough = jnp.sum(mask & (words <= mid)) >= k
-        return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
-
-    top = jnp.asarray(0xFFFFFFFF, jnp.uint32)
-    return jax.lax.fori_loop(0, 32, halve, (jnp.zeros((), jnp.uint32), top))[1]
-
-
-def random_labels(key: PRNGKeyArray, num: int, m: int, dtype=jnp.float32) -> Array:
-    """A uniformly random 0/1 vector of length `num` with exactly `m` ones: the labels of a
-    random permutation of [1] * m + [0] * (num - m), without a sort.
-
-    Each point draws a random 64-bit word (two uint32) and the m smallest words are labelled
-    1: the m-th smallest word is found by bisection on its bits (64 counting passes over the
-    points, O(num) each), where XLA's sort on a CPU costs about 100x more (40 permutations of
-    32768 points: 5.4 s against 0.06 s for the feature products they feed, 2 loaded cores).
-    Equal words (probability about num^2 / 2^65) are ordered by index.
-    """
-    k1, k2 = jax.random.split(key)
-    high = jax.random.bits(k1, (num,), jnp.uint32)
-    low = jax.random.bits(k2, (num,), jnp.uint32)
-    everyone = jnp.ones((num,), bool)
-    t_high = _smallest(high, m, everyone)
-    below = high < t_high
-    tied = high == t_high
-    need = m - jnp.sum(below)  # >= 1 of the words whose high half is t_high
-    t_low = _smallest(low, need, tied)
-    below = below | (tied & (low < t_low))
-    last = tied & (low == t_low)
-    take = last & (jnp.cumsum(last) <= m - jnp.sum(below))
-    return (below | take).astype(dtype)
 
 
 def _two_samples(key, x, y, kernel, num_features):
@@ -105,7 +66,7 @@ def rff_test(
     centred on their pooled mean (which leaves the statistic unchanged). Each of the B
     permutations of the pooled sample's labels costs one product of the (m + n) x r feature
     matrix with the label vector, O((m + n) r), in batches of 16 permutations; the label
-    vectors are drawn in O(m + n) by `random_labels`.
+    vectors are drawn in O(m + n) by `kmethods.calibration.random_labels`.
 
     `key` is split in two, (features, permutations); permutation b's labels are
     `random_labels(k_b, m + n, m)` with k_b = `jax.random.split(permutations key, B)[b]`

@@ -138,7 +138,16 @@ def test_level_correction_matches_numpy(kind):
     # p_i <= u w_i is the same decision as "statistic > quantile".
     thresholds = np.asarray(result.thresholds)
     np.testing.assert_array_equal(np.asarray(result.p_values) <= thresholds, rejections)
-    assert bool(result.reject) == bool(result.p_value <= ALPHA)
+    _check_p_value_and_decision(result.p_value, result.reject, 300)
+
+
+def _check_p_value_and_decision(p_value, reject, b2):
+    """The corrected p-value is in [1 / (1 + B2), 1]; p <= alpha rejects, and a rejection has
+    p <= alpha + (1 - alpha) / (1 + B2) (the data counted among the B2 correction draws)."""
+    p, reject = np.asarray(p_value), np.asarray(reject)
+    assert np.all((p >= 1.0 / (1 + b2) - 1e-7) & (p <= 1.0))
+    assert np.all(reject[p <= ALPHA])
+    assert np.all(p[reject] <= ALPHA + (1 - ALPHA) / (1 + b2) + 1e-7)
 
 
 @jax.jit
@@ -262,7 +271,7 @@ def test_hsic_statistic_estimates_hsic(x64):
     y = x + 0.5 * rng.standard_normal((800, 1))
     kx, ky = Gaussian(1.0), Gaussian(1.0)
     result = kmethods.hsicagg(
-        jax.random.key(0), x, y, [kx], [ky], num_bootstrap=10, num_correction=10
+        jax.random.key(0), x, y, [kx], [ky], num_bootstrap=19, num_correction=10
     )
     exact = float(kmethods.hsic(x, y, kx, ky, unbiased=True))
     assert abs(float(result.statistics[0]) - exact) < 0.1 * exact
@@ -307,11 +316,8 @@ def test_mmdagg_level_under_the_null_and_nonfinite_never_rejects():
     rejections = int(np.sum(np.asarray(result.reject[:-1])))
     low, high = _binomial_interval(reps - 1)
     assert low <= rejections <= high, rejections
-    # Reject exactly when the corrected p-value is at most alpha.
     finite = np.isfinite(np.asarray(result.p_value))
-    np.testing.assert_array_equal(
-        np.asarray(result.reject)[finite], np.asarray(result.p_value)[finite] <= ALPHA
-    )
+    _check_p_value_and_decision(result.p_value[finite], result.reject[finite], 100)
 
 
 def _perturbed_uniform(rng, shape, frequency, amplitude):
@@ -433,6 +439,14 @@ def test_nonfinite_input_raises_eagerly():
         (lambda k, a: kmethods.hsicagg(k, a, a, [Gaussian(1.0)]), ValueError, "`kernels_x`"),
         (lambda k, a: kmethods.hsicagg(k, a, a, weights=[1.0]), TypeError, "`weights`"),
         (lambda k, a: kmethods.hsicagg(k, a[:3], a[:3]), ValueError, "`x`"),
+        # (1 + B1) alpha < 1: no kernel could ever reject.
+        (lambda k, a: kmethods.hsicagg(k, a, a, num_bootstrap=18), ValueError, "`num_bootstrap`"),
+        (lambda k, a: kmethods.ksdagg(k, a, -a, num_bootstrap=5), ValueError, "`num_bootstrap`"),
+        (
+            lambda k, a: kmethods.mmdagg(k, a, a, alpha=0.01, num_permutations=98),
+            ValueError,
+            "`num_permutations`",
+        ),
     ],
 )
 def test_bad_input_names_the_argument(call, error, name):
@@ -480,3 +494,23 @@ def test_default_collections_follow_the_papers():
     median = np.median(np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))[iu])
     expected = median * 2.0 ** np.arange(-2, 3) / np.sqrt(2)
     np.testing.assert_allclose(np.asarray(kx.families[0].bandwidth), expected, rtol=1e-5)
+
+
+def test_smallest_draw_counts_for_the_level_are_accepted():
+    """B1 = 1 / alpha - 1 is the smallest count with which a kernel can reject."""
+    a = np.random.default_rng(0).standard_normal((10, 2))
+    key = jax.random.key(0)
+    result = kmethods.hsicagg(key, a, a, num_bootstrap=19, num_correction=5, num_diagonals=2)
+    assert np.isfinite(float(result.p_value))
+    kmethods.mmdagg(key, a, a + 1.0, alpha=0.1, num_permutations=9, num_correction=5)
+
+
+def test_corrected_p_value_is_never_zero():
+    """Far-apart samples: no correction draw is as extreme as the data, and the p-value is
+    1 / (1 + B2), not 0."""
+    rng = np.random.default_rng(21)
+    x, y = rng.standard_normal((20, 1)), rng.standard_normal((20, 1)) + 6.0
+    options = dict(num_bandwidths=3, num_permutations=39, num_correction=49)
+    result = kmethods.mmdagg(jax.random.key(22), x, y, **options)
+    assert bool(result.reject)
+    np.testing.assert_allclose(float(result.p_value), 1.0 / 50, rtol=1e-6)

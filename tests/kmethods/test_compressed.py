@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 import kmethods as km
-from kmethods import compressed
+from kmethods import calibration, compressed
 from kmethods.calibration import permuted_labels
 
 ALPHA = 0.05
@@ -265,7 +265,7 @@ def test_rff_matches_dense_features(m, n):
     np.fill_diagonal(gram, 0.0)
     observed = np.r_[np.ones(m), np.zeros(n)]
     keys = jax.random.split(k_perm, num)
-    drawn = jax.vmap(lambda k: compressed.random_labels(k, m + n, m))(keys)
+    drawn = jax.vmap(lambda k: calibration.random_labels(k, m + n, m))(keys)
     labels = np.concatenate([observed[None], np.asarray(drawn)])
     dense = []
     for e in labels:
@@ -280,7 +280,7 @@ def test_rff_matches_dense_features(m, n):
 def test_random_labels_are_uniform_subsets():
     """Exactly m ones, each point labelled 1 with probability m / num (over 4000 draws)."""
     keys = jax.random.split(jax.random.key(0), 4000)
-    labels = jax.vmap(lambda k: compressed.random_labels(k, 10, 3))(keys)
+    labels = jax.vmap(lambda k: calibration.random_labels(k, 10, 3))(keys)
     assert bool(jnp.all(jnp.sum(labels, axis=1) == 3))
     np.testing.assert_allclose(jnp.mean(labels, axis=0), 0.3, atol=0.03)
     pairs = np.asarray(labels[:, 0] * labels[:, 1])  # P(both) = 3 * 2 / (10 * 9)
@@ -337,3 +337,6 @@ def test_errors_name_the_argument():
         km.ctt_test(key, x, jnp.zeros((64, 3)), km.Gaussian(1.0), g=1, num_bins=4)
     with pytest.raises(TypeError, match="`key`"):
         km.ctt_test(0, x, x, km.Gaussian(1.0), g=1, num_bins=4)
+    with pytest.raises(ValueError, match="`num_permutations` = 18 is too small"):
+        kernels = [km.Gaussian(1.0), km.Gaussian(2.0)]
+        compressed.actt_test(key, x, x, kernels, g=1, num_bins=4, num_permutations=18)
