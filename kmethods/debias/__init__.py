@@ -23,7 +23,6 @@ mean under p is zero.
 
 from kmethods.debias._kernel import SteinKernel as SteinKernel
 from kmethods.debias._skt import stein_kernel_thin as stein_kernel_thin
-from kmethods.debias._skt import stratified_round as stratified_round
 from kmethods.debias._thin import stein_thin as stein_thin
 from kmethods.debias._weights import DebiasInfo as DebiasInfo
 from kmethods.debias._weights import SolverNotConverged as SolverNotConverged
@@ -31,6 +30,7 @@ from kmethods.debias._weights import debias_weights as debias_weights
 from kmethods.debias._weights import project_to_simplex as project_to_simplex
 from kmethods.debias._weights import rp_cholesky as rp_cholesky
 from kmethods.debias._weights import simplex_qp as simplex_qp
+from kmethods.thinning._weighted import stratified_round as stratified_round
 
 __all__ = [
     "DebiasInfo",

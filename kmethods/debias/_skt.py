@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -17,44 +16,18 @@ from kmethods.debias._thin import stein_thin_program
 from kmethods.debias._weights import debias_program
 from kmethods.kernels import Kernel
 from kmethods.thinning._compress import compresspp
+from kmethods.thinning._kt import split_candidates
 from kmethods.thinning._sizes import check_key
-from kmethods.thinning._split import kt_split, kt_swap, split_log_multipliers
+from kmethods.thinning._split import kt_swap
+from kmethods.thinning._weighted import stratified_round
 
 Score = Callable[[Float[Array, " d"]], Float[Array, " d"]] | Float[Array, "n d"]
-
-
-@partial(jax.jit, static_argnames=("size",))
-def stratified_round(
-    key: PRNGKeyArray, weights: Float[Array, " n"], size: int
-) -> Int[Array, " size"]:
-    """`size` indices whose multiplicities approximate size * weights: the integer parts
-    floor(size w_i) first, then the remaining r draws by stratified resampling of the
-    fractional parts (one uniform in each [k / r, (k + 1) / r)); sorted (Li et al., 2024,
-    as in goodpoints' `stratified_round`)."""
-    n = weights.shape[0]
-    scaled = weights * size
-    counts = jnp.floor(scaled).astype(jnp.int32)
-    left = (size - jnp.sum(counts)).astype(jnp.int32)
-    fraction = scaled - counts.astype(weights.dtype)
-    cumulative = jnp.cumsum(fraction) / jnp.maximum(
-        jnp.sum(fraction), jnp.finfo(weights.dtype).tiny
-    )
-    k = jnp.arange(size, dtype=weights.dtype)
-    points = (k + jax.random.uniform(key, (size,), weights.dtype)) / left.astype(weights.dtype)
-    drawn = jnp.minimum(jnp.searchsorted(cumulative, points).astype(jnp.int32), n - 1)
-    # Only the first `left` strata are used; the others land past the end and are dropped.
-    drawn = jnp.where(jnp.arange(size, dtype=jnp.int32) < left, drawn, n)
-    counts = counts + jnp.bincount(drawn, length=n + 1)[:n].astype(jnp.int32)
-    return jnp.repeat(jnp.arange(n, dtype=jnp.int32), counts, total_repeat_length=size)
 
 
 @cpu_jit(static_argnames=("out_size", "m"))
 def _split_candidates(key, z, sequence, kernel, delta, *, out_size, m):
     """KT-SPLIT of the points z[sequence] into 2^m coresets of out_size, as indices into z."""
-    size = sequence.shape[0]
-    uniforms = jax.random.uniform(key, (m, size // 2), z.dtype)
-    log_mult = split_log_multipliers(size, m, jnp.asarray(delta, z.dtype), z.dtype)
-    return sequence[kt_split(z[sequence], kernel, uniforms, log_mult)]
+    return split_candidates(key, z, sequence, kernel, delta, m)
 
 
 @cpu_jit(static_argnames=())

@@ -20,6 +20,7 @@ from kmethods.thinning._sizes import (
     thinning_inputs,
 )
 from kmethods.thinning._split import halve, row_width, swap_halves
+from kmethods.thinning._weighted import check_simplex_weights, stratified_round
 
 
 def compress_plan(n: int, out_size: int, g: int):
@@ -39,11 +40,14 @@ def compress_plan(n: int, out_size: int, g: int):
 
 
 @cpu_jit(static_argnames=("out_size", "g", "levels", "leaf", "skip"))
-def _compresspp(key, x, kernel, delta, *, out_size, g, levels, leaf, skip):
+def _compresspp(key, x, kernel, delta, weights=None, *, out_size, g, levels, leaf, skip):
     n = x.shape[0]
     n_used = 4**levels * leaf
     k_drop, k_halve, k_pick, k_thin = jax.random.split(key, 4)
-    used = kept_points(k_drop, n, n_used)
+    if weights is None:
+        used = kept_points(k_drop, n, n_used)
+    else:  # the weighted input as a multiset: equal weights with n_used = n give arange(n)
+        used = stratified_round(k_drop, weights, n_used)
     # The top `skip` levels are not halved: their four-way concatenations go to KT, which thins
     # by 2^(g + skip). The failure probability is shared between the halvings and that KT.
     run_levels, m = levels - skip, g + skip
@@ -93,6 +97,7 @@ def compresspp(
     out_size: int | None = None,
     delta: float = 0.5,
     num_bins: int = 4,
+    weights: Float[Array, " n"] | None = None,
 ) -> Int[Array, " s"]:
     """Compress++ (Shetty, Dwivedi & Mackey, 2022) with kernel halving and KT, near-linear time.
 
@@ -118,6 +123,13 @@ def compresspp(
         are left out at random. If n < s 2^g, g is lowered (Compress++ is then KT).
       delta: overall failure probability.
       num_bins: a power of 4: the top log4(num_bins) levels of Compress are left to KT.
+      weights: optional (n,) simplex weights w: compress the weighted input
+        sum_i w_i delta_{x_i} (Li, Dwivedi & Mackey, 2024, who round debiased weights and
+        compress with KT-Compress++). The weights are rounded by stratified resampling to the
+        points Compress runs on (multiplicities within one of that count times w_i), so the
+        halvings and the final KT, whose swap targets Compress's output as in the unweighted
+        case, see the weighted input. Equal weights give unweighted Compress++ exactly when
+        Compress runs on all n points.
 
     Returns:
       int indices into x of shape (s,).
@@ -129,12 +141,14 @@ def compresspp(
     skip = round(math.log(num_bins, 4))
     if 4**skip != num_bins:
         raise ValueError(f"`num_bins` must be a power of 4 (1, 4, 16, ...), got {num_bins}.")
+    weights = check_simplex_weights(weights, x.shape[0], x.dtype)
     g, levels, leaf = compress_plan(x.shape[0], out_size, g)
     return _compresspp(
         key,
         x,
         kernel,
         delta,
+        weights,
         out_size=out_size,
         g=g,
         levels=levels,

@@ -5,7 +5,7 @@ import pytest
 
 import kmethods as km
 from kmethods import thinning
-from kmethods.thinning import _compress, _kt, _sizes, _split
+from kmethods.thinning import _compress, _kt, _sizes, _split, _weighted
 from tests import reference as ref
 
 
@@ -247,3 +247,78 @@ def test_bad_input(getkey):
         thinning.iid_thin(getkey(), x, outsize=4)
     with pytest.raises(ValueError, match="`indices`"):
         thinning.mmd_to_sample(x, jnp.array([0, 20]), k)
+
+
+def _weighted_kt_swap(K, w, candidates):
+    """Dense reference of KT-SWAP toward the weighted input sum_i w_i delta_{x_i}."""
+    mean_k = K @ w
+    scores = [K[np.ix_(c, c)].mean() - 2 * mean_k[c].mean() for c in candidates]
+    best = np.array(candidates[int(np.argmin(scores))])
+    s = len(best)
+    stat = np.diag(K) / s - 2 * mean_k + 2 / s * K[:, best].sum(axis=1)
+    for i in range(s):
+        stat -= 2 / s * K[best[i]]
+        best[i] = int(np.argmin(stat))
+        stat += 2 / s * K[best[i]]
+    return best
+
+
+def _weighted_mmd(K, w, idx):
+    return np.sqrt(max(w @ K @ w - 2 * (K @ w)[idx].mean() + K[np.ix_(idx, idx)].mean(), 0.0))
+
+
+def test_equal_weights_give_unweighted_kt_and_compresspp(getkey):
+    """n = s 2^m (KT) and n = 4^levels leaf (Compress++): the same indices for the same key."""
+    x = jnp.asarray(_sample(12, 256), jnp.float32)
+    k = km.Gaussian(2.0)
+    uniform = jnp.full((256,), 1.0 / 256, jnp.float32)
+    for key in (getkey(), getkey()):
+        np.testing.assert_array_equal(
+            km.kernel_thin(key, x[:64], k), km.kernel_thin(key, x[:64], k, weights=uniform[:64] * 4)
+        )
+        np.testing.assert_array_equal(
+            km.compresspp(key, x, k, g=1), km.compresspp(key, x, k, g=1, weights=uniform)
+        )
+
+
+def test_weighted_kt_swaps_toward_the_weighted_input(x64, getkey):
+    """Skewed weights on n = 128 -> 8: KT-SWAP makes the dense reference's choices for the
+    weighted target, its coreset is no worse in weighted MMD than every KT-SPLIT candidate
+    of the rounded input and the standard baseline, and better than unweighted KT."""
+    n, s, m = 128, 8, 4
+    x = _sample(13, n)
+    w = np.exp(2.0 * x[:, 0])
+    w /= w.sum()
+    k = km.Gaussian(1.0)
+    K = ref.gram("gaussian", x, x, bandwidth=1.0)
+    key = getkey()
+    got = np.asarray(km.kernel_thin(key, jnp.asarray(x), k, out_size=s, weights=jnp.asarray(w)))
+    k_drop, k_split, _ = jax.random.split(key, 3)
+    used = _weighted.stratified_round(k_drop, jnp.asarray(w), n)
+    split = np.asarray(_kt.split_candidates(k_split, jnp.asarray(x), used, k, 0.5, m))
+    candidates = [*split, np.asarray(_sizes.standard_indices(n, s))]
+    np.testing.assert_array_equal(got, _weighted_kt_swap(K, w, candidates))
+    best = min(_weighted_mmd(K, w, c) for c in candidates)
+    assert _weighted_mmd(K, w, got) <= best + 1e-12
+    plain = np.asarray(km.kernel_thin(key, jnp.asarray(x), k, out_size=s))
+    assert _weighted_mmd(K, w, got) < 0.5 * _weighted_mmd(K, w, plain)
+    cpp = np.asarray(km.compresspp(key, jnp.asarray(x), k, out_size=s, g=1, weights=w))
+    assert _weighted_mmd(K, w, cpp) < 0.5 * _weighted_mmd(K, w, plain)
+
+
+def test_bad_weights(getkey):
+    x = jnp.asarray(_sample(14, 32), jnp.float32)
+    k = km.Gaussian(1.0)
+    good = np.full(32, 1 / 32)
+    negative = good.copy()
+    negative[:2] = [-0.1, 0.1 + 1 / 32]
+    bad = {
+        "nonnegative": negative,
+        "shape": good[:31],
+        "sum to 1": 2 * good,
+        "NaN": np.where(np.arange(32) == 3, np.nan, good),
+    }
+    for message, w in bad.items():
+        for thin in (km.kernel_thin, km.compresspp):
+            with pytest.raises(ValueError, match=f"`weights`.*{message}"):
+                thin(getkey(), x, k, out_size=4, weights=w)
