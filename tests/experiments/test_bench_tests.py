@@ -1,11 +1,9 @@
-import json
 import warnings
 
 import jax
 import numpy as np
 import pytest
 
-from experiments import load_config, run_experiment
 from experiments.tasks.bench_tests import hyppo_hsic_in_kseq, hyppo_mmd_in_kseq
 
 hyppo = pytest.importorskip("hyppo")
@@ -30,20 +28,13 @@ def test_hyppo_statistics_map_onto_kseq(x64, getkey, n, m):
     np.testing.assert_allclose(hyppo_mmd_in_kseq(x, z), _hyppo(MMD().statistic, x, z), rtol=1e-9)
 
 
-def test_bench_tests_tiny_run(tmp_path):
-    cfg = load_config(
-        "configs/bench_tests.yaml",
-        [
-            "params.sample_sizes=[30]",
-            "params.num_permutations=20",
-            "params.repeats=1",
-            "params.hyppo_reps_large=10",
-        ],
-    )
+def test_bench_tests_tiny_run(tiny_run):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # hyppo/numba deprecation warnings
-        run_dir = run_experiment(cfg, tmp_path, quiet=True)
-    records = json.loads((run_dir / "results.json").read_text())["results"]["records"]
+        run_dir, results = tiny_run(
+            "bench_tests", "sample_sizes=[30] num_permutations=20 repeats=1 hyppo_reps_large=10"
+        )
+    records = results["records"]
     assert {(r["test"], r["null"]) for r in records} == {
         ("hsic", "permutation"),
         ("hsic", "gamma vs hyppo default"),

@@ -25,19 +25,12 @@ def test_reference_transcription_agrees_with_skit(x64, getkey, bet):
     assert (bool(res.reject), int(res.stopping_time)) == (reject, stopping_time)
 
 
-def test_skit_power_tiny_run(tmp_path):
-    cfg = load_config(
-        "configs/skit_power.yaml",
-        [
-            "params.sample_size=200",
-            "params.betas=[0.0,1.0]",
-            "params.num_streams=8",  # split over the 8 simulated devices
-            "params.reference_streams=2",
-            "params.reference_backends=[numpy]",
-        ],
+def test_skit_power_tiny_run(tiny_run):
+    run_dir, results = tiny_run(
+        "skit_power",
+        "sample_size=200 betas=[0.0,1.0] reference_streams=2 reference_backends=[numpy]",
+        "num_streams=8",  # split over the 8 simulated devices
     )
-    run_dir = run_experiment(cfg, tmp_path, quiet=True)
-    results = json.loads((run_dir / "results.json").read_text())["results"]
     records = results["records"]
     assert {(r["beta"], r["bet"]) for r in records} == {
         (b, bet) for b in (0.0, 1.0) for bet in ("ons", "agrapa")

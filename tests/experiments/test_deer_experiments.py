@@ -1,23 +1,14 @@
-import json
-
 import pytest
 
-from experiments import load_config, run_experiment
+from experiments import load_config
 
 
-def test_bench_deer_tiny_run(tmp_path):
-    cfg = load_config(
-        "configs/bench_deer.yaml",
-        [
-            "params.lengths=[200]",
-            "params.hidden_sizes=[2, 4]",
-            "params.repeats=1",
-            # a cap that skips Newton at H = 4 (200 * 16 float32 = 0.0122 MB) but not at H = 2
-            "params.newton_max_jacobian_mb=0.01",
-        ],
+def test_bench_deer_tiny_run(tiny_run):
+    # a Jacobian cap that skips Newton at H = 4 (200 * 16 float32 = 0.0122 MB) but not at H = 2
+    run_dir, results = tiny_run(
+        "bench_deer", "lengths=[200] hidden_sizes=[2,4] repeats=1 newton_max_jacobian_mb=0.01"
     )
-    run_dir = run_experiment(cfg, tmp_path, quiet=True)
-    records = json.loads((run_dir / "results.json").read_text())["results"]["records"]
+    records = results["records"]
     by = {(r["H"], r["method"]): r for r in records}
     assert set(by) == {(h, m) for h in (2, 4) for m in ("sequential", "newton", "quasi")}
     assert "skipped" in by[(4, "newton")]
@@ -28,13 +19,8 @@ def test_bench_deer_tiny_run(tmp_path):
     assert (run_dir / "plots" / "time_vs_hidden.png").is_file()
 
 
-def test_train_deer_tiny_run_curves_coincide(tmp_path):
-    cfg = load_config(
-        "configs/train_deer.yaml",
-        ["params.length=300", "params.num_steps=4", "params.num_train=4", "params.num_test=4"],
-    )
-    run_dir = run_experiment(cfg, tmp_path, quiet=True)
-    results = json.loads((run_dir / "results.json").read_text())["results"]
+def test_train_deer_tiny_run_curves_coincide(tiny_run):
+    run_dir, results = tiny_run("train_deer", "length=300 num_steps=4 num_train=4 num_test=4")
     seq, deer = results["runs"]["sequential"]["losses"], results["runs"]["newton"]["losses"]
     assert len(seq) == len(deer) == 4
     assert seq[0] != seq[-1]  # the parameters moved

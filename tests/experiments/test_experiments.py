@@ -125,13 +125,9 @@ def test_cli_bad_config_exits_2(tmp_path):
     assert main(["show", str(tmp_path)]) == 2
 
 
-def test_bench_scan_tiny_run(tmp_path):
-    cfg = load_config(
-        "configs/bench_scan.yaml",
-        ["params.lengths=[64]", "params.batch=1", "params.channels=4", "params.repeats=1"],
-    )
-    run_dir = run_experiment(cfg, tmp_path, quiet=True)
-    records = json.loads((run_dir / "results.json").read_text())["results"]["records"]
+def test_bench_scan_tiny_run(tiny_run):
+    run_dir, results = tiny_run("bench_scan", "lengths=[64] batch=1 channels=4 repeats=1")
+    records = results["records"]
     methods = {"sequential", "associative", "chunked", "lax.associative_scan"}
     assert {(r["method"], r["direction"]) for r in records} == {
         (m, d) for m in methods for d in ("forward", "forward+backward")
@@ -153,21 +149,12 @@ def test_mqar_batches_are_well_formed(getkey):
         assert [pairs[q] for q in tok[8:]] == tgt[8:]
 
 
-def test_train_recall_tiny_run(tmp_path):
-    cfg = load_config(
-        "configs/train_recall.yaml",
-        [
-            "params.mixers=[lru]",
-            "params.num_steps=3",
-            "params.eval_every=2",
-            "params.d_model=8",
-            "params.batch_size=4",
-            "params.eval_batch=8",
-            "params.num_layers=1",
-        ],
+def test_train_recall_tiny_run(tiny_run):
+    run_dir, results = tiny_run(
+        "train_recall",
+        "mixers=[lru] num_steps=3 eval_every=2 d_model=8 batch_size=4",
+        "eval_batch=8 num_layers=1",
     )
-    run_dir = run_experiment(cfg, tmp_path, quiet=True)
-    results = json.loads((run_dir / "results.json").read_text())["results"]
     assert [s["mixer"] for s in results["summary"]] == ["lru"]
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # steps 2 and 3

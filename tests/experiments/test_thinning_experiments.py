@@ -1,9 +1,7 @@
-import json
-
 import numpy as np
 import pytest
 
-from experiments import load_config, run_experiment, show_run
+from experiments import show_run
 from experiments.tasks.kt_mmd_rate import fitted_slope
 
 
@@ -12,20 +10,12 @@ def test_fitted_slope():
     assert fitted_slope(ns, 3.0 * ns**-0.5) == pytest.approx(-0.5)
 
 
-def test_kt_mmd_rate_tiny_run(tmp_path):
-    cfg = load_config(
-        "configs/kt_mmd_rate.yaml",
-        [
-            "params.sample_sizes=[16,64]",
-            "params.dims=[2]",
-            "params.datasets=[gaussian]",
-            "params.methods=[iid,kt]",
-            "params.repeats=1",
-            "params.slope_range=[16,64]",
-        ],
+def test_kt_mmd_rate_tiny_run(tiny_run):
+    run_dir, results = tiny_run(
+        "kt_mmd_rate",
+        "sample_sizes=[16,64] dims=[2] datasets=[gaussian] methods=[iid,kt]",
+        "repeats=1 slope_range=[16,64]",
     )
-    run_dir = run_experiment(cfg, tmp_path, quiet=True)
-    results = json.loads((run_dir / "results.json").read_text())["results"]
     mmd = {(r["n"], r["method"]): r["mmd_median"] for r in results["mmd"]}
     assert set(mmd) == {(n, m) for n in (16, 64) for m in ("iid", "kt")}
     assert mmd[(64, "kt")] < mmd[(64, "iid")]
@@ -33,21 +23,14 @@ def test_kt_mmd_rate_tiny_run(tmp_path):
     assert (run_dir / "plots" / "mmd_rate.png").is_file()
 
 
-def test_bench_thinning_tiny_run(tmp_path):
+def test_bench_thinning_tiny_run(tiny_run):
     pytest.importorskip("goodpoints")
-    cfg = load_config(
-        "configs/bench_thinning.yaml",
-        [
-            "params.sample_sizes=[64]",
-            "params.dims=[2]",
-            "params.repeats=1",
-            "params.g=1",
-            "params.compresspp_only_sizes=[]",
-            "params.methods=[kt]",
-        ],
+    run_dir, results = tiny_run(
+        "bench_thinning",
+        "sample_sizes=[64] dims=[2] repeats=1 g=1 compresspp_only_sizes=[]",
+        "methods=[kt]",
     )
-    run_dir = run_experiment(cfg, tmp_path, quiet=True)
-    (record,) = json.loads((run_dir / "results.json").read_text())["results"]["records"]
+    (record,) = results["records"]
     assert record["n"] == 64 and record["out_size"] == 8
     for path in ("gp_matrix", "gp_thin"):
         assert record[f"{path}_s"] > 0 and record[f"{path}_mmd"] > 0

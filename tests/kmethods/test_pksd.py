@@ -6,7 +6,6 @@ jitted vmap over batches of replicates, one compilation per method), and the slo
 level checks call its `rejections` directly.
 """
 
-import json
 import math
 from functools import partial
 
@@ -18,7 +17,7 @@ import pytest
 from scipy import stats
 
 import kmethods as km
-from experiments import load_config, run_experiment
+from experiments import load_config
 from experiments.config import ConfigError
 from experiments.tasks.pksd_bimodal import bimodal_log_prob, draw_samples, rejections
 from kmethods import pksd_test
@@ -350,25 +349,17 @@ def test_level_500_replicates(method, n):
     assert lo <= rate <= hi, rate
 
 
-def test_pksd_bimodal_tiny_run_level_and_power(tmp_path):
+def test_pksd_bimodal_tiny_run_level_and_power(tiny_run):
     """The experiment at n = 50, 200 replicates. Level: with the sample drawn from
     ½N(0,1) + ½N(6,1) itself, spKSD's rejection rate lies in the 99% binomial interval of a
     level-0.05 test. Power: with the sample from N(0,1), KSD rarely rejects (the paper: 0.03 at
     n = 200) while spKSD nearly always does."""
-    cfg = load_config(
-        "configs/pksd_bimodal.yaml",
-        [
-            f"params.sample_size={N_SMALL}",
-            "params.deltas=[6.0]",
-            "params.null_delta=6.0",
-            "params.methods=[ksd,spksd]",
-            f"params.replicates={LEVEL_REPLICATES}",
-            f"params.batch_size={BATCH}",
-            f"params.num_bootstrap={BOOT}",
-        ],
+    run_dir, results = tiny_run(
+        "pksd_bimodal",
+        f"sample_size={N_SMALL}",
+        "deltas=[6.0] null_delta=6.0 methods=[ksd,spksd]",
+        f"replicates={LEVEL_REPLICATES} batch_size={BATCH} num_bootstrap={BOOT}",
     )
-    run_dir = run_experiment(cfg, tmp_path, quiet=True)
-    results = json.loads((run_dir / "results.json").read_text())["results"]
     lo, hi = _level_interval(LEVEL_REPLICATES)  # [0.02, 0.085]
     assert lo <= results["level"]["spksd"] <= hi, results["level"]
     power = results["power"]
