@@ -15,12 +15,16 @@ mean under p is zero.
 - `stein_kernel_thin`: Stein kernel thinning, SKT (Stein thinning, then KT-SPLIT) or LSKT
   (low-rank debiasing weights, rounded by `stratified_round`, then Compress++), each finished
   by KT-SWAP toward the target (Li, Dwivedi & Mackey, 2024);
+- `stein_cholesky`: Stein Cholesky, SC (Stein thinning) or LSC (low-rank debiasing), then
+  randomly pivoted Cholesky selects a coreset and simplex weights are re-optimised on it: a
+  weighted coreset (Li, Dwivedi & Mackey, 2024);
 - `simplex_qp`, `rp_cholesky`, `project_to_simplex`: the solver and the low-rank factor
   behind `debias_weights`.
 
 `kmethods.ksd2(x, score, kernel, weights=w, unbiased=False)` measures the KSD of a weighting.
 """
 
+from kmethods.debias._cholesky import stein_cholesky as stein_cholesky
 from kmethods.debias._kernel import SteinKernel as SteinKernel
 from kmethods.debias._skt import stein_kernel_thin as stein_kernel_thin
 from kmethods.debias._thin import stein_thin as stein_thin
@@ -40,6 +44,7 @@ __all__ = [
     "project_to_simplex",
     "rp_cholesky",
     "simplex_qp",
+    "stein_cholesky",
     "stein_kernel_thin",
     "stein_thin",
     "stratified_round",

@@ -132,20 +132,21 @@ def simplex_qp(matvec, diag, tol, max_iter):
     return w, info
 
 
-def rp_cholesky(key, column, diag, rank):
+def rp_cholesky(key, column, diag, rank, *, return_pivots=False):
     """Randomly pivoted Cholesky (Chen, Epperly, Tropp & Webber, 2023, Algorithm 2.1): a
     rank-`rank` factor F (n, rank) with K ~ F F^T, from `rank` columns of K.
 
     Each step draws a pivot s with probability proportional to the residual diagonal d,
     takes g = K[:, s] - F F[s]^T, appends g / sqrt(g_s) to F and lowers d by its square.
-    O(n rank^2) time, O(n rank) memory. Returns (F, the residual diagonal d >= 0).
+    O(n rank^2) time, O(n rank) memory. Returns (F, the residual diagonal d >= 0), and the
+    (rank,) pivots with `return_pivots` (a pivot repeats only once d is exhausted).
     """
     n = diag.shape[0]
     dtype = diag.dtype
     keys = jax.random.split(key, rank)
 
     def step(i, carry):
-        factor, residual = carry
+        factor, residual, pivots = carry
         logits = jnp.log(jnp.maximum(residual, 0.0))
         s = jax.random.categorical(keys[i], logits)
         g = column(s) - factor @ factor[s]
@@ -153,9 +154,11 @@ def rp_cholesky(key, column, diag, rank):
         ok = (pivot > 0) & jnp.isfinite(pivot)
         new = jnp.where(ok, g / jnp.sqrt(jnp.where(ok, pivot, 1.0)), 0.0)
         factor = factor.at[:, i].set(new)
-        return factor, jnp.maximum(residual - new**2, 0.0)
+        return factor, jnp.maximum(residual - new**2, 0.0), pivots.at[i].set(s.astype(jnp.int32))
 
-    return jax.lax.fori_loop(0, rank, step, (jnp.zeros((n, rank), dtype), diag))
+    init = (jnp.zeros((n, rank), dtype), diag, jnp.zeros((rank,), jnp.int32))
+    factor, residual, pivots = jax.lax.fori_loop(0, rank, step, init)
+    return (factor, residual, pivots) if return_pivots else (factor, residual)
 
 
 @cpu_jit(static_argnames=("rank", "block_size"))

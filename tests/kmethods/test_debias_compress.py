@@ -1,0 +1,106 @@
+"""kmethods.debias.stein_cholesky: Stein Cholesky (SC / LSC) weighted coresets."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize
+
+import kmethods as km
+from kmethods.debias import SteinKernel, rp_cholesky, stein_cholesky
+
+
+def _mixture(key, n, left=0.8):
+    """The biased sample: 0.8 / 0.2 draws of the modes of 0.5 N((-2, 0), I) + 0.5 N((2, 0), I)."""
+    k1, k2 = jax.random.split(key)
+    right = jax.random.bernoulli(k1, 1.0 - left, (n,))
+    centre = jnp.where(right[:, None], jnp.array([2.0, 0.0]), jnp.array([-2.0, 0.0]))
+    return centre + jax.random.normal(k2, (n, 2))
+
+
+def _log_p(v):
+    a = -0.5 * jnp.sum((v - jnp.array([-2.0, 0.0])) ** 2)
+    b = -0.5 * jnp.sum((v - jnp.array([2.0, 0.0])) ** 2)
+    return jnp.logaddexp(a, b)
+
+
+_score = jax.grad(_log_p)
+
+
+def _ksd(x, w=None):
+    return float(jnp.sqrt(km.ksd2(x, _score, km.IMQ(), weights=w, unbiased=False)))
+
+
+def test_stein_cholesky_weights_solve_the_support_qp(x64, getkey):
+    """Simplex weights; KKT of min v^T K_SS v over the simplex; the optimum of a generic
+    dense float64 solver on the same support."""
+    x = _mixture(getkey(), 64)
+    idx, w, info = stein_cholesky(getkey(), x, _score, km.IMQ(), out_size=8, return_info=True)
+    idx, w = np.asarray(idx), np.asarray(w)
+    assert idx.shape == w.shape == (8,) and len(np.unique(idx)) == 8
+    assert np.all(w >= 0) and abs(w.sum() - 1) < 1e-12 and bool(info.converged)
+    stein = SteinKernel(km.IMQ(), _score)
+    z = stein.augment(x[idx])
+    K = np.asarray(stein.gram(z, z))
+    lam = w @ K @ w
+    np.testing.assert_allclose(info.objective, lam, rtol=1e-10)
+    kw = K @ w
+    assert np.all(kw >= lam * (1 - 2e-6))  # stationarity with multiplier lam
+    assert np.all(w * np.abs(kw - lam) <= 2e-6 * lam)  # complementary slackness
+    best = scipy.optimize.minimize(
+        lambda v: v @ K @ v,
+        np.full(8, 1 / 8),
+        jac=lambda v: 2 * K @ v,
+        bounds=[(0, 1)] * 8,
+        constraints={"type": "eq", "fun": lambda v: v.sum() - 1},
+        method="SLSQP",
+        options={"ftol": 1e-14, "maxiter": 1000},
+    )
+    assert lam <= best.fun * (1 + 1e-5)
+    np.testing.assert_allclose(_ksd(x[idx], w) ** 2, lam, rtol=1e-8)
+
+
+def test_rp_cholesky_pivots_give_the_nystrom_factor(x64, getkey):
+    x = _mixture(getkey(), 40)
+    stein = SteinKernel(km.IMQ(), _score)
+    z = stein.augment(x)
+    K = np.asarray(stein.gram(z, z))
+    column = lambda s: stein.gram(z, z[s][None])[:, 0]
+    f, residual, pivots = rp_cholesky(getkey(), column, stein.diag(z), 6, return_pivots=True)
+    s = np.asarray(pivots)
+    assert len(np.unique(s)) == 6
+    nystrom = K[:, s] @ np.linalg.solve(K[np.ix_(s, s)], K[s])
+    np.testing.assert_allclose(np.asarray(f) @ np.asarray(f).T, nystrom, atol=1e-8)
+    np.testing.assert_allclose(residual, np.diag(K) - np.diag(nystrom), atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "rank", [None, pytest.param(16, marks=pytest.mark.slow)], ids=["sc", "lsc"]
+)
+def test_stein_cholesky_debiases_the_mixture(x64, getkey, rank):
+    """n = 256 -> 16 points, biased 0.8 / 0.2: the weighted coreset's KSD is below a uniform
+    subsample's and standard thinning's of the same size."""
+    n, s = 256, 16
+    for _ in range(2):
+        x = _mixture(getkey(), n)
+        idx, w = stein_cholesky(getkey(), x, _score, km.IMQ(), out_size=s, rank=rank)
+        got = _ksd(x[idx], w)
+        uniform = _ksd(x[jax.random.choice(getkey(), n, (s,), replace=False)])
+        standard = _ksd(x[km.thinning.standard_thin(None, x, out_size=s)])
+        assert got < uniform and got < standard, (got, uniform, standard)
+
+
+def test_stein_cholesky_bad_inputs(getkey):
+    x = _mixture(getkey(), 16)
+    with pytest.raises(ValueError, match="`out_size`"):
+        stein_cholesky(getkey(), x, _score, km.IMQ(), out_size=17)
+    with pytest.raises(ValueError, match="`rank`"):
+        stein_cholesky(getkey(), x, _score, km.IMQ(), out_size=4, rank=17)
+    with pytest.raises(ValueError, match="`shift`"):
+        stein_cholesky(getkey(), x, _score, km.IMQ(), out_size=4, shift=-1.0)
+    with pytest.raises(ValueError, match="`tol`"):
+        stein_cholesky(getkey(), x, _score, km.IMQ(), out_size=4, tol=0.0)
+    with pytest.raises(TypeError, match="`key`"):
+        stein_cholesky(0, x, _score, km.IMQ(), out_size=4)
+    with pytest.raises(ValueError, match="`score`"):
+        stein_cholesky(getkey(), x, jnp.zeros((15, 2)), km.IMQ(), out_size=4)
