@@ -42,6 +42,7 @@ from kmethods.calibration import TestResult as TestResult
 from kmethods.compressed import ctt_test as ctt_test
 from kmethods.debias import SteinKernel as SteinKernel
 from kmethods.debias import debias_weights as debias_weights
+from kmethods.debias import stein_cholesky as stein_cholesky
 from kmethods.debias import stein_kernel_thin as stein_kernel_thin
 from kmethods.debias import stein_thin as stein_thin
 from kmethods.hsic import hsic as hsic
@@ -108,6 +109,7 @@ __all__ = [
     "sequences",
     "skit",
     "stein",
+    "stein_cholesky",
     "stein_kernel_thin",
     "stein_thin",
     "thinning",
