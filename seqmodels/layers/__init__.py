@@ -17,6 +17,8 @@ Layers:
   `LearnedKernelAttention`: linear attention with learned random-feature kernels (Chowdhury et
     al., 2022), spectra `GaussianSpectrum` (kmethods.Gaussian), `MixtureSpectrum` (GMM-RKS),
     `GenerativeSpectrum` (GEN-RKS).
+  `SoftmaxAttention`: causal softmax attention with rotary embeddings (over
+    `eqx.nn.MultiheadAttention`), the Transformer baseline.
   `SequenceModel`: embedding, residual blocks around any mixing layer, head.
 
 Functions:
@@ -47,6 +49,7 @@ from seqmodels.layers._learned_kernel import (
 from seqmodels.layers._linear_attention import LinearAttention as LinearAttention
 from seqmodels.layers._sequence_model import SequenceModel as SequenceModel
 from seqmodels.layers._short_conv import ShortConv as ShortConv
+from seqmodels.layers._softmax_attention import SoftmaxAttention as SoftmaxAttention
 from seqmodels.layers._ssm import LRU as LRU
 from seqmodels.layers._ssm import S5 as S5
 from seqmodels.layers._ssm import hippo_n as hippo_n
@@ -63,6 +66,7 @@ __all__ = [
     "MixtureSpectrum",
     "SequenceModel",
     "ShortConv",
+    "SoftmaxAttention",
     "causal_fft_conv",
     "gated_linear_attention",
     "gaussian_spectral_frequencies",

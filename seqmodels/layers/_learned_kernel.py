@@ -120,7 +120,8 @@ class MixtureSpectrum(eqx.Module):
     Attributes:
       num_components: C. rank: R, of the low-rank part of each covariance.
       means (H, C, K), log_scales (H, C, K), factors (H, C, K, R), logits (H, C): the learned
-        parameters, None until the layer builds the spectrum.
+        parameters, None until the layer builds the spectrum (factors stay None for rank 0:
+        no zero-size arrays, which orbax checkpoints refuse).
     """
 
     num_components: int = eqx.field(default=2, static=True)
@@ -148,7 +149,7 @@ class MixtureSpectrum(eqx.Module):
             self.rank,
             means=0.1 * inv_h * jax.random.normal(key, size),
             log_scales=jnp.broadcast_to(log_scales, size),
-            factors=jnp.zeros((*size, self.rank)),
+            factors=jnp.zeros((*size, self.rank)) if self.rank else None,
             logits=jnp.zeros(size[:2]),
         )
 
@@ -158,9 +159,11 @@ class MixtureSpectrum(eqx.Module):
         count = noise.shape[1]
         component = np.arange(count) % self.num_components
         members = np.bincount(component, minlength=self.num_components)
-        mu, log_s, u = (p[:, component] for p in (self.means, self.log_scales, self.factors))
+        mu, log_s = self.means[:, component], self.log_scales[:, component]
         omega = mu + jnp.exp(log_s) * noise[..., :dim]
-        omega = omega + jnp.einsum("hmkr,hmr->hmk", u, noise[..., dim:])
+        if self.factors is not None:
+            u = self.factors[:, component]
+            omega = omega + jnp.einsum("hmkr,hmr->hmk", u, noise[..., dim:])
         weights = jax.nn.softmax(self.logits, axis=-1)
         mass = weights[:, component] / jnp.asarray(members[component], weights.dtype)[None]
         return omega.astype(noise.dtype), mass.astype(noise.dtype)
