@@ -1,0 +1,49 @@
+import json
+import warnings
+
+import pytest
+
+from experiments import load_config, run_experiment
+from experiments.config import ConfigError
+
+
+def test_tests_at_scale_tiny_run(tmp_path):
+    """Two methods at tiny sizes through the task's code path: one record per alternative,
+    method and size, rates in [0, 1], times and the figure written."""
+    cfg = load_config(
+        "configs/tests_at_scale.yaml",
+        [
+            "params.methods=[exact, block]",
+            "params.sizes={exact: [32], block: [64]}",
+            "params.replicates=4",
+            "params.num_permutations=19",
+        ],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_dir = run_experiment(cfg, tmp_path, quiet=True)
+    results = json.loads((run_dir / "results.json").read_text())["results"]
+    records = results["records"]
+    assert {(r["alternative"], r["method"], r["n"]) for r in records} == {
+        (a, m, n) for a in ("shift", "mixture") for m, n in (("exact", 32), ("block", 64))
+    }
+    for r in records:
+        assert 0 <= r["power"] <= 1 and 0 <= r["level"] <= 1
+        assert r["replicates"] == 4 and r["time_s"] > 0 and r["compile_s"] > 0
+        assert r["num_nonfinite_null"] == r["num_nonfinite_alt"] == 0
+    assert set(results["best"]) == {"shift", "mixture"}
+    assert (run_dir / "plots" / "tests_at_scale.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "name"),
+    [
+        ("params.methods=[exact, quadratic]", "methods"),
+        ("params.sizes={exact: [8]}", "sizes.exact"),
+        ("params.weight_difference=0.9", "weight_difference"),
+        ("params.agg_permutations=10", "agg_permutations"),
+    ],
+)
+def test_bad_config_names_the_key(override, name):
+    with pytest.raises(ConfigError, match=name):
+        load_config("configs/tests_at_scale.yaml", [override])
