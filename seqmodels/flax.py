@@ -46,6 +46,7 @@ __all__ = [
     "CKConv",
     "EquinoxModule",
     "GateLoop",
+    "LearnedKernelAttention",
     "LinearAttention",
     "SequenceModel",
     "ShortConv",
@@ -185,6 +186,7 @@ def _wrap(layer_cls):
 
 GateLoop = _wrap(_layers.GateLoop)
 LinearAttention = _wrap(_layers.LinearAttention)
+LearnedKernelAttention = _wrap(_layers.LearnedKernelAttention)
 LRU = _wrap(_layers.LRU)
 S5 = _wrap(_layers.S5)
 CKConv = _wrap(_layers.CKConv)

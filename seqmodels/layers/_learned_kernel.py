@@ -33,11 +33,19 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 from jaxtyping import Array, Float
 
 import kmethods
-from seqmodels._checks import check_positive_int, compute_dtype, head_sizes, prepare_sequence
+from seqmodels._checks import check_positive_int, compute_dtype, head_sizes
 from seqmodels._gla import outer
+from seqmodels.layers._common import (
+    cast,
+    check_dtype,
+    layer_input,
+    param_dtype_of,
+    param_init_dtype,
+)
 from seqmodels.layers._gated_linear_attention import (
     multihead_gated_linear_attention,
     qkv_projections,
@@ -230,13 +238,19 @@ class LearnedKernelAttention(eqx.Module):
     are learned through it by reparameterisation. Passing `key=` to the call redraws the
     noise for that call (Performer's feature redrawing); `step` always uses the stored noise.
 
-    Shapes and dtypes: x (L, d_model) -> (L, d_model) in x's dtype (float16 and bfloat16
-    computed in float32). Memory: in the chunkwise form (the default), O(L (2M + d)) plus the
+    Shapes and dtypes: x (L, d_model) -> (L, d_model). `param_dtype` is the parameters' dtype
+    (projections, spectrum and noise; default: float32, float64 with x64); `dtype` the
+    computation's and output's (None: x's dtype, with float16 and bfloat16 computed in
+    float32). With `dtype=jnp.bfloat16` the query, key, value and output projections run in
+    bfloat16, while the frequencies, the random features (cosines of the projections, whose
+    arguments bfloat16 would round by about 1%), the states and the normaliser are float32.
+    Memory: in the chunkwise form (the default), O(L (2M + d)) plus the
     (L / C) chunk states of 2M x (head_dim + 1) per head, forward and backward; `step` keeps
     one such state per head, O(1) in L.
 
     Attributes:
-      num_heads, head_dim: heads and their query, key and value size.
+      num_heads, head_dim: heads and their query, key and value size. dtype: the
+        computation dtype.
       num_features: M, frequencies per head (2M features).
       spectrum: the built spectral distribution (`GaussianSpectrum`, `MixtureSpectrum`,
         `GenerativeSpectrum`).
@@ -256,6 +270,7 @@ class LearnedKernelAttention(eqx.Module):
     head_dim: int = eqx.field(static=True)
     num_features: int = eqx.field(static=True)
     eps: float = eqx.field(static=True)
+    dtype: jnp.dtype | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -266,6 +281,8 @@ class LearnedKernelAttention(eqx.Module):
         num_features: int = 32,
         spectrum: eqx.Module | None = None,
         eps: float = 1e-6,
+        dtype: DTypeLike | None = None,
+        param_dtype: DTypeLike | None = None,
         key,
     ):
         num_heads, head_dim, inner = head_sizes(d_model, num_heads, head_dim)
@@ -276,19 +293,21 @@ class LearnedKernelAttention(eqx.Module):
                 "`spectrum` must be GaussianSpectrum(...), MixtureSpectrum(...) or "
                 f"GenerativeSpectrum(...), got {type(spectrum).__name__}."
             )
+        self.dtype = check_dtype(dtype, "dtype")
+        pdt = param_init_dtype(param_dtype)
         keys = jax.random.split(key, 6)
-        self.q, self.k, self.v = qkv_projections(d_model, inner, keys)
-        self.out = eqx.nn.Linear(inner, d_model, use_bias=False, key=keys[3])
-        self.spectrum = spectrum.build(num_heads, head_dim, keys[4])
+        self.q, self.k, self.v = qkv_projections(d_model, inner, keys, pdt)
+        self.out = eqx.nn.Linear(inner, d_model, use_bias=False, dtype=pdt, key=keys[3])
+        self.spectrum = cast(spectrum.build(num_heads, head_dim, keys[4]), pdt)
         shape = (num_heads, self.num_features, spectrum.noise_size(head_dim))
-        self.noise = jax.random.normal(keys[5], shape)
+        self.noise = jax.random.normal(keys[5], shape, pdt)
         self.num_heads, self.head_dim, self.eps = num_heads, head_dim, float(eps)
 
     def frequencies(self, noise: Array | None = None, dtype=jnp.float32):
         """(omega (H, M, head_dim), mass (H, M)) of the spectrum from `noise` (default: the
         stored noise, gradient stopped), in `dtype`."""
         noise = jax.lax.stop_gradient(self.noise) if noise is None else noise
-        return self.spectrum(noise.astype(dtype))
+        return cast(self.spectrum, dtype)(noise.astype(dtype))
 
     def features(self, x, omega, mass):
         """phi of each head: (..., H * head_dim) inputs to (..., H * 2M) features."""
@@ -296,11 +315,28 @@ class LearnedKernelAttention(eqx.Module):
         phi = jax.vmap(random_fourier_features, in_axes=(-2, 0, 0), out_axes=-2)
         return phi(heads, omega, mass).reshape(*x.shape[:-1], -1)
 
+    def _prepared(self, x, *, token):
+        """(the layer with its projections in the work dtype, x checked and cast, work, out);
+        the spectrum and noise keep their dtype (`frequencies` casts them)."""
+        x, work, out = layer_input(
+            x,
+            self.q.in_features,
+            "LearnedKernelAttention",
+            dtype=self.dtype,
+            params=param_dtype_of(self),
+            argument="x_t" if token else "x",
+            token=token,
+        )
+        linears = lambda layer: (layer.q, layer.k, layer.v, layer.out)
+        return eqx.tree_at(linears, self, cast(linears(self), work)), x, work, out
+
     def _projections(self, x, noise=None):
-        """(phi(q), phi(k), v) of a compute-dtype sequence (L, d_model) or token (d_model,)."""
+        """(phi(q), phi(k), v) in the accumulation dtype (at least float32) of a work-dtype
+        sequence (L, d_model) or token (d_model,), the projections in x's dtype."""
         project = lambda layer: jax.vmap(layer)(x) if x.ndim == 2 else layer(x)
-        omega, mass = self.frequencies(noise, x.dtype)
-        q, k, v = (project(layer) for layer in (self.q, self.k, self.v))
+        acc = compute_dtype(x.dtype)
+        omega, mass = self.frequencies(noise, acc)
+        q, k, v = (project(layer).astype(acc) for layer in (self.q, self.k, self.v))
         return self.features(q, omega, mass), self.features(k, omega, mass), v
 
     def __call__(
@@ -311,7 +347,8 @@ class LearnedKernelAttention(eqx.Module):
         chunk_size: int = 64,
         key=None,
     ) -> Float[Array, "L d_model"]:
-        """Mixes a sequence x of shape (L, d_model); returns (L, d_model) in x's dtype.
+        """Mixes a sequence x of shape (L, d_model); returns (L, d_model) in the layer's
+        `dtype`, or x's dtype when that is None (float16 and bfloat16 then computed in float32).
 
         Args:
           mode, chunk_size: the form of the linear attention, as in
@@ -319,9 +356,10 @@ class LearnedKernelAttention(eqx.Module):
             "attention"); all are equal.
           key: if given, fresh noise for this call's frequencies (feature redrawing).
         """
-        x, dtype = prepare_sequence(x, self.q.in_features, "LearnedKernelAttention")
-        noise = None if key is None else jax.random.normal(key, self.noise.shape, x.dtype)
-        phi_q, phi_k, v = self._projections(x, noise)
+        layer, x, work, out = self._prepared(x, token=False)
+        acc = compute_dtype(work)
+        noise = None if key is None else jax.random.normal(key, self.noise.shape, acc)
+        phi_q, phi_k, v = layer._projections(x, noise)
         length, heads = x.shape[0], self.num_heads
         ones = jnp.ones((length, heads, 1), v.dtype)
         values = jnp.concatenate([v.reshape(length, heads, -1), ones], axis=-1)
@@ -334,13 +372,14 @@ class LearnedKernelAttention(eqx.Module):
             mode=mode,
             chunk_size=chunk_size,
         ).reshape(length, heads, -1)
-        y = y[..., :-1] / (y[..., -1:] + self.eps)
-        return jax.vmap(self.out)(y.reshape(length, -1)).astype(dtype)
+        y = (y[..., :-1] / (y[..., -1:] + self.eps)).astype(work)
+        return jax.vmap(layer.out)(y.reshape(length, -1)).astype(out)
 
     def init_state(self):
         """The empty recurrent state: (S (H, 2M, head_dim), z (H, 2M)) of zeros, in the
-        parameters' compute dtype (float32 for float32, bfloat16 and float16 weights)."""
-        size, dtype = 2 * self.num_features, compute_dtype(self.q.weight.dtype)
+        accumulation dtype (float32 for float32, bfloat16 and float16 layers, float64 for
+        float64 parameters)."""
+        size, dtype = 2 * self.num_features, compute_dtype(self.dtype or param_dtype_of(self))
         return (
             jnp.zeros((self.num_heads, size, self.head_dim), dtype),
             jnp.zeros((self.num_heads, size), dtype),
@@ -350,8 +389,8 @@ class LearnedKernelAttention(eqx.Module):
         """One token: (state, x_t of shape (d_model,)) -> (state, y_t of shape (d_model,)), the
         t-th output of `__call__` when the state holds steps 1 .. t-1 (stored noise); O(1)
         memory in the sequence length."""
-        x, dtype = prepare_sequence(x_t[None], self.q.in_features, "LearnedKernelAttention")
-        phi_q, phi_k, v = self._projections(x[0])
+        layer, x, work, out = self._prepared(x_t, token=True)
+        phi_q, phi_k, v = layer._projections(x)
         split = lambda a: a.reshape(self.num_heads, -1)
         phi_q, phi_k, v = split(phi_q), split(phi_k), split(v)
         s, z = state
@@ -359,5 +398,5 @@ class LearnedKernelAttention(eqx.Module):
         z = z + phi_k.astype(z.dtype)
         num = jnp.einsum("hf,hfv->hv", phi_q, s.astype(phi_q.dtype))
         den = jnp.einsum("hf,hf->h", phi_q, z.astype(phi_q.dtype))[:, None]
-        y = (num / (den + self.eps)).reshape(-1)
-        return (s, z), self.out(y).astype(dtype)
+        y = (num / (den + self.eps)).reshape(-1).astype(work)
+        return (s, z), layer.out(y).astype(out)

@@ -17,6 +17,7 @@ from seqmodels.layers import (
     MixtureSpectrum,
     gaussian_spectral_frequencies,
 )
+from seqmodels.layers._common import cast
 
 SPECTRA = {
     "gaussian": lambda: GaussianSpectrum(kmethods.Gaussian(1.5)),
@@ -25,9 +26,9 @@ SPECTRA = {
 }
 
 
-def _layer(key, spectrum, d_model=8, num_heads=2, num_features=5):
+def _layer(key, spectrum, d_model=8, num_heads=2, num_features=5, **dtypes):
     return LearnedKernelAttention(
-        d_model, num_heads, num_features=num_features, spectrum=spectrum, key=key
+        d_model, num_heads, num_features=num_features, spectrum=spectrum, key=key, **dtypes
     )
 
 
@@ -130,3 +131,58 @@ def test_redrawn_features_and_checks(getkey):
         _layer(getkey(), "gaussian")
     with pytest.raises(TypeError, match=r"kmethods\.Gaussian"):
         _layer(getkey(), GaussianSpectrum(kmethods.IMQ()))
+
+
+def test_bfloat16_against_float32_on_the_same_values(getkey):
+    """bfloat16 weights computing in bfloat16 (`dtype`) against the float32 layer holding the
+    same (bfloat16-rounded) weights, on the same inputs: relative 1e-2; the features and the
+    recurrent state stay float32."""
+    key = getkey()
+    make = lambda **d: _layer(key, MixtureSpectrum(2, rank=1), num_features=8, **d)
+    low = make(dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    ref = cast(make(param_dtype=jnp.bfloat16), jnp.float32)  # dtype None: computes in float32
+    leaves = jax.tree.leaves(eqx.filter(low, eqx.is_inexact_array))
+    assert leaves and all(a.dtype == jnp.bfloat16 for a in leaves)
+    x = jax.random.normal(getkey(), (24, 8)).astype(jnp.bfloat16)
+    call = eqx.filter_jit(lambda layer, x: layer(x))
+    got, want = call(low, x), call(ref, x.astype(jnp.float32))
+    assert got.dtype == jnp.bfloat16 and want.dtype == jnp.float32
+    scale = float(jnp.max(jnp.abs(want)))
+    np.testing.assert_allclose(
+        np.asarray(got.astype(jnp.float32)), want, rtol=1e-2, atol=1e-2 * scale
+    )
+    state, steps = jax.lax.scan(lambda s, x_t: low.step(s, x_t), low.init_state(), x)
+    assert all(a.dtype == jnp.float32 for a in state) and steps.dtype == jnp.bfloat16
+    np.testing.assert_allclose(
+        np.asarray(steps.astype(jnp.float32)), want, rtol=2e-2, atol=2e-2 * scale
+    )
+    # dtype None on bfloat16 inputs: float32 inside, bfloat16 out
+    assert make()(x).dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match="param_dtype"):
+        make(param_dtype=jnp.int32)
+
+
+def test_flax_adapter_equals_the_equinox_layer_on_batch_first_input(getkey):
+    from flax import nnx
+
+    from seqmodels import flax as sf
+
+    kwargs = dict(num_features=4, spectrum=MixtureSpectrum(2, rank=1))
+    flax_layer = sf.LearnedKernelAttention(8, 2, rngs=nnx.Rngs(params=3), **kwargs)
+    eqx_layer = LearnedKernelAttention(8, 2, key=nnx.Rngs(params=3).params(), **kwargs)
+    x = jax.random.normal(getkey(), (3, 12, 8))
+    want = jax.vmap(eqx_layer)(x)
+    np.testing.assert_array_equal(flax_layer(x), want)
+    np.testing.assert_array_equal(
+        flax_layer(x.swapaxes(0, 1), time_major=True).swapaxes(0, 1), want
+    )
+    names = {"/".join(map(str, path)) for path, _ in nnx.to_flat_state(nnx.state(flax_layer))}
+    assert {"q/weight", "out/weight", "spectrum/means", "noise"} <= names
+    grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(flax_layer)
+    g_eqx = eqx.filter_grad(lambda m: jnp.sum(jax.vmap(m)(x) ** 2))(eqx_layer)
+    np.testing.assert_allclose(
+        grads.spectrum.means[...], g_eqx.spectrum.means, rtol=1e-5, atol=1e-6
+    )
+    state = flax_layer.init_state(batch_size=3)
+    _, y0 = flax_layer.step(state, x[:, 0])
+    np.testing.assert_allclose(y0, want[:, 0], rtol=1e-5, atol=1e-6)
