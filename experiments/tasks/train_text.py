@@ -89,15 +89,15 @@ class Config:
 
     Attributes:
       models: which mixers to train (gateloop, linear_attention, learned_kernel, softmax).
-      lengths: context lengths L (bytes per training window).
       d_model, num_layers, num_heads: model size; num_heads is every mixer's head count.
       num_features: frequencies M per head of the learned-kernel attention (2M features).
       conv_width: width of the short causal convolution before each mixer (0: none).
+      lengths: context lengths L (bytes per training window).
       steps: training steps of every model at every length.
       batch_tokens: bytes per training step; each step takes batch_tokens / L windows.
       learning_rate, warmup_steps, weight_decay, clip_norm: AdamW with linear warm-up and
         cosine decay to learning_rate / 10, weight decay on weight matrices, gradient-norm
-        clipping.
+        clipping (None: none).
       eval_every: steps between held-out evaluations (and at the last step).
       eval_tokens: held-out bytes per evaluation (evenly spread windows of L + 1 bytes).
       holdout_fraction: the share of files held out, by a hash of their paths.
@@ -108,18 +108,18 @@ class Config:
     models: tuple[Literal["gateloop", "linear_attention", "learned_kernel", "softmax"], ...] = (
         MODELS
     )
-    lengths: tuple[int, ...] = (512, 2048)
     d_model: int = 64
     num_layers: int = 2
     num_heads: int = 2
     num_features: int = 32
     conv_width: int = 4
+    lengths: tuple[int, ...] = (512, 2048)
     steps: int = 180
     batch_tokens: int = 4096
     learning_rate: float = 3e-3
     warmup_steps: int = 20
     weight_decay: float = 0.1
-    clip_norm: float = 1.0
+    clip_norm: float | None = 1.0
     eval_every: int = 60
     eval_tokens: int = 32768
     holdout_fraction: float = 0.1
@@ -151,11 +151,12 @@ class Config:
             raise ConfigError("`params.warmup_steps` must lie in [0, params.steps).")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ConfigError("`params.holdout_fraction` must lie in (0, 1).")
-        if self.learning_rate <= 0 or self.weight_decay < 0 or self.clip_norm <= 0:
+        if self.learning_rate <= 0 or self.weight_decay < 0:
             raise ConfigError(
-                "`params.learning_rate` and `params.clip_norm` must be positive and "
-                "`params.weight_decay` non-negative."
+                "`params.learning_rate` must be positive and `params.weight_decay` non-negative."
             )
+        if self.clip_norm is not None and self.clip_norm <= 0:
+            raise ConfigError("`params.clip_norm` must be positive, or None for no clipping.")
 
 
 # ---------------------------------------------------------------------------- the corpus
@@ -361,10 +362,10 @@ def _optimiser(cfg: Config):
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, cfg.learning_rate, cfg.warmup_steps, cfg.steps, end_value=cfg.learning_rate / 10
     )
-    return optax.chain(
-        optax.clip_by_global_norm(cfg.clip_norm),
-        optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=_decay_mask),
-    )
+    adamw = optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=_decay_mask)
+    if cfg.clip_norm is None:
+        return adamw
+    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw)
 
 
 @functools.cache

@@ -62,12 +62,12 @@ class SoftmaxAttention(eqx.Module):
       dtype: the computation dtype.
     """
 
-    attention: eqx.nn.MultiheadAttention
     num_heads: int = eqx.field(static=True)
     head_dim: int = eqx.field(static=True)
     rotary: bool = eqx.field(static=True)
     theta: float = eqx.field(static=True)
     dtype: jnp.dtype | None = eqx.field(static=True)
+    attention: eqx.nn.MultiheadAttention
 
     def __init__(
         self,
