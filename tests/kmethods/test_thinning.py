@@ -302,8 +302,20 @@ def test_weighted_kt_swaps_toward_the_weighted_input(x64, getkey):
     assert _weighted_mmd(K, w, got) <= best + 1e-12
     plain = np.asarray(km.kernel_thin(key, jnp.asarray(x), k, out_size=s))
     assert _weighted_mmd(K, w, got) < 0.5 * _weighted_mmd(K, w, plain)
-    cpp = np.asarray(km.compresspp(key, jnp.asarray(x), k, out_size=s, g=1, weights=w))
-    assert _weighted_mmd(K, w, cpp) < 0.5 * _weighted_mmd(K, w, plain)
+
+
+@pytest.mark.slow
+def test_weighted_compresspp_targets_the_weighted_input(x64, getkey):
+    x = _sample(13, 256)
+    w = np.exp(2.0 * x[:, 0])
+    w /= w.sum()
+    k = km.Gaussian(1.0)
+    K = ref.gram("gaussian", x, x, bandwidth=1.0)
+    for _ in range(2):
+        key = getkey()
+        plain = np.asarray(km.compresspp(key, jnp.asarray(x), k, g=1))
+        cpp = np.asarray(km.compresspp(key, jnp.asarray(x), k, g=1, weights=w))
+        assert _weighted_mmd(K, w, cpp) < 0.5 * _weighted_mmd(K, w, plain)
 
 
 def test_bad_weights(getkey):
