@@ -11,7 +11,7 @@ weights (simplex weights for SR, signed constant-preserving weights for SC).
 Methods (`methods`), named library_method:
 
 - kseq: `kseq_stein_thin`, `kseq_skt`, `kseq_lskt` (rank ceil(n^`rank_exponent`)) and, where
-  `kmethods.debias` has it, `kseq_stein_cholesky`;
+  `kmethods.debias` has it, `kseq_stein_cholesky` (SC) and `kseq_lsc` (low-rank SC, same rank);
 - goodpoints.jax (`goodpoints.jax.dtc`): `gp_stein_thin` (`st.stein_thin`), `gp_skt`, `gp_lskt`
   (same rank), `gp_sr`, `gp_sc`. goodpoints 0.6.3's `dtc.lskt` unpacks `kt_compresspp`'s
   coreset (an index sequence) as (weights, support) and fails; during our `gp_lskt` calls
@@ -53,7 +53,7 @@ from experiments.tasks import stein_compression as sc
 from experiments.timing import timed
 from kmethods import debias
 
-KSEQ = ("kseq_stein_thin", "kseq_skt", "kseq_lskt", "kseq_stein_cholesky")
+KSEQ = ("kseq_stein_thin", "kseq_skt", "kseq_lskt", "kseq_stein_cholesky", "kseq_lsc")
 GOODPOINTS = ("gp_stein_thin", "gp_skt", "gp_lskt", "gp_sr", "gp_sc")
 COREAX = ("coreax_st", "coreax_st_noreg")
 BASELINES = ("uniform", "input")
@@ -66,7 +66,7 @@ class Config:
     Attributes:
       sample_sizes: n (powers of 4 keep goodpoints' LSKT output at sqrt(n)).
       methods: library_method names: kseq_stein_thin, kseq_skt, kseq_lskt,
-        kseq_stein_cholesky, gp_stein_thin, gp_skt, gp_lskt, gp_sr, gp_sc, coreax_st,
+        kseq_stein_cholesky, kseq_lsc, gp_stein_thin, gp_skt, gp_lskt, gp_sr, gp_sc, coreax_st,
         coreax_st_noreg, uniform, input.
       max_n: the largest n of a method (absent: no cap).
       repeats: warm calls per method (median reported).
@@ -76,7 +76,7 @@ class Config:
     """
 
     sample_sizes: tuple[int, ...] = (4096, 16384)
-    methods: tuple[str, ...] = (*KSEQ[:3], *GOODPOINTS, *COREAX, *BASELINES)
+    methods: tuple[str, ...] = (*KSEQ, *GOODPOINTS, *COREAX, *BASELINES)
     max_n: dict[str, int] = dataclasses.field(default_factory=dict)
     repeats: int = 1
     rank_exponent: float = 0.5
@@ -100,7 +100,7 @@ def missing_reason(method: str) -> str | None:
             import goodpoints.jax.dtc  # noqa: F401  (needs qpsolvers[proxqp])
         elif method in COREAX:
             import coreax  # noqa: F401
-        elif method == "kseq_stein_cholesky" and not hasattr(debias, "stein_cholesky"):
+        elif method in KSEQ[3:] and not hasattr(debias, "stein_cholesky"):
             return "kmethods.debias has no stein_cholesky"
     except Exception as err:  # an optional comparator: any import failure skips it
         return f"{type(err).__name__}: {err}"
@@ -294,7 +294,7 @@ def _bench_unit(method: str, n: int, cfg: Config) -> dict:
         "warm_s": statistics.median(warm),
         "ksd": statistics.median(ksds),
     }
-    if method.startswith("kseq_lskt") or method == "gp_lskt":
+    if method in ("kseq_lskt", "kseq_lsc", "gp_lskt"):
         record["rank"] = sc.lskt_rank(n, cfg.rank_exponent)
     if cfg.measure_memory and method != "uniform":
         fresh = _in_fresh_process(method, n, cfg)

@@ -17,7 +17,8 @@ Targets (both the 2-d mixture p = 0.5 N((-2, 0), I) + 0.5 N((2, 0), I)):
 Methods (`methods`, a list; any subset): `uniform` (a uniform subsample without replacement),
 `standard` (every (n / s)-th point), `stein_thin` (greedy Stein thinning), `skt` (Stein kernel
 thinning), `lskt` (its low-rank form, rank ceil(n^`rank_exponent`)) and, where this kmethods
-has it, `stein_cholesky`; `input` is the whole biased sample itself (no compression, up to
+has it, `stein_cholesky` (SC, simplex weights on its points) and `lsc` (low-rank SC, the same
+rank); `input` is the whole biased sample itself (no compression, up to
 `input_max_n`: its KSD is an n^2 sum).
 
 All computations run in float64 on precomputed scores. Each (target, n) is a resumable unit
@@ -48,7 +49,7 @@ from kmethods import debias, thinning
 Target = Literal["mixture", "mcmc"]
 
 # Methods that return a coreset; `input` (the whole sample) is a baseline row, not a method.
-KSEQ_METHODS = ("uniform", "standard", "stein_thin", "skt", "lskt", "stein_cholesky")
+KSEQ_METHODS = ("uniform", "standard", "stein_thin", "skt", "lskt", "stein_cholesky", "lsc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +60,8 @@ class Config:
       sample_sizes: n; the coreset has floor(sqrt(n)) points.
       targets: `mixture` (i.i.d. with wrong weights) and/or `mcmc` (a random-walk chain with
         burn-in).
-      methods: compression methods: uniform, standard, stein_thin, skt, lskt, stein_cholesky
-        (the last where `kmethods.debias` has it).
+      methods: compression methods: uniform, standard, stein_thin, skt, lskt, stein_cholesky,
+        lsc (the last two where `kmethods.debias` has them).
       repeats: seeds per (target, n); medians are reported.
       rank_exponent: LSKT's rank is ceil(n^rank_exponent).
       sample_weights: the biased sample's weights of the modes (-2, 0) and (2, 0).
@@ -88,9 +89,9 @@ class Config:
                 f"`params.methods` must be a non-empty subset of {list(KSEQ_METHODS)}, got "
                 f"unknown {sorted(unknown)}."
             )
-        if "stein_cholesky" in self.methods and not hasattr(debias, "stein_cholesky"):
+        if {"stein_cholesky", "lsc"} & set(self.methods) and not hasattr(debias, "stein_cholesky"):
             raise ConfigError(
-                "`params.methods`: stein_cholesky is not in this kmethods.debias; drop it."
+                "`params.methods`: stein_cholesky is not in this kmethods.debias; drop it and lsc."
             )
         if not 0.0 < self.rank_exponent <= 1.0:
             raise ConfigError("`params.rank_exponent` must lie in (0, 1].")
@@ -217,9 +218,10 @@ def kseq_method(method: str, *, out_size: int, rank: int):
             km.stein_kernel_thin(k, x, s, kernel, out_size=out_size, rank=rank),
             None,
         )
-    if method == "stein_cholesky":
-        fn = debias.stein_cholesky
-        return lambda k, x, s: _support_and_weights(fn(k, x, s, kernel, out_size=out_size))
+    if method in ("stein_cholesky", "lsc"):
+        low_rank = rank if method == "lsc" else None
+        fn = partial(debias.stein_cholesky, out_size=out_size, rank=low_rank)
+        return lambda k, x, s: _support_and_weights(fn(k, x, s, kernel))
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -270,7 +272,7 @@ def _unit_rows(cfg: Config, key, target: str, n: int) -> list[dict]:
                 "first_s": seconds[method][0],
                 "seconds_median": statistics.median(later),
             }
-            if method == "lskt":
+            if method in ("lskt", "lsc"):
                 row["rank"] = rank
         rows.append(row)
     return rows
