@@ -109,15 +109,7 @@ def stein_kernel_thin(
         sequence, baseline = jnp.sort(full), full[:out_size]
         candidates = _split_candidates(k_split, z, sequence, stein, delta, out_size=out_size, m=m)
     else:
-        w, _ = debias_program(
-            k_debias,
-            z,
-            stein,
-            jnp.asarray(tol, z.dtype),
-            jnp.asarray(max_iter, jnp.int32),
-            rank=rank,
-            block_size=None,
-        )
+        w, _ = debias_program(k_debias, z, stein, tol, max_iter, rank=rank, block_size=None)
         sequence = stratified_round(k_round, w, size)
         baseline = stein_thin_program(z, stein, zeros, zeros, out_size=out_size)
         candidates = sequence[compresspp(k_split, z[sequence], stein, out_size=out_size)][None]

@@ -163,6 +163,9 @@ def rp_cholesky(key, column, diag, rank, *, return_pivots=False):
 
 @cpu_jit(static_argnames=("rank", "block_size"))
 def debias_program(key, z, kernel, tol, max_iter, *, rank, block_size):
+    """Simplex weights on z minimising w' K w (exact, or with K low-rank when `rank` is set),
+    and the solver's info; `tol` and `max_iter` are numbers or scalar arrays."""
+    tol, max_iter = jnp.asarray(tol, z.dtype), jnp.asarray(max_iter, jnp.int32)
     diag = kernel.diag(z)
     if rank is None:
         matvec = lambda v: kernel_matvec(kernel, z, z, v, block_size=block_size)
@@ -255,15 +258,7 @@ def debias_weights(
     max_iter = _checks.positive_int(max_iter, "max_iter")
     block_size = _checks.block_size(block_size)
     return_info = _checks.flag(return_info, "return_info")
-    w, info = debias_program(
-        key,
-        z,
-        stein,
-        jnp.asarray(tol, z.dtype),
-        jnp.asarray(max_iter, jnp.int32),
-        rank=rank,
-        block_size=block_size,
-    )
+    w, info = debias_program(key, z, stein, tol, max_iter, rank=rank, block_size=block_size)
     if _checks.is_concrete(info.converged) and not bool(info.converged):
         warnings.warn(
             f"debias_weights did not converge: relative gap {float(info.gap):.3g} > tol = "
