@@ -28,10 +28,12 @@ A competitor that does not import is recorded as skipped with the reason. `max_n
 of a method (e.g. the O(n^2) ones at large n).
 
 Times: the first call (compilation included) and the median of `repeats` warm calls (new
-seeds, same sample), in this process, one at a time. KSD: median over the warm calls. Memory
-(`measure_memory`): each method once more in a fresh Python process, which reports its peak
-resident set (VmHWM, compilation included) and its resident set after imports and the sample
-(`peak_over_base_mb` is the difference). Each (method, n) is a resumable unit.
+seeds, same sample), in this process, one at a time; `warm_cpu_s` is the warm calls' CPU time
+of this process (all threads), steadier than wall time on a shared machine. KSD: median
+over the warm calls. Memory (`measure_memory`): each method once more in a fresh Python
+process, which reports its peak resident set (VmHWM, compilation included) and its resident
+set after imports and the sample (`peak_over_base_mb` is the difference). Each (method, n) is
+a resumable unit.
 """
 
 from __future__ import annotations
@@ -280,9 +282,11 @@ def _bench_unit(method: str, n: int, cfg: Config) -> dict:
         call = Calls(x, scores, out_size, cfg).get(method)
         try:
             first, _ = timed(lambda: call(10**6))
-            warm, ksds, sizes = [], [], []
+            warm, cpu, ksds, sizes = [], [], [], []
             for seed in range(cfg.repeats):
+                start = time.process_time()
                 seconds, (support, weights) = timed(lambda seed=seed: call(seed))
+                cpu.append(time.process_time() - start)
                 warm.append(seconds)
                 ksds.append(sc.coreset_ksd(x, scores, support, weights))
                 sizes.append(int(np.asarray(support).shape[0]))
@@ -292,6 +296,7 @@ def _bench_unit(method: str, n: int, cfg: Config) -> dict:
         "out_size": sizes[0],
         "first_s": first,
         "warm_s": statistics.median(warm),
+        "warm_cpu_s": statistics.median(cpu),
         "ksd": statistics.median(ksds),
     }
     if method in ("kseq_lskt", "kseq_lsc", "gp_lskt"):
