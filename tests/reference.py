@@ -136,9 +136,10 @@ def kt_split(K, m, uniforms, delta):
     return np.array([coresets[(m, c)] for c in range(2**m)])
 
 
-def kt_swap(K, candidates):
-    """KT-SWAP (Algorithm 1b) on a dense kernel matrix: best candidate, then greedy swaps."""
-    mean_k = K.mean(axis=1)
+def kt_swap(K, candidates, weights=None):
+    """KT-SWAP (Algorithm 1b) on a dense kernel matrix: best candidate, then greedy swaps,
+    toward the empirical distribution of all points (or sum_i weights_i delta_i)."""
+    mean_k = K.mean(axis=1) if weights is None else K @ weights
     scores = [K[np.ix_(c, c)].mean() - 2 * mean_k[c].mean() for c in candidates]
     best = np.array(candidates[int(np.argmin(scores))])
     s = len(best)
@@ -150,6 +151,8 @@ def kt_swap(K, candidates):
     return best
 
 
-def mmd_to_indices(K, idx):
-    """MMD between all points and the points idx (repeats counted), from a dense K."""
-    return np.sqrt(max(K.mean() - 2 * K[:, idx].mean() + K[np.ix_(idx, idx)].mean(), 0.0))
+def mmd_to_indices(K, idx, weights=None):
+    """MMD between all points (or sum_i weights_i delta_i) and the points idx (repeats
+    counted), from a dense K."""
+    w = np.full(len(K), 1.0 / len(K)) if weights is None else weights
+    return np.sqrt(max(w @ K @ w - 2 * (K @ w)[idx].mean() + K[np.ix_(idx, idx)].mean(), 0.0))

@@ -15,6 +15,7 @@ from kmethods.debias import (
     stein_thin,
     stratified_round,
 )
+from tests.kmethods.targets import biased_mixture, mixture_score
 
 BASES = {
     "gaussian": (km.Gaussian(1.3), lambda a, b: jnp.exp(-jnp.sum((a - b) ** 2) / (2 * 1.3**2))),
@@ -46,21 +47,6 @@ def _dense_stein(base_fn, log_p, x, m=None):
     return np.asarray(jax.jit(lambda x: jax.vmap(lambda a: jax.vmap(lambda b: u(a, b))(x))(x))(x))
 
 
-def _mixture(key, n, left=0.8):
-    """The biased sample: 0.8 / 0.2 draws of the modes (-2, 0), (2, 0) of the target
-    0.5 N((-2, 0), I) + 0.5 N((2, 0), I)."""
-    k1, k2 = jax.random.split(key)
-    right = jax.random.bernoulli(k1, 1.0 - left, (n,))
-    centre = jnp.where(right[:, None], jnp.array([2.0, 0.0]), jnp.array([-2.0, 0.0]))
-    return centre + jax.random.normal(k2, (n, 2))
-
-
-def _mixture_log_p(v):
-    a = -0.5 * jnp.sum((v - jnp.array([-2.0, 0.0])) ** 2)
-    b = -0.5 * jnp.sum((v - jnp.array([2.0, 0.0])) ** 2)
-    return jnp.logaddexp(a, b)
-
-
 @pytest.mark.parametrize("base", sorted(BASES))
 @pytest.mark.parametrize("preconditioned", [False, True])
 def test_stein_kernel_gram_equals_dense_autodiff(x64, getkey, base, preconditioned):
@@ -85,8 +71,8 @@ def test_stein_kernel_gram_equals_dense_autodiff(x64, getkey, base, precondition
 
 
 def test_stein_kernel_works_where_kernels_do(x64, getkey):
-    x = _mixture(getkey(), 64)
-    stein = SteinKernel(km.IMQ(), jax.grad(_mixture_log_p))
+    x = biased_mixture(getkey(), 64)
+    stein = SteinKernel(km.IMQ(), mixture_score)
     z = stein.augment(x)
     gram = np.asarray(stein.gram(z, z))
     # KT and Compress++ run on z as on any points: see the test of stein_kernel_thin.
@@ -98,7 +84,7 @@ def test_stein_kernel_works_where_kernels_do(x64, getkey):
     # The KSD of the weighted sample is the Stein kernel's quadratic form.
     w = jax.random.uniform(getkey(), (64,))
     w = w / jnp.sum(w)
-    got = km.ksd2(x, jax.grad(_mixture_log_p), km.IMQ(), weights=w, unbiased=False)
+    got = km.ksd2(x, mixture_score, km.IMQ(), weights=w, unbiased=False)
     np.testing.assert_allclose(got, np.asarray(w) @ gram @ np.asarray(w), rtol=1e-10)
 
 
@@ -114,8 +100,8 @@ def _naive_stein_thin(gram, out_size, extra_diag=None, entropic=None):
 
 
 def test_stein_thin_equals_naive_greedy(x64, getkey):
-    x = _mixture(getkey(), 50)
-    score = jax.grad(_mixture_log_p)
+    x = biased_mixture(getkey(), 50)
+    score = mixture_score
     stein = SteinKernel(km.IMQ(), score)
     gram = np.asarray(stein.gram(stein.augment(x), stein.augment(x)))
     idx = stein_thin(x, score, km.IMQ(), out_size=70)  # more than n: points repeat
@@ -157,8 +143,8 @@ def _dense_objective(x, score, kernel=None):
 
 
 def test_exact_debias_weights_solve_the_simplex_qp(x64, getkey):
-    x = _mixture(getkey(), 30)
-    score = jax.grad(_mixture_log_p)
+    x = biased_mixture(getkey(), 30)
+    score = mixture_score
     gram = _dense_objective(x, score)
     tol = 1e-6
     w, info = debias_weights(x, score, km.IMQ(), tol=tol, max_iter=50_000, return_info=True)
@@ -191,8 +177,8 @@ def test_exact_debias_weights_solve_the_simplex_qp(x64, getkey):
 
 
 def test_low_rank_debias_approaches_exact(x64, getkey):
-    x = _mixture(getkey(), 30)  # the size of the test above: its exact solve is compiled
-    score = jax.grad(_mixture_log_p)
+    x = biased_mixture(getkey(), 30)  # the size of the test above: its exact solve is compiled
+    score = mixture_score
     gram = _dense_objective(x, score)
     exact = np.asarray(debias_weights(x, score, km.IMQ(), tol=1e-6, max_iter=50_000))
     best = exact @ gram @ exact
@@ -211,8 +197,8 @@ def test_low_rank_debias_approaches_exact(x64, getkey):
 
 def test_debiasing_corrects_the_biased_mixture(x64, getkey):
     # float64: in float32 the gap of the solver stalls near 1e-2 at this n (rounding of K w).
-    x = _mixture(getkey(), 1024)
-    score = jax.grad(_mixture_log_p)
+    x = biased_mixture(getkey(), 1024)
+    score = mixture_score
     right = np.asarray(x[:, 0] > 0)
     assert right.mean() < 0.3
     w, info = debias_weights(x, score, km.IMQ(), return_info=True)
@@ -248,11 +234,9 @@ def test_non_finite_scores_raise_or_give_nan(getkey):
 
 
 def test_solver_that_stops_early_says_so(x64, getkey):
-    x = _mixture(getkey(), 30)
+    x = biased_mixture(getkey(), 30)
     with pytest.warns(SolverNotConverged, match="did not converge"):
-        _, info = debias_weights(
-            x, jax.grad(_mixture_log_p), km.IMQ(), tol=1e-9, max_iter=3, return_info=True
-        )
+        _, info = debias_weights(x, mixture_score, km.IMQ(), tol=1e-9, max_iter=3, return_info=True)
     assert not bool(info.converged) and int(info.iterations) == 3
 
 
@@ -312,8 +296,8 @@ def test_ksd2_weights(x64, getkey):
     "rank", [None, pytest.param(16, marks=pytest.mark.slow)], ids=["skt", "lskt"]
 )
 def test_stein_kernel_thin_keeps_the_best_candidate(x64, getkey, rank):
-    x = _mixture(getkey(), 128)
-    score = jax.grad(_mixture_log_p)
+    x = biased_mixture(getkey(), 128)
+    score = mixture_score
     ksd = lambda idx: float(km.ksd2(x[idx], score, km.IMQ(), unbiased=False))
     baseline = ksd(stein_thin(x, score, km.IMQ(), out_size=8))  # one of its candidates
     standard = ksd(jnp.arange(0, 128, 16))

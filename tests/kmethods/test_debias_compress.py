@@ -8,38 +8,23 @@ import scipy.optimize
 
 import kmethods as km
 from kmethods.debias import SteinKernel, rp_cholesky, stein_cholesky
-
-
-def _mixture(key, n, left=0.8):
-    """The biased sample: 0.8 / 0.2 draws of the modes of 0.5 N((-2, 0), I) + 0.5 N((2, 0), I)."""
-    k1, k2 = jax.random.split(key)
-    right = jax.random.bernoulli(k1, 1.0 - left, (n,))
-    centre = jnp.where(right[:, None], jnp.array([2.0, 0.0]), jnp.array([-2.0, 0.0]))
-    return centre + jax.random.normal(k2, (n, 2))
-
-
-def _log_p(v):
-    a = -0.5 * jnp.sum((v - jnp.array([-2.0, 0.0])) ** 2)
-    b = -0.5 * jnp.sum((v - jnp.array([2.0, 0.0])) ** 2)
-    return jnp.logaddexp(a, b)
-
-
-_score = jax.grad(_log_p)
+from tests.kmethods.targets import biased_mixture, mixture_score
 
 
 def _ksd(x, w=None):
-    return float(jnp.sqrt(km.ksd2(x, _score, km.IMQ(), weights=w, unbiased=False)))
+    return float(jnp.sqrt(km.ksd2(x, mixture_score, km.IMQ(), weights=w, unbiased=False)))
 
 
 def test_stein_cholesky_weights_solve_the_support_qp(x64, getkey):
     """Simplex weights; KKT of min v^T K_SS v over the simplex; the optimum of a generic
     dense float64 solver on the same support."""
-    x = _mixture(getkey(), 64)
-    idx, w, info = stein_cholesky(getkey(), x, _score, km.IMQ(), out_size=8, return_info=True)
+    x = biased_mixture(getkey(), 64)
+    kernel = km.IMQ()
+    idx, w, info = stein_cholesky(getkey(), x, mixture_score, kernel, out_size=8, return_info=True)
     idx, w = np.asarray(idx), np.asarray(w)
     assert idx.shape == w.shape == (8,) and len(np.unique(idx)) == 8
     assert np.all(w >= 0) and abs(w.sum() - 1) < 1e-12 and bool(info.converged)
-    stein = SteinKernel(km.IMQ(), _score)
+    stein = SteinKernel(km.IMQ(), mixture_score)
     z = stein.augment(x[idx])
     K = np.asarray(stein.gram(z, z))
     lam = w @ K @ w
@@ -61,8 +46,8 @@ def test_stein_cholesky_weights_solve_the_support_qp(x64, getkey):
 
 
 def test_rp_cholesky_pivots_give_the_nystrom_factor(x64, getkey):
-    x = _mixture(getkey(), 40)
-    stein = SteinKernel(km.IMQ(), _score)
+    x = biased_mixture(getkey(), 40)
+    stein = SteinKernel(km.IMQ(), mixture_score)
     z = stein.augment(x)
     K = np.asarray(stein.gram(z, z))
     column = lambda s: stein.gram(z, z[s][None])[:, 0]
@@ -82,8 +67,8 @@ def test_stein_cholesky_debiases_the_mixture(x64, getkey, rank):
     subsample's and standard thinning's of the same size."""
     n, s = 256, 16
     for _ in range(2):
-        x = _mixture(getkey(), n)
-        idx, w = stein_cholesky(getkey(), x, _score, km.IMQ(), out_size=s, rank=rank)
+        x = biased_mixture(getkey(), n)
+        idx, w = stein_cholesky(getkey(), x, mixture_score, km.IMQ(), out_size=s, rank=rank)
         got = _ksd(x[idx], w)
         uniform = _ksd(x[jax.random.choice(getkey(), n, (s,), replace=False)])
         standard = _ksd(x[km.thinning.standard_thin(None, x, out_size=s)])
@@ -91,16 +76,16 @@ def test_stein_cholesky_debiases_the_mixture(x64, getkey, rank):
 
 
 def test_stein_cholesky_bad_inputs(getkey):
-    x = _mixture(getkey(), 16)
+    x = biased_mixture(getkey(), 16)
     with pytest.raises(ValueError, match="`out_size`"):
-        stein_cholesky(getkey(), x, _score, km.IMQ(), out_size=17)
+        stein_cholesky(getkey(), x, mixture_score, km.IMQ(), out_size=17)
     with pytest.raises(ValueError, match="`rank`"):
-        stein_cholesky(getkey(), x, _score, km.IMQ(), out_size=4, rank=17)
+        stein_cholesky(getkey(), x, mixture_score, km.IMQ(), out_size=4, rank=17)
     with pytest.raises(ValueError, match="`shift`"):
-        stein_cholesky(getkey(), x, _score, km.IMQ(), out_size=4, shift=-1.0)
+        stein_cholesky(getkey(), x, mixture_score, km.IMQ(), out_size=4, shift=-1.0)
     with pytest.raises(ValueError, match="`tol`"):
-        stein_cholesky(getkey(), x, _score, km.IMQ(), out_size=4, tol=0.0)
+        stein_cholesky(getkey(), x, mixture_score, km.IMQ(), out_size=4, tol=0.0)
     with pytest.raises(TypeError, match="`key`"):
-        stein_cholesky(0, x, _score, km.IMQ(), out_size=4)
+        stein_cholesky(0, x, mixture_score, km.IMQ(), out_size=4)
     with pytest.raises(ValueError, match="`score`"):
         stein_cholesky(getkey(), x, jnp.zeros((15, 2)), km.IMQ(), out_size=4)

@@ -249,24 +249,6 @@ def test_bad_input(getkey):
         thinning.mmd_to_sample(x, jnp.array([0, 20]), k)
 
 
-def _weighted_kt_swap(K, w, candidates):
-    """Dense reference of KT-SWAP toward the weighted input sum_i w_i delta_{x_i}."""
-    mean_k = K @ w
-    scores = [K[np.ix_(c, c)].mean() - 2 * mean_k[c].mean() for c in candidates]
-    best = np.array(candidates[int(np.argmin(scores))])
-    s = len(best)
-    stat = np.diag(K) / s - 2 * mean_k + 2 / s * K[:, best].sum(axis=1)
-    for i in range(s):
-        stat -= 2 / s * K[best[i]]
-        best[i] = int(np.argmin(stat))
-        stat += 2 / s * K[best[i]]
-    return best
-
-
-def _weighted_mmd(K, w, idx):
-    return np.sqrt(max(w @ K @ w - 2 * (K @ w)[idx].mean() + K[np.ix_(idx, idx)].mean(), 0.0))
-
-
 def test_equal_weights_give_unweighted_kt_and_compresspp(getkey):
     """n = s 2^m (KT) and n = 4^levels leaf (Compress++): the same indices for the same key."""
     x = jnp.asarray(_sample(12, 256), jnp.float32)
@@ -297,11 +279,11 @@ def test_weighted_kt_swaps_toward_the_weighted_input(x64, getkey):
     used = _weighted.stratified_round(k_drop, jnp.asarray(w), n)
     split = np.asarray(_kt.split_candidates(k_split, jnp.asarray(x), used, k, 0.5, m))
     candidates = [*split, np.asarray(_sizes.standard_indices(n, s))]
-    np.testing.assert_array_equal(got, _weighted_kt_swap(K, w, candidates))
-    best = min(_weighted_mmd(K, w, c) for c in candidates)
-    assert _weighted_mmd(K, w, got) <= best + 1e-12
+    np.testing.assert_array_equal(got, ref.kt_swap(K, candidates, w))
+    best = min(ref.mmd_to_indices(K, c, w) for c in candidates)
+    assert ref.mmd_to_indices(K, got, w) <= best + 1e-12
     plain = np.asarray(km.kernel_thin(key, jnp.asarray(x), k, out_size=s))
-    assert _weighted_mmd(K, w, got) < 0.5 * _weighted_mmd(K, w, plain)
+    assert ref.mmd_to_indices(K, got, w) < 0.5 * ref.mmd_to_indices(K, plain, w)
 
 
 @pytest.mark.slow
@@ -315,7 +297,7 @@ def test_weighted_compresspp_targets_the_weighted_input(x64, getkey):
         key = getkey()
         plain = np.asarray(km.compresspp(key, jnp.asarray(x), k, g=1))
         cpp = np.asarray(km.compresspp(key, jnp.asarray(x), k, g=1, weights=w))
-        assert _weighted_mmd(K, w, cpp) < 0.5 * _weighted_mmd(K, w, plain)
+        assert ref.mmd_to_indices(K, cpp, w) < 0.5 * ref.mmd_to_indices(K, plain, w)
 
 
 def test_bad_weights(getkey):
