@@ -14,7 +14,9 @@ For each n (per sample) and method, in one process:
 Times: kseq's first call (compilation included) and the median of `repeats` warm calls (new
 keys and data each); goodpoints' median over the same data. Rejection rates: over
 `replicates` fresh data sets at each n in `rate_sizes`, under the null and the alternative,
-for both libraries (with the number of non-finite kseq replicates). `kseq_only_sizes` time
+for both libraries on the same data sets (with the number of non-finite kseq replicates), each
+with its 95% binomial half-width, and the paired difference kseq - goodpoints with its
+standard error. `kseq_only_sizes` time
 kseq's CTT alone (e.g. n = 2^20, where goodpoints would take minutes). Each (method, n)
 record is a resumable unit.
 """
@@ -30,6 +32,7 @@ import numpy as np
 
 import kmethods as km
 from experiments.config import ConfigError, require_at_least
+from experiments.plots import binomial_halfwidth
 from experiments.tasks import nonfinite
 from experiments.timing import timed
 from kmethods import compressed
@@ -153,6 +156,14 @@ def _rates(method, g, n, cfg, seed0, kseq_fn, gp_fn) -> dict:
         out[f"kseq_rate_{label}"] = float(np.mean(kseq_rejects)) if kseq_rejects else None
         out[f"gp_rate_{label}"] = float(np.mean(gp_rejects)) if gp_rejects else None
         out[f"kseq_num_nonfinite_{label}"] = bad
+        if len(kseq_rejects) > 1:
+            # Paired difference over the same data sets, and each rate's 95% half-width.
+            diff = np.asarray(kseq_rejects) - np.asarray(gp_rejects)
+            out[f"rate_difference_{label}"] = float(diff.mean())
+            out[f"rate_difference_se_{label}"] = float(diff.std(ddof=1) / np.sqrt(diff.size))
+            for who in ("kseq", "gp"):
+                rate = out[f"{who}_rate_{label}"]
+                out[f"{who}_halfwidth95_{label}"] = binomial_halfwidth(rate, diff.size)
     return out
 
 

@@ -38,3 +38,5 @@ def test_bench_ctt_tiny_run(tmp_path):
             assert r["gp_s"] > 0 and r["ratio_warm"] > 0
             assert 0 <= r["kseq_rate_null"] <= 1 and 0 <= r["gp_rate_alt"] <= 1
             assert r["kseq_num_nonfinite_null"] == 0
+            assert -1 <= r["rate_difference_alt"] <= 1 and r["rate_difference_se_null"] >= 0
+            assert 0 <= r["gp_halfwidth95_null"] <= 1
