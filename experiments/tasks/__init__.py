@@ -63,6 +63,10 @@ TASKS: dict[str, str] = {
     "ksd_seq": "experiments.tasks.ksd_seq",
     "pksd_bimodal": "experiments.tasks.pksd_bimodal",
     "aggregated_power": "experiments.tasks.aggregated_power",
+    "tests_at_scale": "experiments.tasks.tests_at_scale",
+    "train_text": "experiments.tasks.train_text",
+    "stein_compression": "experiments.tasks.stein_compression",
+    "bench_stein": "experiments.tasks.bench_stein",
 }
 
 
