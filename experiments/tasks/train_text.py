@@ -53,6 +53,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import pathlib
 import platform
 import sys
@@ -171,14 +172,19 @@ def corpus_files(root: pathlib.Path) -> list[str]:
     """The sorted relative POSIX paths of the `.py` files under `root`, without the excluded
     folders (`EXCLUDED_FOLDERS`, `config-*`) and the generated `_sysconfigdata*` modules."""
     paths = []
-    for path in root.rglob("*.py"):
-        rel = path.relative_to(root)
-        folders = rel.parts[:-1]
-        if any(f in EXCLUDED_FOLDERS or f.startswith("config-") for f in folders):
-            continue
-        if rel.name.startswith("_sysconfigdata") or not path.is_file():
-            continue
-        paths.append(rel.as_posix())
+    for folder, subfolders, names in os.walk(root):
+        # pruned in place, so os.walk does not enter them (site-packages is large)
+        subfolders[:] = [
+            f for f in subfolders if f not in EXCLUDED_FOLDERS and not f.startswith("config-")
+        ]
+        rel = pathlib.Path(folder).relative_to(root)
+        paths += [
+            (rel / name).as_posix()
+            for name in names
+            if name.endswith(".py")
+            and not name.startswith("_sysconfigdata")
+            and os.path.isfile(os.path.join(folder, name))
+        ]
     return sorted(paths)
 
 
@@ -291,6 +297,7 @@ def count_parameters(model) -> int:
     return sum(math.prod(leaf.shape) for path, leaf in flat if _leaf_name(path) != "noise")
 
 
+@functools.cache
 def abstract_count(name: str, head_dim: int, cfg: Config) -> int:
     """`count_parameters` of model `name` with heads of `head_dim`, without building it."""
     shapes = eqx.filter_eval_shape(build_model, name, head_dim, cfg, jax.random.key(0))
