@@ -12,7 +12,8 @@ Top level, the solvers:
 One namespace down:
   `seqmodels.cells`: recurrent cells (`ElmanCell`, `GRUCell`, `LSTMCell`, `NeuralODECell`).
   `seqmodels.layers`: sequence-mixing layers (GateLoop, LinearAttention, LRU, S5, CKConv,
-    ShortConv), the `SequenceModel` stack, and gated linear attention as a function; one
+    ShortConv, LearnedKernelAttention, and SoftmaxAttention as the Transformer baseline), the
+    `SequenceModel` stack, and gated linear attention as a function; one
     sequence (L, d_model) per call, `step` for token-by-token inference, flax-style `dtype`
     and `param_dtype`.
   `seqmodels.parallel`: the time axis split across devices (LASP-2).
