@@ -145,13 +145,16 @@ def check_quantile_draws(num_quantile, name: str, alpha) -> int:
     return num_quantile
 
 
-def aggregate(draws, weights, alpha, scale, *, num_quantile, num_steps, kernels):
+def aggregate(draws, weights, alpha, scale, *, num_quantile, num_steps, kernels, inputs=()):
     """`AggregatedTestResult` from the statistics of N kernels on the data (column 0), the B1
     quantile draws (columns 1..B1) and the B2 correction draws (the rest), shape
     (N, 1 + B1 + B2), with weights w (N,). `scale` (N,) is the size of the terms each
     statistic sums: values within `kmethods.calibration.tie_tolerance` of it count as ties, as in
-    `kmethods.calibration.resample_p_value`."""
+    `kmethods.calibration.resample_p_value`. The statistics on the data are NaN (no kernel
+    rejects) unless every array of `inputs` (the data the statistics came from) is finite."""
     dtype = draws.dtype
+    if inputs:
+        draws = draws.at[:, 0].set(_checks.nan_unless_finite(draws[:, 0], *inputs))
     observed = draws[:, 0]
     m1 = draws[:, : num_quantile + 1]
     m2 = draws[:, num_quantile + 1 :]

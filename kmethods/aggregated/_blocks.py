@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from kmethods import _checks
-from kmethods.aggregated._aggregate import check_quantile_draws
+from kmethods.aggregated._aggregate import aggregate, check_quantile_draws
 
 __all__ = [
     "Plan",
@@ -58,6 +58,20 @@ class Plan(NamedTuple):
             _checks.positive_int(num_correction, "num_correction"),
             _checks.positive_int(bisection_steps, "bisection_steps"),
             _checks.block_size(block_size),
+        )
+
+    def decide(self, draws, scale, weights, alpha, kernels, inputs):
+        """The `AggregatedTestResult` of the statistics `draws` (N, 1 + B1 + B2): `aggregate`
+        with this plan's B1 and bisection steps."""
+        return aggregate(
+            draws,
+            weights,
+            alpha,
+            scale,
+            inputs=inputs,
+            num_quantile=self.num_quantile,
+            num_steps=self.bisection_steps,
+            kernels=kernels,
         )
 
     def rows_per_block(self, rows: int, num_kernels: int) -> int:

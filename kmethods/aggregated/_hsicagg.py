@@ -21,7 +21,6 @@ from kmethods.aggregated import _blocks
 from kmethods.aggregated._aggregate import (
     WEIGHTINGS,
     AggregatedTestResult,
-    aggregate,
 )
 from kmethods.aggregated._aggregate import (
     weights as weighting,
@@ -183,13 +182,6 @@ def _hsicagg(key, x, y, collection_x, collection_y, alpha, weights, num_diagonal
         r = num_diagonals
         count = float(r * num - r * (r + 1) // 2)
     draws = forms / (4.0 * count)
-    draws = draws.at[:, 0].set(_checks.nan_unless_finite(draws[:, 0], x, y))
-    return aggregate(
-        draws,
-        weights,
-        alpha,
-        abs_sum / (4.0 * count),
-        num_quantile=plan.num_quantile,
-        num_steps=plan.bisection_steps,
-        kernels=(collection_x, collection_y),
+    return plan.decide(
+        draws, abs_sum / (4.0 * count), weights, alpha, (collection_x, collection_y), (x, y)
     )

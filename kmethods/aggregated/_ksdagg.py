@@ -18,7 +18,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from kmethods import _checks
 from kmethods._scores import scores_at
 from kmethods.aggregated import _blocks
-from kmethods.aggregated._aggregate import AggregatedTestResult, aggregate, collection_weights
+from kmethods.aggregated._aggregate import AggregatedTestResult, collection_weights
 from kmethods.aggregated._collections import KernelCollection, as_collection, ksdagg_kernels
 from kmethods.kernels import Kernel
 from kmethods.pairwise import mask_diagonal
@@ -108,13 +108,4 @@ def _ksdagg(key, x, scores, collection, alpha, weights, plan):
     )
     nf = float(n)
     draws = forms / (nf * (nf - 1))
-    draws = draws.at[:, 0].set(_checks.nan_unless_finite(draws[:, 0], x, scores))
-    return aggregate(
-        draws,
-        weights,
-        alpha,
-        abs_sum / (nf * (nf - 1)),
-        num_quantile=plan.num_quantile,
-        num_steps=plan.bisection_steps,
-        kernels=collection,
-    )
+    return plan.decide(draws, abs_sum / (nf * (nf - 1)), weights, alpha, collection, (x, scores))

@@ -15,7 +15,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from kmethods import _checks
 from kmethods.aggregated import _blocks
-from kmethods.aggregated._aggregate import AggregatedTestResult, aggregate, collection_weights
+from kmethods.aggregated._aggregate import AggregatedTestResult, collection_weights
 from kmethods.aggregated._collections import KernelCollection, as_collection, mmdagg_kernels
 from kmethods.kernels import Kernel
 from kmethods.pairwise import mask_diagonal
@@ -135,16 +135,7 @@ def _mmdagg(key, x, y, collection, alpha, weights, plan):
     coefficients = (cx + cy + 2.0 * cxy, -2.0 * (cy + cxy), cy)
     draws = sum(c * t for c, t in zip(coefficients, sums, strict=True))
     scale = jnp.max(sum(abs(c) * jnp.abs(t) for c, t in zip(coefficients, sums, strict=True)), 1)
-    draws = draws.at[:, 0].set(_checks.nan_unless_finite(draws[:, 0], x, y))
-    return aggregate(
-        draws,
-        weights,
-        alpha,
-        scale,
-        num_quantile=plan.num_quantile,
-        num_steps=plan.bisection_steps,
-        kernels=collection,
-    )
+    return plan.decide(draws, scale, weights, alpha, collection, (x, y))
 
 
 def _split(values, collection):

@@ -230,12 +230,12 @@ def _actt(
 
     means = jnp.moveaxis(coreset_means(pair_means, sets), -1, 0)  # (N, s, s)
     draws, scale = bin_statistics(k_perm, means, plan.bins_x, num_permutations + num_correction)
-    draws = draws.at[:, 0].set(_checks.nan_unless_finite(draws[:, 0], x, y))
     return aggregate(
         draws,
         weights,
         alpha,
         scale,
+        inputs=(x, y),
         num_quantile=num_permutations,
         num_steps=bisection_steps,
         kernels=collection,
