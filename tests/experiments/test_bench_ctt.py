@@ -1,31 +1,19 @@
-import json
 import warnings
 
 import pytest
 
-from experiments import load_config, run_experiment
-
 pytest.importorskip("goodpoints")
 
 
-def test_bench_ctt_tiny_run(tmp_path):
-    cfg = load_config(
-        "configs/bench_ctt.yaml",
-        [
-            "params.sample_sizes=[256]",
-            "params.g_values=[1]",
-            "params.bins_per_sample=4",
-            "params.num_features=16",
-            "params.repeats=1",
-            "params.rate_sizes=[256]",
-            "params.replicates=2",
-            "params.kseq_only_sizes=[1024]",
-        ],
-    )
+def test_bench_ctt_tiny_run(tiny_run):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        run_dir = run_experiment(cfg, tmp_path, quiet=True)
-    records = json.loads((run_dir / "results.json").read_text())["results"]["records"]
+        _, results = tiny_run(
+            "bench_ctt",
+            "sample_sizes=[256] g_values=[1] bins_per_sample=4 num_features=16 repeats=1",
+            "rate_sizes=[256] replicates=2 kseq_only_sizes=[1024]",
+        )
+    records = results["records"]
     assert {(r["method"], r["n"]) for r in records} == {
         ("ctt", 256),
         ("lrctt", 256),

@@ -1,28 +1,21 @@
-import json
 import warnings
 
 import pytest
 
-from experiments import load_config, run_experiment
+from experiments import load_config
 from experiments.config import ConfigError
 
 
-def test_tests_at_scale_tiny_run(tmp_path):
+def test_tests_at_scale_tiny_run(tiny_run):
     """Two methods at tiny sizes through the task's code path: one record per alternative,
     method and size, rates in [0, 1], times and the figure written."""
-    cfg = load_config(
-        "configs/tests_at_scale.yaml",
-        [
-            "params.methods=[exact, block]",
-            "params.sizes={exact: [32], block: [64]}",
-            "params.replicates=4",
-            "params.num_permutations=19",
-        ],
-    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        run_dir = run_experiment(cfg, tmp_path, quiet=True)
-    results = json.loads((run_dir / "results.json").read_text())["results"]
+        run_dir, results = tiny_run(
+            "tests_at_scale",
+            "methods=[exact,block] 'sizes={exact: [32], block: [64]}'",
+            "replicates=4 num_permutations=19",
+        )
     records = results["records"]
     assert {(r["alternative"], r["method"], r["n"]) for r in records} == {
         (a, m, n) for a in ("shift", "mixture") for m, n in (("exact", 32), ("block", 64))
