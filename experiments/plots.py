@@ -105,6 +105,13 @@ def rejection_plot(
 _BET_LABELS = {"ons": "ONS", "agrapa": "aGRAPA"}
 
 
+def rate_bars(ax, xs, rows, rate, halfwidth, label, **style):
+    """The rates `r[rate]` of `rows` against `xs` with error bars `r[halfwidth]` (a 95%
+    binomial half-width), circles joined by a line; `style` adds to or overrides it."""
+    ys, err = [r[rate] for r in rows], [r[halfwidth] for r in rows]
+    return ax.errorbar(xs, ys, yerr=err, **{"marker": "o", "capsize": 3, "label": label, **style})
+
+
 def sequential_rate_plot(rows, x_key, *, bets, alpha, x_label, title, reference=()):
     """Rejection rate (95% binomial bars) and mean normalised stopping time against `x_key`.
 
@@ -116,14 +123,7 @@ def sequential_rate_plot(rows, x_key, *, bets, alpha, x_label, title, reference=
     for bet in bets:
         pts = [r for r in rows if r["bet"] == bet]
         xs = [r[x_key] for r in pts]
-        ax_rate.errorbar(
-            xs,
-            [r["rejection_rate"] for r in pts],
-            yerr=[r["rate_halfwidth95"] for r in pts],
-            marker="o",
-            capsize=3,
-            label=_BET_LABELS[bet],
-        )
+        rate_bars(ax_rate, xs, pts, "rejection_rate", "rate_halfwidth95", _BET_LABELS[bet])
         ax_time.plot(xs, [r["stopping_time_mean"] for r in pts], "o-", label=_BET_LABELS[bet])
     if reference:
         ax_rate.plot(*zip(*reference, strict=True), "k*", ms=9, label="authors' code")

@@ -51,18 +51,24 @@ def tiny_run(tmp_path):
     """Runs a config of `configs/` in tmp_path: `tiny_run("kt_mmd_rate", "repeats=1 dims=[2]")`.
 
     Each argument holds whitespace-separated `key=value` overrides, split as a shell would
-    (quote a value with spaces); a key without a dot is a `params.` key. Returns
+    (quote a value with spaces); a key without a dot is a `params.` key. `ignore_warnings`:
+    for runs of comparator libraries that warn about their own dependencies. Returns
     (run_dir, results), results being the "results" entry of the run's results.json.
     """
     import json
     import shlex
+    import warnings
 
     from experiments import load_config, run_experiment
 
-    def run(name, *overrides):
+    def run(name, *overrides, ignore_warnings=False):
         items = [item for text in overrides for item in shlex.split(text)]
         items = [item if "." in item.split("=")[0] else f"params.{item}" for item in items]
-        run_dir = run_experiment(load_config(f"configs/{name}.yaml", items), tmp_path, quiet=True)
+        cfg = load_config(f"configs/{name}.yaml", items)
+        with warnings.catch_warnings():
+            if ignore_warnings:
+                warnings.simplefilter("ignore")
+            run_dir = run_experiment(cfg, tmp_path, quiet=True)
         return run_dir, json.loads((run_dir / "results.json").read_text())["results"]
 
     return run

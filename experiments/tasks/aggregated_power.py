@@ -56,7 +56,7 @@ import numpy as np
 
 import kmethods as km
 from experiments.config import ConfigError, require_at_least, require_non_empty, require_probability
-from experiments.plots import binomial_halfwidth, pyplot, style_axis
+from experiments.plots import binomial_halfwidth, pyplot, rate_bars, style_axis
 from experiments.tasks import nonfinite
 from kmethods.aggregated import KernelCollection
 
@@ -449,14 +449,7 @@ def _plot(records, cfg, ctx):
         xs = [r["level"] for r in rows]
         agg_label, single_label, x_label = _LABELS[experiment]
         for key, label in (("agg", agg_label), ("single", single_label)):
-            ax.errorbar(
-                xs,
-                [r[key] for r in rows],
-                yerr=[r[f"{key}_halfwidth95"] for r in rows],
-                marker="o",
-                capsize=3,
-                label=label,
-            )
+            rate_bars(ax, xs, rows, key, f"{key}_halfwidth95", label)
         if any("agg_paper" in r for r in rows):
             ax.plot(xs, [r["agg_paper"] for r in rows], "s--", label="KSDAgg Lambda(-20, 0)")
         published = [r for r in rows if "published_agg" in r]

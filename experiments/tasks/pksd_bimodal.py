@@ -32,7 +32,7 @@ import numpy as np
 
 import kmethods as km
 from experiments.config import ConfigError, require_at_least, require_non_empty, require_probability
-from experiments.plots import binomial_halfwidth, pyplot, style_axis
+from experiments.plots import binomial_halfwidth, pyplot, rate_bars, style_axis
 from experiments.tasks import nonfinite
 
 Method = Literal["ksd", "spksd", "ospksd"]
@@ -239,27 +239,21 @@ def _plot(rows, cfg, ctx):
     offsets = {m: 0.06 * (k - (len(cfg.methods) - 1) / 2) for k, m in enumerate(cfg.methods)}
     for m in cfg.methods:
         pts = [r for r in rows if r["method"] == m and r["hypothesis"] == "alternative"]
-        bars = ax.errorbar(
-            [r["delta"] + offsets[m] for r in pts],
-            [r["rejection_rate"] for r in pts],
-            yerr=[r["rate_halfwidth95"] for r in pts],
-            marker="o",
-            ms=4,
-            capsize=3,
-            label=f"{_LABELS[m]} (power)",
-        )
+        rate = ("rejection_rate", "rate_halfwidth95")
+        xs = [r["delta"] + offsets[m] for r in pts]
+        bars = rate_bars(ax, xs, pts, *rate, f"{_LABELS[m]} (power)", ms=4)
         for r in rows:
             if r["method"] == m and r["hypothesis"] == "null":
-                ax.errorbar(
+                rate_bars(
+                    ax,
                     [r["delta"] + offsets[m]],
-                    [r["rejection_rate"]],
-                    yerr=[r["rate_halfwidth95"]],
+                    [r],
+                    *rate,
+                    f"{_LABELS[m]} (level: sample from p)",
                     marker="x",
                     ms=8,
                     linestyle="none",
-                    capsize=3,
                     color=bars.lines[0].get_color(),
-                    label=f"{_LABELS[m]} (level: sample from p)",
                 )
     if cfg.published_ksd:
         ax.plot(*zip(*cfg.published_ksd, strict=True), "k*", ms=10, label="paper: KSD")

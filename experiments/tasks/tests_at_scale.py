@@ -50,7 +50,7 @@ import numpy as np
 
 import kmethods as km
 from experiments.config import ConfigError, require_at_least, require_probability
-from experiments.plots import binomial_halfwidth, pyplot, style_axis
+from experiments.plots import binomial_halfwidth, pyplot, rate_bars, style_axis
 from experiments.tasks import nonfinite
 from experiments.tasks.aggregated_power import binomial_interval
 from kmethods import compressed
@@ -347,14 +347,7 @@ def _plot(records, cfg, ctx):
             )
             times = [r["time_s"] for r in line]
             label = _label(method, g)
-            ax_power.errorbar(
-                times,
-                [r["power"] for r in line],
-                yerr=[r["power_halfwidth95"] for r in line],
-                marker="o",
-                capsize=2,
-                label=label,
-            )
+            rate_bars(ax_power, times, line, "power", "power_halfwidth95", label, capsize=2)
             ax_level.plot(times, [r["level"] for r in line], "o-", label=label)
         lo, hi = rows[0]["level_interval99"]
         ax_level.axhspan(lo, hi, color="grey", alpha=0.15, label="99% interval")

@@ -1,18 +1,15 @@
-import warnings
-
 import pytest
 
 pytest.importorskip("goodpoints")
 
 
 def test_bench_ctt_tiny_run(tiny_run):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _, results = tiny_run(
-            "bench_ctt",
-            "sample_sizes=[256] g_values=[1] bins_per_sample=4 num_features=16 repeats=1",
-            "rate_sizes=[256] replicates=2 kseq_only_sizes=[1024]",
-        )
+    _, results = tiny_run(
+        "bench_ctt",
+        "sample_sizes=[256] g_values=[1] bins_per_sample=4 num_features=16 repeats=1",
+        "rate_sizes=[256] replicates=2 kseq_only_sizes=[1024]",
+        ignore_warnings=True,
+    )
     records = results["records"]
     assert {(r["method"], r["n"]) for r in records} == {
         ("ctt", 256),

@@ -29,11 +29,11 @@ def test_hyppo_statistics_map_onto_kseq(x64, getkey, n, m):
 
 
 def test_bench_tests_tiny_run(tiny_run):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # hyppo/numba deprecation warnings
-        run_dir, results = tiny_run(
-            "bench_tests", "sample_sizes=[30] num_permutations=20 repeats=1 hyppo_reps_large=10"
-        )
+    run_dir, results = tiny_run(
+        "bench_tests",
+        "sample_sizes=[30] num_permutations=20 repeats=1 hyppo_reps_large=10",
+        ignore_warnings=True,  # hyppo/numba deprecation warnings
+    )
     records = results["records"]
     assert {(r["test"], r["null"]) for r in records} == {
         ("hsic", "permutation"),

@@ -1,5 +1,3 @@
-import warnings
-
 import pytest
 
 from experiments import load_config
@@ -9,13 +7,12 @@ from experiments.config import ConfigError
 def test_tests_at_scale_tiny_run(tiny_run):
     """Two methods at tiny sizes through the task's code path: one record per alternative,
     method and size, rates in [0, 1], times and the figure written."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        run_dir, results = tiny_run(
-            "tests_at_scale",
-            "methods=[exact,block] 'sizes={exact: [32], block: [64]}'",
-            "replicates=4 num_permutations=19",
-        )
+    run_dir, results = tiny_run(
+        "tests_at_scale",
+        "methods=[exact,block] 'sizes={exact: [32], block: [64]}'",
+        "replicates=4 num_permutations=19",
+        ignore_warnings=True,
+    )
     records = results["records"]
     assert {(r["alternative"], r["method"], r["n"]) for r in records} == {
         (a, m, n) for a in ("shift", "mixture") for m, n in (("exact", 32), ("block", 64))
