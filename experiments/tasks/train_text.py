@@ -67,7 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments.config import ConfigError, require_at_least, require_non_empty
+from experiments.config import ConfigError, require_at_least, require_non_empty, require_sizes
 from experiments.mesh import split_leading_axis
 from experiments.plots import style_axis
 from seqmodels.layers import (
@@ -128,14 +128,13 @@ class Config:
     checkpoint_every: int = 50
 
     def __post_init__(self):
-        require_non_empty(self, ("models", "lengths"))
+        require_non_empty(self, ("models",))
+        require_sizes(self, "lengths", 2, "L")
         require_at_least(
             self,
             ("d_model", "num_layers", "num_heads", "num_features", "steps", "eval_every"),
         )
         require_at_least(self, ("conv_width", "max_files", "checkpoint_every"), minimum=0)
-        if min(self.lengths) < 2:
-            raise ConfigError(f"`params.lengths` must all be >= 2, got {list(self.lengths)}.")
         if self.batch_tokens < max(self.lengths):
             raise ConfigError(
                 f"`params.batch_tokens` ({self.batch_tokens}) must be at least the longest of "

@@ -7,7 +7,6 @@ import math
 
 import pytest
 
-from experiments import load_config, run_experiment
 from experiments.config import ConfigError
 from experiments.tasks import train_text
 
@@ -36,30 +35,17 @@ def test_default_models_have_equal_parameter_counts():
     assert max(counts.values()) <= 1.1 * min(counts.values()), counts
 
 
-def test_tiny_run_writes_the_manifest_and_a_finite_bits_per_byte(tmp_path):
-    cfg = load_config(
-        "configs/train_text.yaml",
-        [
-            "params.models=[softmax]",
-            "params.lengths=[32]",
-            "params.steps=3",
-            "params.warmup_steps=1",
-            "params.eval_every=2",
-            "params.d_model=8",
-            "params.num_layers=1",
-            "params.conv_width=0",
-            "params.batch_tokens=64",
-            "params.eval_tokens=64",
-            "params.max_files=2",
-            "params.checkpoint_every=0",
-        ],
+def test_tiny_run_writes_the_manifest_and_a_finite_bits_per_byte(tiny_run):
+    run_dir, results = tiny_run(
+        "train_text",
+        "models=[softmax] lengths=[32] steps=3 warmup_steps=1 eval_every=2 d_model=8",
+        "num_layers=1 conv_width=0 batch_tokens=64 eval_tokens=64 max_files=2 checkpoint_every=0",
     )
-    run_dir = run_experiment(cfg, tmp_path, quiet=True)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert [f["split"] for f in manifest["files"]] == ["train"] * 2 + ["heldout"] * 2
     assert all(f["bytes"] > 0 for f in manifest["files"]) and manifest["python_version"]
     assert manifest["bytes"]["train"] == sum(f["bytes"] for f in manifest["files"][:2])
-    (row,) = json.loads((run_dir / "results.json").read_text())["results"]["table"]
+    (row,) = results["table"]
     assert row["model"] == "softmax" and row["length"] == 32
     assert math.isfinite(row["bits_per_byte"]) and 0 < row["bits_per_byte"] < 16
     assert row["tokens_per_s"] > 0
@@ -74,6 +60,7 @@ def test_tiny_run_writes_the_manifest_and_a_finite_bits_per_byte(tmp_path):
         ({"holdout_fraction": 1.0}, "holdout_fraction"),
         ({"warmup_steps": 500}, "warmup_steps"),
         ({"d_model": 63}, "d_model"),
+        ({"lengths": [1]}, "lengths"),
     ],
 )
 def test_bad_config_values_name_the_key(params, match):
