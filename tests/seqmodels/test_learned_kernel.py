@@ -171,18 +171,18 @@ def test_flax_adapter_equals_the_equinox_layer_on_batch_first_input(getkey):
     flax_layer = sf.LearnedKernelAttention(8, 2, rngs=nnx.Rngs(params=3), **kwargs)
     eqx_layer = LearnedKernelAttention(8, 2, key=nnx.Rngs(params=3).params(), **kwargs)
     x = jax.random.normal(getkey(), (3, 12, 8))
-    want = jax.vmap(eqx_layer)(x)
-    np.testing.assert_array_equal(flax_layer(x), want)
-    np.testing.assert_array_equal(
-        flax_layer(x.swapaxes(0, 1), time_major=True).swapaxes(0, 1), want
-    )
+    # jitted: the chunkwise form run op by op costs seconds of dispatch
+    want = eqx.filter_jit(lambda m, x: jax.vmap(m)(x))(eqx_layer, x)
+    call = nnx.jit(lambda m, x, time_major: m(x, time_major=time_major), static_argnums=2)
+    np.testing.assert_array_equal(call(flax_layer, x, False), want)
+    np.testing.assert_array_equal(call(flax_layer, x.swapaxes(0, 1), True).swapaxes(0, 1), want)
     names = {"/".join(map(str, path)) for path, _ in nnx.to_flat_state(nnx.state(flax_layer))}
     assert {"q/weight", "out/weight", "spectrum/means", "noise"} <= names
-    grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(flax_layer)
-    g_eqx = eqx.filter_grad(lambda m: jnp.sum(jax.vmap(m)(x) ** 2))(eqx_layer)
+    grads = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x) ** 2)))(flax_layer)
+    g_eqx = eqx.filter_jit(eqx.filter_grad(lambda m: jnp.sum(jax.vmap(m)(x) ** 2)))(eqx_layer)
     np.testing.assert_allclose(
         grads.spectrum.means[...], g_eqx.spectrum.means, rtol=1e-5, atol=1e-6
     )
     state = flax_layer.init_state(batch_size=3)
-    _, y0 = flax_layer.step(state, x[:, 0])
+    _, y0 = nnx.jit(lambda m, s, x_t: m.step(s, x_t))(flax_layer, state, x[:, 0])
     np.testing.assert_allclose(y0, want[:, 0], rtol=1e-5, atol=1e-6)
