@@ -50,13 +50,15 @@ def test_flax_layers_equal_equinox_on_batch_first_input(getkey, name, args, kwar
     flax_layer = getattr(sf, name)(*args, rngs=nnx.Rngs(params=3), **kwargs)
     eqx_layer = getattr(layers, name)(*args, key=nnx.Rngs(params=3).params(), **kwargs)
     x = jax.random.normal(getkey(), (3, 12, 8))
-    want = jax.vmap(lambda s: eqx_layer(s, **call))(x)
-    np.testing.assert_array_equal(flax_layer(x, **call), want)
-    time_major = flax_layer(x.swapaxes(0, 1), time_major=True, **call)
-    np.testing.assert_array_equal(time_major.swapaxes(0, 1), want)
+    # jitted: the layers run op by op cost seconds of dispatch
+    want = eqx.filter_jit(lambda m, x: jax.vmap(lambda s: m(s, **call))(x))(eqx_layer, x)
+    run = nnx.jit(lambda m, x, time_major: m(x, time_major=time_major, **call), static_argnums=2)
+    np.testing.assert_array_equal(run(flax_layer, x, False), want)
+    np.testing.assert_array_equal(run(flax_layer, x.swapaxes(0, 1), True).swapaxes(0, 1), want)
 
-    g_flax = nnx.grad(lambda m: jnp.sum(m(x, **call) ** 2))(flax_layer)
-    g_eqx = eqx.filter_grad(lambda m: jnp.sum(jax.vmap(lambda s: m(s, **call))(x) ** 2))(eqx_layer)
+    g_flax = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x, **call) ** 2)))(flax_layer)
+    loss = lambda m: jnp.sum(jax.vmap(lambda s: m(s, **call))(x) ** 2)
+    g_eqx = eqx.filter_jit(eqx.filter_grad(loss))(eqx_layer)
     flat_flax, flat_eqx = _paths(nnx.state(g_flax)), _eqx_paths(g_eqx)
     assert flat_flax.keys() == flat_eqx.keys()
     for path, leaf in flat_eqx.items():
