@@ -352,5 +352,6 @@ def _plot(rows, slopes, targets, ctx):
             ylog=10,
             legend_title="fitted slope",
         )
-        style_axis(axes[1, col], "n", "seconds (median)", target, xlog=2, ylog=10)
+        style_axis(axes[1, col], "n", f"seconds (median), {target}", xlog=2, ylog=10)
+    fig.tight_layout()
     ctx.save_figure(fig, "stein_compression")
