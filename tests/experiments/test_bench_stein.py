@@ -1,29 +1,18 @@
-import json
 import sys
-import warnings
 
 import pytest
 
-from experiments import load_config, run_experiment
 from experiments.tasks import bench_stein
 
 pytest.importorskip("goodpoints.jax.dtc")
 
 
-def test_bench_stein_tiny_run(tmp_path, monkeypatch):
+def test_bench_stein_tiny_run(tiny_run, monkeypatch):
     monkeypatch.setitem(sys.modules, "coreax", None)  # a missing competitor is skipped
-    cfg = load_config(
-        "configs/bench_stein.yaml",
-        [
-            "params.sample_sizes=[64]",
-            "params.methods=[kseq_stein_thin,gp_stein_thin,coreax_st_noreg,input]",
-            "params.measure_memory=false",
-        ],
+    methods = "methods=[kseq_stein_thin,gp_stein_thin,coreax_st_noreg,input]"
+    _, results = tiny_run(
+        "bench_stein", f"sample_sizes=[64] {methods} measure_memory=false", ignore_warnings=True
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        run_dir = run_experiment(cfg, tmp_path, quiet=True)
-    results = json.loads((run_dir / "results.json").read_text())["results"]
     records = {r["method"]: r for r in results["records"]}
     assert "coreax" in records["coreax_st_noreg"]["skipped"]
     # the same greedy Stein thinning in both libraries: the same coreset, the same KSD

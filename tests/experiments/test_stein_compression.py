@@ -1,9 +1,6 @@
-import json
-
 import jax
 import numpy as np
 
-from experiments import load_config, run_experiment
 from experiments.tasks import stein_compression as sc
 
 
@@ -16,18 +13,10 @@ def test_coreset_ksd_weights_and_repeats_agree():
     assert np.isclose(sc.left_mass(x, np.arange(64)), np.mean(np.asarray(x)[:, 0] < 0))
 
 
-def test_stein_compression_tiny_run(tmp_path):
-    cfg = load_config(
-        "configs/stein_compression.yaml",
-        [
-            "params.sample_sizes=[32,64]",
-            "params.methods=[uniform,stein_thin]",
-            "params.targets=[mcmc]",
-            "params.repeats=1",
-        ],
+def test_stein_compression_tiny_run(tiny_run):
+    run_dir, results = tiny_run(
+        "stein_compression", "sample_sizes=[32,64] methods=[uniform,stein_thin] targets=[mcmc]"
     )
-    run_dir = run_experiment(cfg, tmp_path, quiet=True)
-    results = json.loads((run_dir / "results.json").read_text())["results"]
     rows = {(r["target"], r["n"], r["method"]): r for r in results["ksd"]}
     assert len(rows) == 2 * 3  # two n, two methods and the input
     for target in ("mcmc",):
