@@ -3,20 +3,29 @@ import pytest
 pytest.importorskip("goodpoints")
 
 
-def test_bench_ctt_tiny_run(tiny_run):
+METHODS = {"ctt", "lrctt", "rff"}
+
+
+@pytest.mark.parametrize(
+    "methods,kseq_only",
+    [
+        # the default suite: one method beside goodpoints (each costs seconds of compiles)
+        ("ctt", []),
+        pytest.param(sorted(METHODS), [1024], marks=pytest.mark.slow),
+    ],
+)
+def test_bench_ctt_tiny_run(tiny_run, methods, kseq_only):
+    methods = [methods] if isinstance(methods, str) else methods
     _, results = tiny_run(
         "bench_ctt",
         "sample_sizes=[256] g_values=[1] bins_per_sample=4 num_features=16 repeats=1",
-        "rate_sizes=[256] replicates=2 kseq_only_sizes=[1024]",
+        "rate_sizes=[256] replicates=2",
+        f"methods=[{','.join(methods)}] kseq_only_sizes=[{','.join(map(str, kseq_only))}]",
         ignore_warnings=True,
     )
     records = results["records"]
-    assert {(r["method"], r["n"]) for r in records} == {
-        ("ctt", 256),
-        ("lrctt", 256),
-        ("rff", 256),
-        ("ctt", 1024),
-    }
+    expected = {(m, 256) for m in methods} | {("ctt", n) for n in kseq_only}
+    assert {(r["method"], r["n"]) for r in records} == expected
     for r in records:
         assert r["kseq_warm_s"] > 0
         if r["n"] == 256:
