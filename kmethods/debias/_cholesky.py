@@ -15,6 +15,7 @@ from kmethods.debias._kernel import stein_problem
 from kmethods.debias._thin import stein_thin_program
 from kmethods.debias._weights import debias_program, rp_cholesky, simplex_qp
 from kmethods.kernels import Kernel
+from kmethods.pairwise import kernel_matvec
 from kmethods.thinning._sizes import check_key
 
 Score = Callable[[Float[Array, " d"]], Float[Array, " d"]] | Float[Array, "n d"]
@@ -37,9 +38,7 @@ def swap_with_line_search(z, kernel, support, v):
     dtype = z.dtype
     diag = kernel.diag(z)
     column = lambda j: kernel.gram(z, z[j][None])[:, 0]
-    g = jax.lax.fori_loop(
-        0, support.shape[0], lambda i, g: g + v[i] * column(support[i]), jnp.zeros_like(diag)
-    )
+    g = kernel_matvec(kernel, z, z[support], v)  # K_{:, S} v, blocked
     f = jnp.dot(v, g[support])
     tiny = jnp.finfo(dtype).tiny
 
