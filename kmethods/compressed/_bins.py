@@ -20,10 +20,11 @@ import numpy as np
 
 from kmethods import _checks
 from kmethods.calibration import decide, permuted_labels, resample_p_value
-from kmethods.thinning._compress import compresspp
+from kmethods.thinning._compress import compress_bins
 
 __all__ = [
     "BinPlan",
+    "bin_coresets",
     "bin_plan",
     "bin_result",
     "bin_statistics",
@@ -32,8 +33,6 @@ __all__ = [
     "make_bins",
 ]
 
-# Bins compressed together (vmapped) in each step of the loop over bins.
-_BIN_BATCH = 4
 # Entries of the coreset-pair Gram blocks evaluated at once: 2^21 floats = 8 MiB in float32.
 _BLOCK_ELEMENTS = 2**21
 
@@ -80,32 +79,34 @@ def coreset_size(size: int, g: int) -> int:
 
 
 def coresets(key, bins, kernel, *, g: int, delta: float):
+    """Each bin's KT-Compress(g) coreset, shape (s, c, d) with c = `coreset_size`: the key
+    split into one key per bin, then `bin_coresets`."""
+    return bin_coresets(jax.random.split(key, bins.shape[0]), bins, kernel, g=g, delta=delta)
+
+
+def bin_coresets(keys, bins, kernel, *, g: int, delta: float):
     """Each bin's KT-Compress(g) coreset, shape (s, c, d) with c = `coreset_size`.
 
     KT-Compress(g) (Shetty, Dwivedi & Mackey, 2022, Algorithm 1, with symmetrized kernel
     halving) is `kmethods.compresspp` with g = 0 and the output size 2^g sqrt(4^k): Compress
     with leaves of 4^g points, whose halvings stop at 2^g sqrt(4^k) points, without the final
     KT of Compress++. A bin of more than 4^k points gives 4^k of them, drawn at random, to
-    Compress. The bins are compressed four at a time (`lax.map`), each with failure
-    probability `delta`.
+    Compress. Bin i is compressed with keys[i] and failure probability `delta`; the halvings
+    of one level are done for all bins together (`thinning`'s `compress_bins`), so that each
+    sequential step of the walks and swaps advances every bin.
     """
-    s, size, _ = bins.shape
+    _, size, _ = bins.shape
     c = coreset_size(size, g)
     if c == size:
         return bins
     used = 4 ** _log4(size)
-
-    def one(args):
-        k, xb = args
-        k_pick, k_compress = jax.random.split(k)
-        if used < size:
-            xb = xb[jnp.sort(jax.random.permutation(k_pick, size)[:used])]
-        idx = compresspp(k_compress, xb, kernel, g=0, out_size=c, delta=delta, num_bins=1)
-        return xb[idx]
-
-    # Bins in vmapped groups of 4 (measured: 25% faster than one at a time, 2 CPU cores,
-    # 32 bins of 4096 points in d = 10, g = 4; all 32 at once is slower).
-    return jax.lax.map(one, (jax.random.split(key, s), bins), batch_size=min(s, _BIN_BATCH))
+    parts = jax.vmap(jax.random.split)(keys)  # (s, 2): the pick of 4^k points, Compress
+    if used < size:
+        bins = jax.vmap(lambda k, xb: xb[jnp.sort(jax.random.permutation(k, size)[:used])])(
+            parts[:, 0], bins
+        )
+    idx = compress_bins(parts[:, 1], bins, kernel, out_size=c, delta=delta)
+    return jnp.take_along_axis(bins, idx[:, :, None], axis=1)
 
 
 def coreset_means(pair_mean, sets):

@@ -23,11 +23,11 @@ from kmethods.aggregated._blocks import family_map
 from kmethods.aggregated._collections import as_collection
 from kmethods.calibration import TestResult
 from kmethods.compressed._bins import (
+    bin_coresets,
     bin_plan,
     bin_result,
     bin_statistics,
     coreset_means,
-    coresets,
     make_bins,
 )
 from kmethods.kernels import Kernel, SumKernel, check_kernel
@@ -50,12 +50,13 @@ def _inputs(key, x, y, g, num_bins, delta):
 
 
 def _compressed_sets(key, x, y, kernel, plan, g, delta):
-    """The s coresets of the bins of x, then of y, shape (s, c, d)."""
+    """The s coresets of the bins of x, then of y, shape (s, c, d): all bins compressed
+    together (x's bins with the keys of k_x, y's with those of k_y)."""
     k_x, k_y = jax.random.split(key)
     size, bins_x, bins_y = plan
-    cx = coresets(k_x, make_bins(x, bins_x, size), kernel, g=g, delta=delta)
-    cy = coresets(k_y, make_bins(y, bins_y, size), kernel, g=g, delta=delta)
-    return jnp.concatenate([cx, cy])
+    keys = jnp.concatenate([jax.random.split(k_x, bins_x), jax.random.split(k_y, bins_y)])
+    bins = jnp.concatenate([make_bins(x, bins_x, size), make_bins(y, bins_y, size)])
+    return bin_coresets(keys, bins, kernel, g=g, delta=delta)
 
 
 def ctt_test(

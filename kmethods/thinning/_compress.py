@@ -11,15 +11,14 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from kmethods import _checks
 from kmethods._jit import cpu_jit
 from kmethods.kernels import Kernel
+from kmethods.thinning._halving import symmetrized_halving
 from kmethods.thinning._kt import kernel_thin_program
 from kmethods.thinning._sizes import (
     check_key,
     halving_rounds,
     kept_points,
-    slab_block,
     thinning_inputs,
 )
-from kmethods.thinning._split import halve, row_width, swap_halves
 from kmethods.thinning._weighted import check_simplex_weights, stratified_round
 
 
@@ -39,6 +38,51 @@ def compress_plan(n: int, out_size: int, g: int):
     return g, levels, leaf
 
 
+def halving_levels(k_halve, k_pick, x, kernel, idx, delta, *, levels, n_used):
+    """Compress's halvings, level by level, of several inputs at once.
+
+    Args:
+      k_halve, k_pick: (inputs,) keys of each input's split draws and of its halves' picks.
+      x: (n, d) the points of all inputs.
+      idx: (inputs, 4^L, leaf) indices into x: each input's leaves, L >= `levels`.
+      delta: the failure probability shared by one input's halvings.
+      levels: the levels to run (the top L - levels are left to KT).
+      n_used: 4^L leaf, the points of one input.
+
+    Returns:
+      (inputs, 4^(L - levels) 2^levels leaf) indices into x: each input's compressed points.
+    """
+    inputs, _, leaf = idx.shape
+    halve_keys = jax.vmap(lambda k: jax.random.split(k, max(levels, 1)))(k_halve)
+    pick_keys = jax.vmap(lambda k: jax.random.split(k, max(levels, 1)))(k_pick)
+    for t in range(levels):
+        nodes = idx.shape[1] // 4
+        idx = idx.reshape(inputs, nodes, -1)  # the outputs of four children side by side
+        length = idx.shape[2]
+        # Halve on l points gets delta l^2 / (4 leaf n levels), i.e. delta_i = that / l.
+        # (Python floats: 4 leaf n levels passes 2^31 at n = 2^20.)
+        delta_halve = delta * (float(length) ** 2 / (4.0 * leaf * n_used * levels))
+        log_mult = 2.0 * jnp.log(2.0 * length / jnp.asarray(delta_halve, x.dtype))
+        uniforms = jax.vmap(
+            lambda k, length=length, nodes=nodes: jax.random.uniform(
+                k, (nodes * length // 2,), x.dtype
+            )
+        )(halve_keys[:, t])
+        sides = jax.vmap(lambda k, nodes=nodes: jax.random.bernoulli(k, 0.5, (nodes,)))(
+            pick_keys[:, t]
+        )
+        # Symmetrized: the swapped coreset or its complement, at random.
+        idx = symmetrized_halving(
+            kernel,
+            x,
+            idx.reshape(inputs * nodes, length),
+            uniforms.reshape(inputs * nodes, length // 2),
+            sides.reshape(inputs * nodes).astype(jnp.int32),
+            log_mult,
+        ).reshape(inputs, nodes, length // 2)
+    return idx.reshape(inputs, -1)
+
+
 @cpu_jit(static_argnames=("out_size", "g", "levels", "leaf", "skip"))
 def _compresspp(key, x, kernel, delta, weights=None, *, out_size, g, levels, leaf, skip):
     n = x.shape[0]
@@ -52,40 +96,52 @@ def _compresspp(key, x, kernel, delta, weights=None, *, out_size, g, levels, lea
     # by 2^(g + skip). The failure probability is shared between the halvings and that KT.
     run_levels, m = levels - skip, g + skip
     thin_frac = m / (m + 2**m * run_levels) if run_levels else 1.0
-    delta_compress = delta * (1.0 - thin_frac)
-    idx = used.reshape(4**levels, leaf)
-    halve_keys = jax.random.split(k_halve, max(levels, 1))
-    pick_keys = jax.random.split(k_pick, max(levels, 1))
-    for t in range(run_levels):
-        nodes = idx.shape[0] // 4
-        idx = idx.reshape(nodes, -1)  # the outputs of four children side by side
-        length = idx.shape[1]
-        # Halve on l points gets delta l^2 / (4 leaf n levels), i.e. delta_i = that / l.
-        # (Python floats: 4 leaf n levels passes 2^31 at n = 2^20.)
-        delta_halve = delta_compress * (float(length) ** 2 / (4.0 * leaf * n_used * run_levels))
-        log_mult = 2.0 * jnp.log(2.0 * length / jnp.asarray(delta_halve, x.dtype))
-        uniforms = jax.random.uniform(halve_keys[t], (nodes * length // 2,), x.dtype)
-        halved = halve(
-            kernel,
-            x,
-            idx.reshape(-1),
-            length,
-            uniforms,
-            log_mult,
-            num_slots=nodes,
-            block=slab_block(idx.size),
-            width=row_width(length),
-        ).reshape(nodes, 2, length // 2)
-        halved = swap_halves(x, kernel, halved)
-        side = jax.random.bernoulli(pick_keys[t], 0.5, (nodes,)).astype(jnp.int32)
-        idx = jnp.take_along_axis(halved, side[:, None, None], axis=1)[:, 0]  # symmetrized
-    compressed = idx.reshape(-1)
+    compressed = halving_levels(
+        k_halve[None],
+        k_pick[None],
+        x,
+        kernel,
+        used.reshape(1, 4**levels, leaf),
+        delta * (1.0 - thin_frac),
+        levels=run_levels,
+        n_used=n_used,
+    )[0]
     if m == 0:
         return compressed
     chosen = kernel_thin_program(
         k_thin, x[compressed], kernel, kernel, delta * thin_frac, out_size=out_size, m=m, swap=True
     )
     return compressed[chosen]
+
+
+def compress_bins(keys, bins, kernel, *, out_size: int, delta):
+    """KT-Compress of each bin: `compresspp(key, bin, kernel, g=0, out_size=out_size,
+    num_bins=1, delta=delta)` for every (key, bin), the halvings of all bins done together.
+
+    Args:
+      keys: (num_bins,) PRNG keys.
+      bins: (num_bins, n, d) points, n >= 2 out_size.
+
+    Returns:
+      (num_bins, out_size) indices into each bin.
+    """
+    num_bins, n, d = bins.shape
+    _, levels, leaf = compress_plan(n, out_size, 0)
+    n_used = 4**levels * leaf
+    parts = jax.vmap(lambda k: jax.random.split(k, 4))(keys)  # as compresspp's
+    used = jax.vmap(lambda k: kept_points(k, n, n_used))(parts[:, 0])
+    used = used + n * jnp.arange(num_bins)[:, None]  # into the bins stacked as one array
+    compressed = halving_levels(
+        parts[:, 1],
+        parts[:, 2],
+        bins.reshape(num_bins * n, d),
+        kernel,
+        used.reshape(num_bins, 4**levels, leaf),
+        delta,
+        levels=levels,
+        n_used=n_used,
+    )
+    return compressed - n * jnp.arange(num_bins)[:, None]
 
 
 def compresspp(
