@@ -237,20 +237,12 @@ _kernel_matvec_on_mesh = jax.jit(
 
 
 def kernel_row_sums(
-    kernel,
-    x: Float[Array, "n d"],
-    y: Float[Array, "m d"],
-    *,
-    exclude_diagonal: bool = False,
-    block_size: int | None = None,
-    mesh: jax.sharding.Mesh | None = None,
+    kernel, x: Float[Array, "n d"], y: Float[Array, "m d"], **options
 ) -> Float[Array, " n"]:
-    """Row sums sum_j k(x_i, y_j), shape (n,), without forming the kernel matrix; `mesh` as
-    for `kernel_matvec` (rows split over its devices)."""
-    ones = jnp.ones(y.shape[0], jnp.result_type(x, y))
-    return kernel_matvec(
-        kernel, x, y, ones, exclude_diagonal=exclude_diagonal, block_size=block_size, mesh=mesh
-    )
+    """Row sums sum_j k(x_i, y_j), shape (n,), without forming the kernel matrix: `kernel_matvec`
+    with a vector of ones, `options` as there (`exclude_diagonal`, `block_size`, `mesh`: rows
+    split over its devices)."""
+    return kernel_matvec(kernel, x, y, jnp.ones(y.shape[0], jnp.result_type(x, y)), **options)
 
 
 def kernel_sum(
