@@ -16,14 +16,18 @@ mean under p is zero.
   (low-rank debiasing weights, rounded by `stratified_round`, then Compress++), each finished
   by KT-SWAP toward the target (Li, Dwivedi & Mackey, 2024);
 - `stein_cholesky`: Stein Cholesky, SC (Stein thinning) or LSC (low-rank debiasing), then
-  randomly pivoted Cholesky selects a coreset and simplex weights are re-optimised on it: a
-  weighted coreset (Li, Dwivedi & Mackey, 2024);
-- `simplex_qp`, `rp_cholesky`, `project_to_simplex`: the solver and the low-rank factor
-  behind `debias_weights`.
+  randomly pivoted Cholesky selects a coreset, its weights are re-optimised, improved by
+  swaps, and re-optimised: a weighted coreset with simplex weights, or the paper's
+  constant-preserving weights (`constant_preserving=True`; Li, Dwivedi & Mackey, 2024);
+- `constant_preserving_weights`: the paper's weights on a support, summing to one, of any
+  sign;
+- `simplex_qp`, `low_rank_simplex_qp`, `rp_cholesky`, `project_to_simplex`: the solvers and
+  the low-rank factor behind `debias_weights`.
 
 `kmethods.ksd2(x, score, kernel, weights=w, unbiased=False)` measures the KSD of a weighting.
 """
 
+from kmethods.debias._cholesky import constant_preserving_weights as constant_preserving_weights
 from kmethods.debias._cholesky import stein_cholesky as stein_cholesky
 from kmethods.debias._kernel import SteinKernel as SteinKernel
 from kmethods.debias._skt import stein_kernel_thin as stein_kernel_thin
@@ -31,6 +35,7 @@ from kmethods.debias._thin import stein_thin as stein_thin
 from kmethods.debias._weights import DebiasInfo as DebiasInfo
 from kmethods.debias._weights import SolverNotConverged as SolverNotConverged
 from kmethods.debias._weights import debias_weights as debias_weights
+from kmethods.debias._weights import low_rank_simplex_qp as low_rank_simplex_qp
 from kmethods.debias._weights import project_to_simplex as project_to_simplex
 from kmethods.debias._weights import rp_cholesky as rp_cholesky
 from kmethods.debias._weights import simplex_qp as simplex_qp
@@ -40,7 +45,9 @@ __all__ = [
     "DebiasInfo",
     "SolverNotConverged",
     "SteinKernel",
+    "constant_preserving_weights",
     "debias_weights",
+    "low_rank_simplex_qp",
     "project_to_simplex",
     "rp_cholesky",
     "simplex_qp",

@@ -7,7 +7,7 @@ import pytest
 import scipy.optimize
 
 import kmethods as km
-from kmethods.debias import SteinKernel, rp_cholesky, stein_cholesky
+from kmethods.debias import SteinKernel, constant_preserving_weights, rp_cholesky, stein_cholesky
 from tests.kmethods.targets import biased_mixture, mixture_score
 
 
@@ -43,6 +43,67 @@ def test_stein_cholesky_weights_solve_the_support_qp(x64, getkey):
     )
     assert lam <= best.fun * (1 + 1e-5)
     np.testing.assert_allclose(_ksd(x[idx], w) ** 2, lam, rtol=1e-8)
+
+
+def _cp_reference(K):
+    # the paper's formula with a dense least-squares solve: v = K^+ 1 / 1^T K^+ 1
+    y = np.linalg.lstsq(K, np.ones(K.shape[0]), rcond=1e-12)[0]
+    return y / y.sum()
+
+
+def test_constant_preserving_weights(x64, getkey):
+    """v = K^+ 1 / 1^T K^+ 1: sums to one, K v constant (the KKT conditions of min v^T K v
+    subject to sum v = 1), the dense least-squares formula; signed where that is optimal; a
+    repeated point shares its weight."""
+    b = np.asarray(jax.random.normal(getkey(), (6, 6)))
+    K = b @ b.T + 0.1 * np.eye(6)
+    solve = jax.jit(constant_preserving_weights)
+    v, info = solve(jnp.asarray(K))
+    v = np.asarray(v)
+    assert abs(v.sum() - 1) < 1e-13 and v.min() < 0  # this K's optimum has a negative weight
+    lam = v @ K @ v
+    np.testing.assert_allclose(K @ v, lam, rtol=1e-10)
+    np.testing.assert_allclose(v, _cp_reference(K), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(info.objective, lam, rtol=1e-12)
+    assert float(info.gap) < 1e-10 and bool(info.converged)
+    # a duplicated point: K singular; the pseudo-inverse splits its weight in two
+    rep = K[np.ix_([0, 1, 2, 3, 4, 5, 5], [0, 1, 2, 3, 4, 5, 5])]
+    w, _ = solve(jnp.asarray(rep))
+    w = np.asarray(w)
+    np.testing.assert_allclose(w[:5], v[:5], atol=1e-8)
+    np.testing.assert_allclose(w[5:], v[5] / 2, atol=1e-8)
+
+
+def test_stein_cholesky_constant_preserving(x64, getkey):
+    """The paper's SC: weights summing to one with K_SS v constant on the support, the dense
+    least-squares weights of that support, and a KSD no higher than the simplex optimum's on it
+    or than the simplex version of the method (same key)."""
+    x = biased_mixture(getkey(), 64)
+    key = getkey()
+    idx, v, info = stein_cholesky(
+        key, x, mixture_score, km.IMQ(), out_size=8, constant_preserving=True, return_info=True
+    )
+    idx, v = np.asarray(idx), np.asarray(v)
+    assert idx.shape == v.shape == (8,) and len(np.unique(idx)) == 8
+    assert abs(v.sum() - 1) < 1e-12 and bool(info.converged)
+    stein = SteinKernel(km.IMQ(), mixture_score)
+    z = stein.augment(x[idx])
+    K = np.asarray(stein.gram(z, z))
+    lam = v @ K @ v
+    np.testing.assert_allclose(K @ v, lam, rtol=1e-9)
+    np.testing.assert_allclose(v, _cp_reference(K), rtol=1e-8, atol=1e-12)
+    simplex = scipy.optimize.minimize(
+        lambda u: u @ K @ u,
+        np.full(8, 1 / 8),
+        jac=lambda u: 2 * K @ u,
+        bounds=[(0, 1)] * 8,
+        constraints={"type": "eq", "fun": lambda u: u.sum() - 1},
+        method="SLSQP",
+        options={"ftol": 1e-14, "maxiter": 1000},
+    )
+    assert lam <= simplex.fun * (1 + 1e-9)
+    i2, w2 = stein_cholesky(key, x, mixture_score, km.IMQ(), out_size=8)
+    assert lam <= _ksd(x[i2], w2) ** 2 * (1 + 1e-9)
 
 
 def test_rp_cholesky_pivots_give_the_nystrom_factor(x64, getkey):
