@@ -1,7 +1,8 @@
 """Flax (nnx) versions of the seqmodels layers, over the very same code.
 
 Each class here is an `nnx.Module` that holds the inexact arrays of the equinox layer as
-`nnx.Param`s and its static structure as plain attributes; calling it reassembles the
+`nnx.Param`s, its other arrays as `Buffer`s (not trained), and its static structure as plain
+attributes; calling it reassembles the
 equinox layer (`eqx.combine`) and maps it over the batch. So the computation is the equinox
 one, line for line, while `nnx.grad`, `nnx.jit` and `nnx.Optimizer` see ordinary Flax
 parameters.
@@ -43,6 +44,7 @@ from seqmodels import layers as _layers
 __all__ = [
     "LRU",
     "S5",
+    "Buffer",
     "CKConv",
     "EquinoxModule",
     "GateLoop",
@@ -59,6 +61,12 @@ def _key_name(entry):
         if hasattr(entry, attr):
             return getattr(entry, attr)
     raise TypeError(f"unexpected path entry {entry!r}")
+
+
+class Buffer(nnx.Variable):
+    """A non-trainable array of the equinox layer (integer data such as
+    `LearnedKernelAttention.noise_key`): part of the module's state, but not an `nnx.Param`,
+    so `nnx.grad` and `nnx.Optimizer` (which default to `nnx.Param`) leave it alone."""
 
 
 class _Node(nnx.Module):
@@ -92,7 +100,7 @@ class EquinoxModule(nnx.Module):
     over batch-first (or, with `time_major`, time-major) inputs."""
 
     def __init__(self, module: eqx.Module, *, time_major: bool = False):
-        params, static = eqx.partition(module, eqx.is_inexact_array)
+        params, static = eqx.partition(module, eqx.is_array)
         flat, treedef = jax.tree_util.tree_flatten_with_path(params)
         paths = tuple(tuple(_key_name(entry) for entry in path) for path, _ in flat)
         nested: dict = {}
@@ -100,7 +108,8 @@ class EquinoxModule(nnx.Module):
             level = nested
             for name in path[:-1]:
                 level = level.setdefault(name, {})
-            level[path[-1]] = nnx.Param(leaf)
+            inexact = jnp.issubdtype(leaf.dtype, jnp.inexact)
+            level[path[-1]] = nnx.Param(leaf) if inexact else Buffer(leaf)
         for name, child in nested.items():
             if hasattr(type(self), str(name)) or str(name) in ("time_major", "_paths"):
                 raise ValueError(f"the equinox field {name!r} clashes with the nnx wrapper's.")

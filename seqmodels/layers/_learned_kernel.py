@@ -232,11 +232,14 @@ class LearnedKernelAttention(eqx.Module):
     appended (the normaliser is that column), in the form `mode` names (`seqmodels._gla`);
     the heads are concatenated and projected by W_o.
 
-    Frequencies. The standard normal noise behind the frequencies is drawn once, at
-    initialisation, from the layer's key and kept fixed (`noise`, under `stop_gradient`, so
-    optimisers see a zero gradient; exclude it from weight decay). The spectrum's parameters
-    are learned through it by reparameterisation. Passing `key=` to the call redraws the
-    noise for that call (Performer's feature redrawing); `step` always uses the stored noise.
+    Frequencies. The standard normal noise behind the frequencies is fixed at initialisation:
+    the layer stores the key it is drawn from (`noise_key`, integer key data) and `noise`
+    redraws the same values at each call. An integer array is not a parameter to equinox
+    (`eqx.is_inexact_array`), optax or Flax, so no optimiser, weight decay included, can move
+    the noise (a stored float noise would shrink under plain `optax.adamw`, silently changing
+    the kernel). The spectrum's parameters are learned through the noise by
+    reparameterisation. Passing `key=` to the call redraws the noise for that call
+    (Performer's feature redrawing); `step` always uses the stored noise.
 
     Shapes and dtypes: x (L, d_model) -> (L, d_model). `param_dtype` is the parameters' dtype
     (projections, spectrum and noise; default: float32, float64 with x64); `dtype` the
@@ -254,7 +257,9 @@ class LearnedKernelAttention(eqx.Module):
       num_features: M, frequencies per head (2M features).
       spectrum: the built spectral distribution (`GaussianSpectrum`, `MixtureSpectrum`,
         `GenerativeSpectrum`).
-      noise: (H, M, noise size), the fixed standard normal noise.
+      noise_key: the raw key data (`jax.random.key_data`, default PRNG implementation) of
+        the fixed noise. noise_shape, noise_dtype: its (H, M, noise size) and dtype.
+      noise: (property) the fixed standard normal noise, drawn from `noise_key`.
       eps: added to the normaliser. Random Fourier features are not positive, so the
         normaliser is an estimate of a positive sum that can come near 0 with few features;
         more features (or a wider kernel) keep it away.
@@ -265,7 +270,9 @@ class LearnedKernelAttention(eqx.Module):
     v: eqx.nn.Linear
     out: eqx.nn.Linear
     spectrum: eqx.Module
-    noise: Array
+    noise_key: Array
+    noise_shape: tuple[int, int, int] = eqx.field(static=True)
+    noise_dtype: jnp.dtype = eqx.field(static=True)
     num_heads: int = eqx.field(static=True)
     head_dim: int = eqx.field(static=True)
     num_features: int = eqx.field(static=True)
@@ -299,14 +306,22 @@ class LearnedKernelAttention(eqx.Module):
         self.q, self.k, self.v = qkv_projections(d_model, inner, keys, pdt)
         self.out = eqx.nn.Linear(inner, d_model, use_bias=False, dtype=pdt, key=keys[3])
         self.spectrum = cast(spectrum.build(num_heads, head_dim, keys[4]), pdt)
-        shape = (num_heads, self.num_features, spectrum.noise_size(head_dim))
-        self.noise = jax.random.normal(keys[5], shape, pdt)
+        self.noise_shape = (num_heads, self.num_features, spectrum.noise_size(head_dim))
+        self.noise_dtype = jnp.dtype(pdt)
+        typed = jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
+        self.noise_key = jax.random.key_data(keys[5]) if typed else keys[5]
         self.num_heads, self.head_dim, self.eps = num_heads, head_dim, float(eps)
+
+    @property
+    def noise(self) -> Array:
+        """The fixed standard normal noise (H, M, noise size), the same at every call."""
+        key = jax.random.wrap_key_data(self.noise_key)
+        return jax.random.normal(key, self.noise_shape, self.noise_dtype)
 
     def frequencies(self, noise: Array | None = None, dtype=jnp.float32):
         """(omega (H, M, head_dim), mass (H, M)) of the spectrum from `noise` (default: the
-        stored noise, gradient stopped), in `dtype`."""
-        noise = jax.lax.stop_gradient(self.noise) if noise is None else noise
+        stored noise), in `dtype`."""
+        noise = self.noise if noise is None else noise
         return cast(self.spectrum, dtype)(noise.astype(dtype))
 
     def features(self, x, omega, mass):
@@ -358,7 +373,7 @@ class LearnedKernelAttention(eqx.Module):
         """
         layer, x, work, out = self._prepared(x, token=False)
         acc = compute_dtype(work)
-        noise = None if key is None else jax.random.normal(key, self.noise.shape, acc)
+        noise = None if key is None else jax.random.normal(key, self.noise_shape, acc)
         phi_q, phi_k, v = layer._projections(x, noise)
         length, heads = x.shape[0], self.num_heads
         ones = jnp.ones((length, heads, 1), v.dtype)

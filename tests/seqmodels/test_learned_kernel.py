@@ -6,6 +6,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.test_util import check_grads
 
@@ -117,7 +118,23 @@ def test_spectral_parameters_receive_gradients(getkey, name):
     spectral = jax.tree.leaves(eqx.filter(grads.spectrum, eqx.is_inexact_array))
     assert spectral and all(bool(jnp.all(jnp.isfinite(g))) for g in spectral)
     assert all(float(jnp.max(jnp.abs(g))) > 0 for g in spectral if g.size)
-    assert float(jnp.max(jnp.abs(grads.noise))) == 0.0  # the noise is fixed
+    assert grads.noise_key is None  # the noise is fixed: an integer key, not a parameter
+
+
+def test_no_optimiser_moves_the_fixed_noise(getkey):
+    """Plain `optax.adamw` (weight decay on every parameter) over the layer's inexact arrays:
+    the parameters move, the noise (and so the kernel's random features) does not. A stored
+    float noise would shrink by the decay at every step."""
+    layer = _layer(getkey(), SPECTRA["gaussian"]())
+    noise = layer.noise
+    params, static = eqx.partition(layer, eqx.is_inexact_array)
+    optimiser = optax.adamw(0.1, weight_decay=0.5)
+    with jax.numpy_dtype_promotion("standard"):  # optax's step count is an int32
+        updates, _ = optimiser.update(params, optimiser.init(params), params)
+        moved = eqx.combine(optax.apply_updates(params, updates), static)
+    assert not np.allclose(moved.q.weight, layer.q.weight)
+    np.testing.assert_array_equal(moved.noise, noise)
+    assert noise.shape == (2, 5, 4) and noise.dtype == layer.q.weight.dtype
 
 
 def test_redrawn_features_and_checks(getkey):
@@ -176,8 +193,10 @@ def test_flax_adapter_equals_the_equinox_layer_on_batch_first_input(getkey):
     call = nnx.jit(lambda m, x, time_major: m(x, time_major=time_major), static_argnums=2)
     np.testing.assert_array_equal(call(flax_layer, x, False), want)
     np.testing.assert_array_equal(call(flax_layer, x.swapaxes(0, 1), True).swapaxes(0, 1), want)
-    names = {"/".join(map(str, path)) for path, _ in nnx.to_flat_state(nnx.state(flax_layer))}
-    assert {"q/weight", "out/weight", "spectrum/means", "noise"} <= names
+    flat = lambda *f: {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(*f))}
+    names = flat(flax_layer, nnx.Param)
+    assert {"q/weight", "out/weight", "spectrum/means"} <= names and "noise_key" not in names
+    assert flat(flax_layer, sf.Buffer) == {"noise_key"}  # state, not a parameter
     grads = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x) ** 2)))(flax_layer)
     g_eqx = eqx.filter_jit(eqx.filter_grad(lambda m: jnp.sum(jax.vmap(m)(x) ** 2)))(eqx_layer)
     np.testing.assert_allclose(
