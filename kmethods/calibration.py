@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
 __all__ = [
     "TestResult",
@@ -197,7 +197,7 @@ def stein_bootstrap_columns(key, n, num_draws, *, wild, flip_probability, dtype)
     return u_statistic_columns(multinomial_weights(key, n, num_draws, dtype))
 
 
-def u_statistic_columns(weights):
+def u_statistic_columns(weights: Float[Array, "B n"]) -> Float[Array, "n B1"]:
     """The columns v_0 = 1, v_b = w_b - 1/n, shape (n, B + 1), of a U-statistic's multinomial
     bootstrap from weights w of shape (B, n) (`stein_bootstrap_columns` without `wild`)."""
     n = weights.shape[1]

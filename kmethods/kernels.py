@@ -44,7 +44,7 @@ from kmethods.pairwise import centring_point, sqdist
 class Kernel(eqx.Module):
     """Base class: a positive-definite kernel on R^d, evaluated on single points."""
 
-    def __call__(self, x, y):
+    def __call__(self, x: Float[Array, " d"], y: Float[Array, " d"]) -> Float[Array, ""]:
         raise NotImplementedError
 
     def gram(self, x, y):
@@ -119,7 +119,7 @@ class RadialKernel(Kernel):
         ddphi = jax.jvp(d1, (r2,), (one,))[1]
         return phi, 2.0 * dphi, 2.0 * dphi + 4.0 * r2 * ddphi
 
-    def __call__(self, x, y):
+    def __call__(self, x: Float[Array, " d"], y: Float[Array, " d"]) -> Float[Array, ""]:
         return self.profile(jnp.sum((x - y) ** 2))
 
     def gram(self, x, y):
@@ -354,7 +354,7 @@ class Sinc(Kernel):
     def __check_init__(self):
         check_bandwidth(self.bandwidth)
 
-    def __call__(self, x, y):
+    def __call__(self, x: Float[Array, " d"], y: Float[Array, " d"]) -> Float[Array, ""]:
         return jnp.prod(jnp.sinc((x - y) / self.bandwidth))
 
     def gram(self, x, y):
@@ -368,7 +368,7 @@ class Sinc(Kernel):
 class Linear(Kernel):
     """Linear kernel, k(x, y) = <x, y>."""
 
-    def __call__(self, x, y):
+    def __call__(self, x: Float[Array, " d"], y: Float[Array, " d"]) -> Float[Array, ""]:
         return jnp.dot(x, y)
 
     def gram(self, x, y):
@@ -388,7 +388,7 @@ class Polynomial(Kernel):
         if not isinstance(self.c, jax.core.Tracer) and float(np.asarray(self.c)) < 0:
             raise ValueError(f"`c` must be >= 0 for a positive-definite kernel, got {self.c!r}.")
 
-    def __call__(self, x, y):
+    def __call__(self, x: Float[Array, " d"], y: Float[Array, " d"]) -> Float[Array, ""]:
         return (self.scale * jnp.dot(x, y) + self.c) ** self.degree
 
     def gram(self, x, y):
@@ -423,7 +423,7 @@ class ScaledKernel(Kernel):
             raise TypeError(f"`base` must be a kernel, got {type(self.base).__name__}.")
         check_positive(self.weight, "weight")
 
-    def __call__(self, x, y):
+    def __call__(self, x: Float[Array, " d"], y: Float[Array, " d"]) -> Float[Array, ""]:
         return self.weight * self.base(x, y)
 
     def gram(self, x, y):

@@ -22,6 +22,8 @@ shift costs O((n + m) d) against the product's O(nmd).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
@@ -46,7 +48,7 @@ _COORDINATEWISE_MAX_DIM = 16
 _BLOCK_ELEMENTS = 2**21
 
 
-def centring_point(y):
+def centring_point(y: Float[Array, "m d"]) -> Float[Array, "1 d"]:
     """The first point of the sample y, shape (1, d): both sides of a pairwise computation are
     shifted by it before a translation-invariant quantity is expanded into inner products.
     The result does not depend on the shift, so its gradient is stopped (it is exactly 0)."""
@@ -164,7 +166,15 @@ def mask_diagonal(block, rows):
     return jnp.where(rows[:, None] == cols[None, :], jnp.zeros((), block.dtype), block)
 
 
-def gram_matvec(gram_block, arrays, v, *, exclude_diagonal=False, block_size=None, mesh=None):
+def gram_matvec(
+    gram_block: Callable,
+    arrays: tuple[Array, ...],
+    v: Float[Array, "m ..."],
+    *,
+    exclude_diagonal: bool = False,
+    block_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+) -> Float[Array, "n ..."]:
     """G v for a matrix G given by row blocks, without forming G.
 
     Args:

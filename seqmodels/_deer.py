@@ -357,7 +357,7 @@ def deer_solve(
     max_iter: int | None = None,
     tol: float | None = None,
     damping: float | None = None,
-    init=None,
+    init: PyTree[Float[Array, "L ..."]] | None = None,
     solver: str = "auto",
 ) -> DeerSolution:
     """Solves h_t = step(h_{t-1}, x_t), t = 0 .. L-1 with h_{-1} = h0, for all t at once.

@@ -13,6 +13,7 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Float
 
 __all__ = ["ElmanCell", "GRUCell", "LSTMCell", "NeuralODECell"]
 
@@ -75,7 +76,9 @@ class ElmanCell(_WeightedCell):
         params = _init_params(key, input_size, hidden_size, dtype, self._num_gates)
         self.weight_ih, self.weight_hh, self.bias = params
 
-    def __call__(self, h, x):
+    def __call__(
+        self, h: Float[Array, " hidden"], x: Float[Array, " input"]
+    ) -> Float[Array, " hidden"]:
         return jnp.tanh(self.weight_hh @ h + self.weight_ih @ x + self.bias)
 
     def diag_jacobian(self, h, x):
@@ -110,7 +113,9 @@ class GRUCell(_WeightedCell):
         n = jnp.tanh(gi[2 * size :] + r * hn)
         return r, z, hn, n
 
-    def __call__(self, h, x):
+    def __call__(
+        self, h: Float[Array, " hidden"], x: Float[Array, " input"]
+    ) -> Float[Array, " hidden"]:
         _, z, _, n = self._gates(h, x)
         return (1.0 - z) * n + z * h
 
@@ -153,7 +158,11 @@ class LSTMCell(_WeightedCell):
         c_new = f * c + i * g
         return i, f, g, o, c_new
 
-    def __call__(self, state, x):
+    def __call__(
+        self,
+        state: tuple[Float[Array, " hidden"], Float[Array, " hidden"]],
+        x: Float[Array, " input"],
+    ) -> tuple[Float[Array, " hidden"], Float[Array, " hidden"]]:
         h, c = state
         _, _, _, o, c_new = self._gates(h, c, x)
         return o * jnp.tanh(c_new), c_new
@@ -197,7 +206,9 @@ class NeuralODECell(eqx.Module):
     def init_state(self):
         return self.field.init_state()
 
-    def __call__(self, h, x):
+    def __call__(
+        self, h: Float[Array, " hidden"], x: Float[Array, " input"]
+    ) -> Float[Array, " hidden"]:
         dt, v = self.dt, self.field
         k1 = v(h, x)
         k2 = v(h + 0.5 * dt * k1, x)

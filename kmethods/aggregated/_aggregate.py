@@ -26,6 +26,7 @@ from collections import namedtuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float
 
 from kmethods import _checks
 from kmethods.calibration import TestResult, tie_tolerance
@@ -145,7 +146,17 @@ def check_quantile_draws(num_quantile, name: str, alpha) -> int:
     return num_quantile
 
 
-def aggregate(draws, weights, alpha, scale, *, num_quantile, num_steps, kernels, inputs=()):
+def aggregate(
+    draws: Float[Array, "N B"],
+    weights: Float[Array, " N"],
+    alpha: float,
+    scale: Float[Array, " N"],
+    *,
+    num_quantile: int,
+    num_steps: int,
+    kernels: tuple,
+    inputs: tuple[Array, ...] = (),
+):
     """`AggregatedTestResult` from the statistics of N kernels on the data (column 0), the B1
     quantile draws (columns 1..B1) and the B2 correction draws (the rest), shape
     (N, 1 + B1 + B2), with weights w (N,). `scale` (N,) is the size of the terms each

@@ -77,7 +77,7 @@ class L1Laplace(Kernel):
     def __check_init__(self):
         check_bandwidth(self.bandwidth)
 
-    def __call__(self, x, y):
+    def __call__(self, x: Float[Array, " d"], y: Float[Array, " d"]) -> Float[Array, ""]:
         return jnp.exp(-jnp.sum(jnp.abs(x - y)) / self.bandwidth)
 
     def gram(self, x, y):

@@ -12,6 +12,7 @@ from typing import ClassVar, NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Float
 
 from kmethods import _checks
 from kmethods.pksd._uniforms import uniform_index
@@ -45,7 +46,7 @@ class Transition(eqx.Module):
         `bad` (whether the chain met garbage from `log_prob`) among its fields."""
 
     @abc.abstractmethod
-    def step(self, state, u, theta, params, log_prob):
+    def step(self, state, u: Float[Array, " k"], theta, params, log_prob):
         """One step of one point's chain from its uniforms u, shape (k,), at jump scale or step
         size theta, with `params` from `prepare`."""
 
@@ -152,7 +153,7 @@ class MHJump(Transition):
         lp = jax.vmap(log_prob)(x).astype(x.dtype)
         return MHState(x, lp, ~jnp.isfinite(lp))
 
-    def step(self, state, u, theta, params, log_prob):
+    def step(self, state, u: Float[Array, " k"], theta, params, log_prob):
         """u holds three uniforms (pair, pair, acceptance). `bad` records a NaN or +inf log p
         at a proposal, which the comparison with u would otherwise turn into a silent
         rejection (NaN) or acceptance (+inf) of the move."""
@@ -192,7 +193,7 @@ class MALA(Transition):
         bad = ~jnp.isfinite(lp) | ~jnp.all(jnp.isfinite(score), axis=-1)
         return MALAState(x, lp, score, bad)
 
-    def step(self, state, u, theta, params, log_prob):
+    def step(self, state, u: Float[Array, " k"], theta, params, log_prob):
         """Standard normals by inversion of u[:-1] (the half-spacing shift keeps them in
         (0, 1)), u[-1] for the acceptance."""
         del params

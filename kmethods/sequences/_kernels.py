@@ -132,7 +132,7 @@ class ScaledSequenceKernel(SequenceKernel):
             raise TypeError(f"`weight` must be a positive number, got {self.weight!r}.")
         _checks.check_positive(self.weight, "weight")
 
-    def __call__(self, x, y):
+    def __call__(self, x: Point, y: Point) -> Float[Array, ""]:
         return self.weight * self.base(x, y)
 
     def gram(self, x, y):
@@ -172,7 +172,7 @@ class HammingKernel(SequenceKernel):
             scale = jnp.asarray(self.lengthscale).astype(dtype)
         return jnp.where(same, jnp.exp(-mismatches.astype(dtype) / scale), 0.0)
 
-    def __call__(self, x, y):
+    def __call__(self, x: Point, y: Point) -> Float[Array, ""]:
         (a, la), (b, lb) = x, y
         w = min(a.shape[0], b.shape[0])
         t = jnp.arange(w, dtype=jnp.int32)
@@ -261,7 +261,7 @@ class LengthKernel(SequenceKernel):
         d = d.astype(dtype)
         return jnp.exp(-(d * d) / (2.0 * jnp.asarray(self.bandwidth).astype(dtype) ** 2))
 
-    def __call__(self, x, y):
+    def __call__(self, x: Point, y: Point) -> Float[Array, ""]:
         return self._profile(x[1] - y[1])
 
     def gram(self, x, y):

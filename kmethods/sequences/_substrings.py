@@ -54,7 +54,7 @@ class ContiguousSubsequenceKernel(SequenceKernel):
         top = jnp.minimum(self.max_length, length)
         return jnp.maximum(top - self.min_length + 1, 0)
 
-    def __call__(self, x, y):
+    def __call__(self, x: Point, y: Point) -> Float[Array, ""]:
         (a, la), (b, lb) = x, y
         dtype = float_dtype()
         mx, my = self._num_orders(la), self._num_orders(lb)
@@ -178,7 +178,7 @@ class StringSubsequenceKernel(SequenceKernel):
         (_, total), _ = lax.scan(step, (init, jnp.zeros((), dtype)), (s, active))
         return total
 
-    def __call__(self, x, y):
+    def __call__(self, x: Point, y: Point) -> Float[Array, ""]:
         value = self.unnormalised(x, y)
         if not self.normalise:
             return value

@@ -106,7 +106,9 @@ class GaussianSpectrum(eqx.Module):
             return self
         return GaussianSpectrum(kmethods.Gaussian(float(head_dim) ** 0.25))
 
-    def __call__(self, noise):
+    def __call__(
+        self, noise: Float[Array, "H M k"]
+    ) -> tuple[Float[Array, "H M K"], Float[Array, "H M"]]:
         """(omega (H, M, K), mass (H, M)) from standard normal noise (H, M, K)."""
         omega = gaussian_spectral_frequencies(self.kernel, noise)
         return omega, jnp.full(noise.shape[:2], 1.0 / noise.shape[1], noise.dtype)
@@ -161,7 +163,9 @@ class MixtureSpectrum(eqx.Module):
             logits=jnp.zeros(size[:2]),
         )
 
-    def __call__(self, noise):
+    def __call__(
+        self, noise: Float[Array, "H M k"]
+    ) -> tuple[Float[Array, "H M K"], Float[Array, "H M"]]:
         """(omega (H, M, K), mass (H, M)) from standard normal noise (H, M, K + R)."""
         dim = self.means.shape[-1]
         count = noise.shape[1]
@@ -207,7 +211,9 @@ class GenerativeSpectrum(eqx.Module):
         biases = tuple(jnp.zeros((num_heads, b)) for b in sizes[1:])
         return GenerativeSpectrum(self.hidden, self.noise_dim, tuple(weights), biases)
 
-    def __call__(self, noise):
+    def __call__(
+        self, noise: Float[Array, "H M k"]
+    ) -> tuple[Float[Array, "H M K"], Float[Array, "H M"]]:
         """(omega (H, M, K), mass (H, M)) from standard normal noise (H, M, noise_dim)."""
         h = noise
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
