@@ -13,14 +13,24 @@ differentiation of its `__call__` (`Kernel.stein_gram`).
 
 from __future__ import annotations
 
+import jax
+from jaxtyping import Array, Float
+
 from kmethods.pairwise import gram_matvec
 
 __all__ = ["langevin_stein_matvec"]
 
 
 def langevin_stein_matvec(
-    kernel, x, scores, v, *, exclude_diagonal=False, block_size=None, mesh=None
-):
+    kernel,
+    x: Float[Array, "n d"],
+    scores: Float[Array, "n d"],
+    v: Float[Array, "n ..."],
+    *,
+    exclude_diagonal: bool = False,
+    block_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+) -> Float[Array, "n ..."]:
     """U v with U = [u_p(x_i, x_j)] the Langevin Stein kernel matrix, without forming U.
 
     Args:
