@@ -31,6 +31,7 @@ from kmethods.compressed._bins import (
     make_bins,
 )
 from kmethods.kernels import Kernel, SumKernel, check_kernel
+from kmethods.thinning._halving import kernel_matrix
 from kmethods.thinning._sizes import check_key
 
 __all__ = ["actt_test", "ctt_test"]
@@ -126,7 +127,7 @@ def _ctt(key, x, y, kernel, alpha, *, plan, g, num_permutations, delta):
     # w' K w is unchanged by K -> K - c (w sums to 0): one kernel value is taken off every
     # entry, so a nearly constant kernel keeps the digits the statistics differ in.
     shift = kernel(x[0], y[0])
-    means = coreset_means(lambda a, b: jnp.mean(kernel.gram(a, b) - shift), sets)
+    means = coreset_means(lambda a, b: jnp.mean(kernel_matrix(kernel, a, b) - shift), sets)
     draws, scale = bin_statistics(k_perm, means, plan.bins_x, num_permutations)
     return bin_result(draws, scale, alpha, x, y)
 

@@ -18,10 +18,33 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from kmethods.kernels import RadialKernel
+from kmethods.pairwise import centring_point
+
 # Entries of the node kernel matrices held at once: 2^24 floats = 64 MiB in float32.
 NODE_ELEMENTS = 2**24
 # Pairs of the walk decided per block (one product with 2 block rows of the matrix per block).
 PAIR_BLOCK = 16
+
+
+def kernel_matrix(kernel, x, y):
+    """kernel.gram(x, y), (n, m); for a radial kernel (one that keeps `RadialKernel.gram`),
+    its profile of the squared distances expanded as |x - c|^2 + |y - c|^2 - 2 (x - c).(y - c)
+    about c = y's first point, the cross term one matrix product.
+
+    On a CPU this evaluates the Gaussian about 2.5x faster than the coordinatewise distances of
+    `kmethods.pairwise.sqdist` for d <= 16 (measured: 5.4e8 evaluations of CTT's coreset means
+    at n = 2^16, d = 10, 0.80 against 2.04 CPU s); the shift keeps the expansion from
+    cancelling on data far from the origin.
+    """
+    if not (isinstance(kernel, RadialKernel) and type(kernel).gram is RadialKernel.gram):
+        return kernel.gram(x, y)
+    c = centring_point(y)
+    x, y = x - c, y - c
+    xx = jnp.sum(x * x, axis=-1)
+    yy = jnp.sum(y * y, axis=-1)
+    r2 = xx[:, None] + yy[None, :] - 2.0 * (x @ y.T)
+    return kernel.profile(jnp.maximum(r2, jnp.zeros((), r2.dtype)))
 
 
 def pair_block(half: int) -> int:
@@ -176,7 +199,9 @@ def symmetrized_halving(kernel, x, nodes, uniforms, sides, log_multiplier):
     def batch(args):
         idx, u, side = args
         pts = x[idx]
-        gram = jax.vmap(kernel.gram)(pts, pts)
+        # One node at a time: a batched matrix product (vmap) compiles about 2.3x slower with
+        # the loop emitters of `kmethods._jit.cpu_jit` (measured, 16 nodes of 1024 in d = 10).
+        gram = jax.lax.map(lambda p: kernel_matrix(kernel, p, p), pts)
         halves = swap_partition(gram, split_signs(gram, u, log_multiplier))
         chosen = jnp.take_along_axis(halves, side[:, None, None], axis=1)[:, 0]
         return jnp.take_along_axis(idx, chosen, axis=1)
