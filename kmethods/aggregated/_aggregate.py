@@ -40,7 +40,14 @@ __all__ = [
     "weights",
 ]
 
-WEIGHTINGS = ("uniform", "decreasing", "increasing", "centred")
+# The unnormalised weight of kernel i = 1..N (ordered by bandwidth) of each weighting.
+_UNNORMALISED = {
+    "uniform": lambda i, num: np.ones_like(i),
+    "decreasing": lambda i, num: 1.0 / i,
+    "increasing": lambda i, num: 1.0 / (num + 1 - i),
+    "centred": lambda i, num: 1.0 / (np.abs((num + 1) / 2 - i) + (1.0 if num % 2 else 0.5)),
+}
+WEIGHTINGS = tuple(_UNNORMALISED)
 
 _EXTRA_FIELDS = (
     "statistics",
@@ -93,15 +100,7 @@ def weights(num: int, kind: str = "uniform") -> np.ndarray:
     proportional to 1/(|(N + 1)/2 - i| + 1) for odd N, 1/(|(N + 1)/2 - i| + 1/2) for even N."""
     num = _checks.positive_int(num, "num")
     _checks.choice(kind, "weights", WEIGHTINGS)
-    i = np.arange(1, num + 1, dtype=np.float64)
-    if kind == "uniform":
-        raw = np.ones(num)
-    elif kind == "decreasing":
-        raw = 1.0 / i
-    elif kind == "increasing":
-        raw = 1.0 / (num + 1 - i)
-    else:
-        raw = 1.0 / (np.abs((num + 1) / 2 - i) + (1.0 if num % 2 else 0.5))
+    raw = _UNNORMALISED[kind](np.arange(1, num + 1, dtype=np.float64), num)
     return raw / raw.sum()
 
 
