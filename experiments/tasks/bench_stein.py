@@ -11,7 +11,9 @@ weights (simplex weights for SR, signed constant-preserving weights for SC).
 Methods (`methods`), named library_method:
 
 - kseq: `kseq_stein_thin`, `kseq_skt`, `kseq_lskt` (rank ceil(n^`rank_exponent`)) and, where
-  `kmethods.debias` has it, `kseq_stein_cholesky` (SC) and `kseq_lsc` (low-rank SC, same rank);
+  `kmethods.debias` has it, `kseq_stein_cholesky` (SC) and `kseq_lsc` (low-rank SC, same rank)
+  with simplex weights, and `kseq_sc_cp`, `kseq_lsc_cp` with the paper's constant-preserving
+  (signed) weights; `swap_passes` is their number of swap-and-reweight passes (the paper: 1);
 - goodpoints.jax (`goodpoints.jax.dtc`): `gp_stein_thin` (`st.stein_thin`), `gp_skt`, `gp_lskt`
   (same rank), `gp_sr`, `gp_sc`. goodpoints 0.6.3's `dtc.lskt` unpacks `kt_compresspp`'s
   coreset (an index sequence) as (weights, support) and fails; during our `gp_lskt` calls
@@ -55,7 +57,15 @@ from experiments.tasks import stein_compression as sc
 from experiments.timing import timed
 from kmethods import debias
 
-KSEQ = ("kseq_stein_thin", "kseq_skt", "kseq_lskt", "kseq_stein_cholesky", "kseq_lsc")
+KSEQ = (
+    "kseq_stein_thin",
+    "kseq_skt",
+    "kseq_lskt",
+    "kseq_stein_cholesky",
+    "kseq_lsc",
+    "kseq_sc_cp",
+    "kseq_lsc_cp",
+)
 GOODPOINTS = ("gp_stein_thin", "gp_skt", "gp_lskt", "gp_sr", "gp_sc")
 COREAX = ("coreax_st", "coreax_st_noreg")
 BASELINES = ("uniform", "input")
@@ -68,13 +78,14 @@ class Config:
     Attributes:
       sample_sizes: n (powers of 4 keep goodpoints' LSKT output at sqrt(n)).
       methods: library_method names: kseq_stein_thin, kseq_skt, kseq_lskt,
-        kseq_stein_cholesky, kseq_lsc, gp_stein_thin, gp_skt, gp_lskt, gp_sr, gp_sc, coreax_st,
-        coreax_st_noreg, uniform, input.
+        kseq_stein_cholesky, kseq_lsc, kseq_sc_cp, kseq_lsc_cp, gp_stein_thin, gp_skt,
+        gp_lskt, gp_sr, gp_sc, coreax_st, coreax_st_noreg, uniform, input.
       max_n: the largest n of a method (absent: no cap).
       repeats: warm calls per method (median reported).
       rank_exponent: the rank of both LSKTs is ceil(n^rank_exponent).
       sample_weights: the biased sample's weights of the modes (-2, 0) and (2, 0).
       measure_memory: also run each method once in a fresh process for its peak memory.
+      swap_passes: `stein_cholesky`'s swap passes in kseq's SC / LSC methods.
     """
 
     sample_sizes: tuple[int, ...] = (4096, 16384)
@@ -84,6 +95,7 @@ class Config:
     rank_exponent: float = 0.5
     sample_weights: tuple[float, float] = (0.8, 0.2)
     measure_memory: bool = True
+    swap_passes: int = 1
 
     def __post_init__(self):
         if not self.sample_sizes or min(self.sample_sizes) < 64:
@@ -92,7 +104,7 @@ class Config:
         unknown = (set(self.methods) | set(self.max_n)) - set(known)
         if unknown:
             raise ConfigError(f"`params.methods` / `params.max_n`: unknown {sorted(unknown)}.")
-        require_at_least(self, ("repeats",))
+        require_at_least(self, ("repeats", "swap_passes"))
 
 
 def missing_reason(method: str) -> str | None:
@@ -162,13 +174,14 @@ class Calls:
     def __init__(self, x, scores, out_size: int, cfg: Config):
         self.x, self.scores, self.out_size = x, scores, out_size
         self.rank = sc.lskt_rank(x.shape[0], cfg.rank_exponent)
+        self.swap_passes = cfg.swap_passes
         self._gp = self._coreax = None
 
     def get(self, method: str):
         s, rank = self.out_size, self.rank
         if method.startswith("kseq_") or method == "uniform":
             name = "uniform" if method == "uniform" else method.removeprefix("kseq_")
-            fn = sc.kseq_method(name, out_size=s, rank=rank)
+            fn = sc.kseq_method(name, out_size=s, rank=rank, swap_passes=self.swap_passes)
             return lambda seed: fn(jax.random.key(seed), self.x, self.scores)
         if method in GOODPOINTS:
             return self._goodpoints(method.removeprefix("gp_"), s, rank)
@@ -292,6 +305,8 @@ def _bench_unit(method: str, n: int, cfg: Config) -> dict:
                 sizes.append(int(np.asarray(support).shape[0]))
         except Exception as err:  # a competitor failing at this size is a result
             return record | {"error": f"{type(err).__name__}: {str(err)[:300]}"}
+    if method in ("kseq_stein_cholesky", "kseq_lsc", "kseq_sc_cp", "kseq_lsc_cp"):
+        record["swap_passes"] = cfg.swap_passes
     record |= {
         "out_size": sizes[0],
         "first_s": first,
@@ -299,7 +314,7 @@ def _bench_unit(method: str, n: int, cfg: Config) -> dict:
         "warm_cpu_s": statistics.median(cpu),
         "ksd": statistics.median(ksds),
     }
-    if method in ("kseq_lskt", "kseq_lsc", "gp_lskt"):
+    if method in ("kseq_lskt", "kseq_lsc", "kseq_lsc_cp", "gp_lskt"):
         record["rank"] = sc.lskt_rank(n, cfg.rank_exponent)
     if cfg.measure_memory and method != "uniform":
         fresh = _in_fresh_process(method, n, cfg)

@@ -18,7 +18,8 @@ Methods (`methods`, a list; any subset): `uniform` (a uniform subsample without 
 `standard` (every (n / s)-th point), `stein_thin` (greedy Stein thinning), `skt` (Stein kernel
 thinning), `lskt` (its low-rank form, rank ceil(n^`rank_exponent`)) and, where this kmethods
 has it, `stein_cholesky` (SC, simplex weights on its points) and `lsc` (low-rank SC, the same
-rank); `input` is the whole biased sample itself (no compression, up to
+rank), and `sc_cp`, `lsc_cp` (the same with the paper's constant-preserving, signed weights);
+`input` is the whole biased sample itself (no compression, up to
 `input_max_n`: its KSD is an n^2 sum).
 
 All computations run in float64 on precomputed scores. Each (target, n) is a resumable unit
@@ -49,7 +50,17 @@ from kmethods import debias, thinning
 Target = Literal["mixture", "mcmc"]
 
 # Methods that return a coreset; `input` (the whole sample) is a baseline row, not a method.
-KSEQ_METHODS = ("uniform", "standard", "stein_thin", "skt", "lskt", "stein_cholesky", "lsc")
+KSEQ_METHODS = (
+    "uniform",
+    "standard",
+    "stein_thin",
+    "skt",
+    "lskt",
+    "stein_cholesky",
+    "lsc",
+    "sc_cp",
+    "lsc_cp",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +72,7 @@ class Config:
       targets: `mixture` (i.i.d. with wrong weights) and/or `mcmc` (a random-walk chain with
         burn-in).
       methods: compression methods: uniform, standard, stein_thin, skt, lskt, stein_cholesky,
-        lsc (the last two where `kmethods.debias` has them).
+        lsc, sc_cp, lsc_cp (the last four where `kmethods.debias` has them).
       repeats: seeds per (target, n); medians are reported.
       rank_exponent: LSKT's rank is ceil(n^rank_exponent).
       sample_weights: the biased sample's weights of the modes (-2, 0) and (2, 0).
@@ -89,7 +100,9 @@ class Config:
                 f"`params.methods` must be a non-empty subset of {list(KSEQ_METHODS)}, got "
                 f"unknown {sorted(unknown)}."
             )
-        if {"stein_cholesky", "lsc"} & set(self.methods) and not hasattr(debias, "stein_cholesky"):
+        if {"stein_cholesky", "lsc", "sc_cp", "lsc_cp"} & set(self.methods) and not hasattr(
+            debias, "stein_cholesky"
+        ):
             raise ConfigError(
                 "`params.methods`: stein_cholesky is not in this kmethods.debias; drop it and lsc."
             )
@@ -202,8 +215,10 @@ def lskt_rank(n: int, exponent: float) -> int:
     return min(n, math.ceil(n**exponent))
 
 
-def kseq_method(method: str, *, out_size: int, rank: int):
-    """kseq's `method` as a function of (key, x, scores) -> (support indices, weights or None)."""
+def kseq_method(method: str, *, out_size: int, rank: int, swap_passes: int = 1):
+    """kseq's `method` as a function of (key, x, scores) -> (support indices, weights or None).
+    `sc_cp` and `lsc_cp` are SC and LSC with the paper's constant-preserving (signed) weights;
+    `swap_passes` is `stein_cholesky`'s (all four Stein Cholesky methods)."""
     kernel = base_kernel()
     if method == "uniform":
         return lambda k, x, s: (thinning.iid_thin(k, x, out_size=out_size), None)
@@ -218,9 +233,15 @@ def kseq_method(method: str, *, out_size: int, rank: int):
             km.stein_kernel_thin(k, x, s, kernel, out_size=out_size, rank=rank),
             None,
         )
-    if method in ("stein_cholesky", "lsc"):
-        low_rank = rank if method == "lsc" else None
-        fn = partial(debias.stein_cholesky, out_size=out_size, rank=low_rank)
+    if method in ("stein_cholesky", "lsc", "sc_cp", "lsc_cp"):
+        low_rank = rank if method in ("lsc", "lsc_cp") else None
+        fn = partial(
+            debias.stein_cholesky,
+            out_size=out_size,
+            rank=low_rank,
+            constant_preserving=method.endswith("_cp"),
+            swap_passes=swap_passes,
+        )
         return lambda k, x, s: _support_and_weights(fn(k, x, s, kernel))
     raise ValueError(f"unknown method {method!r}")
 
@@ -272,7 +293,7 @@ def _unit_rows(cfg: Config, key, target: str, n: int) -> list[dict]:
                 "first_s": seconds[method][0],
                 "seconds_median": statistics.median(later),
             }
-            if method in ("lskt", "lsc"):
+            if method in ("lskt", "lsc", "lsc_cp"):
                 row["rank"] = rank
         rows.append(row)
     return rows

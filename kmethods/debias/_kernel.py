@@ -167,7 +167,7 @@ class SteinKernel(Kernel):
         b, sb = self.split(y)
         return self.base.stein_gram(a, sa, b, sb)
 
-    def __call__(self, x, y):
+    def __call__(self, x: Float[Array, " D"], y: Float[Array, " D"]) -> Float[Array, ""]:
         return self.gram(x[None], y[None])[0, 0]
 
     def diag(self, x):

@@ -61,7 +61,7 @@ def project_to_simplex(v: Float[Array, " n"]) -> Float[Array, " n"]:
     return jnp.maximum(v - theta, 0.0)
 
 
-def simplex_qp(matvec, diag, tol, max_iter, init=None):
+def simplex_qp(matvec, diag, tol, max_iter, init: Float[Array, " n"] | None = None):
     """min_w w^T K w over the simplex, K positive semi-definite given by `matvec`; `init`, an
     optional starting point on the simplex (default uniform).
 

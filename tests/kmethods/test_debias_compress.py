@@ -104,6 +104,12 @@ def test_stein_cholesky_constant_preserving(x64, getkey):
     assert lam <= simplex.fun * (1 + 1e-9)
     i2, w2 = stein_cholesky(key, x, mixture_score, km.IMQ(), out_size=8)
     assert lam <= _ksd(x[i2], w2) ** 2 * (1 + 1e-9)
+    # more swap passes (each keeps only improving swaps, then reweights): never a higher KSD
+    i3, v3 = stein_cholesky(
+        key, x, mixture_score, km.IMQ(), out_size=8, constant_preserving=True, swap_passes=3
+    )
+    z3 = stein.augment(x[np.asarray(i3)])
+    assert np.asarray(v3) @ np.asarray(stein.gram(z3, z3)) @ np.asarray(v3) <= lam * (1 + 1e-9)
 
 
 def test_rp_cholesky_pivots_give_the_nystrom_factor(x64, getkey):
@@ -146,6 +152,8 @@ def test_stein_cholesky_bad_inputs(getkey):
         stein_cholesky(getkey(), x, mixture_score, km.IMQ(), out_size=4, shift=-1.0)
     with pytest.raises(ValueError, match="`tol`"):
         stein_cholesky(getkey(), x, mixture_score, km.IMQ(), out_size=4, tol=0.0)
+    with pytest.raises(ValueError, match="`swap_passes`"):
+        stein_cholesky(getkey(), x, mixture_score, km.IMQ(), out_size=4, swap_passes=0)
     with pytest.raises(TypeError, match="`key`"):
         stein_cholesky(0, x, mixture_score, km.IMQ(), out_size=4)
     with pytest.raises(ValueError, match="`score`"):
