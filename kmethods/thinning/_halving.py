@@ -138,8 +138,8 @@ def swap_partition(gram, signs):
     s = length // 2
     dtype = gram.dtype
     scale = 2.0 / s
-    plus = (signs > 0).astype(jnp.int32)
     pairs = 2 * jnp.arange(s)[None, :]
+    plus = (signs > 0).astype(pairs.dtype)
     child0 = pairs + plus  # child 0 takes x' = 2w + 1 on a plus
     child1 = pairs + 1 - plus
     by_rank = jnp.concatenate([child0, child1], axis=1)  # position of each rank

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from kmethods.pairwise import kernel_row_sums, kernel_sum
-from kmethods.thinning._sizes import SLAB_ELEMENTS, slab_block
+from kmethods.thinning._sizes import slab_block
 
 
 def row_width(min_length: int) -> int:
@@ -193,56 +193,3 @@ def _refine(x, kernel, coreset, mean_k):
 
     (coreset, _), _ = jax.lax.scan(step, (coreset, stat), jnp.arange(s))
     return coreset
-
-
-def swap_halves(x, kernel, halves):
-    """KT-SWAP for one halving that keeps a partition (goodpoints' `unique` swap).
-
-    For each node, the half closer in MMD to the node's points becomes the coreset; then each
-    coreset point in turn is exchanged with the non-coreset point (or kept) that lowers MMD the
-    most. The coreset and its complement stay a partition of the node, so a symmetrized halving
-    can return either.
-
-    Args:
-      halves: (nodes, 2, s) indices into x, each node's two halves.
-
-    Returns:
-      (nodes, 2, s): the refined coreset and its complement.
-    """
-    s = halves.shape[2]
-    scale = 2.0 / s
-
-    def one(node):
-        pts = x[node.reshape(2 * s)]
-        total = kernel_row_sums(kernel, pts, pts)
-        mean_k = total / (2 * s)
-        first = kernel_row_sums(kernel, pts, pts[:s])  # sum over half 0 of k(c, .)
-        second = total - first
-        # MMD^2 up to a constant: mean of the half's kernel block - 2 mean of its mean_k.
-        score0 = jnp.sum(first[:s]) / s**2 - 2.0 * jnp.mean(mean_k[:s])
-        score1 = jnp.sum(second[s:]) / s**2 - 2.0 * jnp.mean(mean_k[s:])
-        swap_first = score1 < score0
-        core = jnp.where(swap_first, jnp.arange(s, 2 * s), jnp.arange(s))
-        in_core = jnp.arange(2 * s) < s
-        in_core = jnp.where(swap_first, ~in_core, in_core)
-        row = lambda i: kernel.gram(pts[i][None], pts)[0]
-        stat = kernel.diag(pts) / s - 2.0 * mean_k + scale * jnp.where(swap_first, second, first)
-
-        def step(carry, i):
-            core, in_core, stat = carry
-            old = core[i]
-            stat = stat - scale * row(old)
-            blocked = in_core & (jnp.arange(2 * s) != old)
-            new = jnp.argmin(jnp.where(blocked, jnp.inf, stat))
-            stat = stat + scale * row(new)
-            in_core = in_core.at[old].set(False).at[new].set(True)
-            return (core.at[i].set(new), in_core, stat), None
-
-        (core, in_core, _), _ = jax.lax.scan(step, (core, in_core, stat), jnp.arange(s))
-        rest = jnp.nonzero(~in_core, size=s)[0]
-        flat = node.reshape(2 * s)
-        return jnp.stack([flat[core], flat[rest]])
-
-    # Nodes in batches whose kernel slabs (about 2 s x 2 s each) stay under SLAB_ELEMENTS.
-    batch = max(1, min(halves.shape[0], SLAB_ELEMENTS // (4 * s * s)))
-    return jax.lax.map(one, halves, batch_size=batch)

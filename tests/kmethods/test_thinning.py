@@ -5,7 +5,7 @@ import pytest
 
 import kmethods as km
 from kmethods import thinning
-from kmethods.thinning import _compress, _kt, _sizes, _split, _weighted
+from kmethods.thinning import _compress, _halving, _kt, _sizes, _split, _weighted
 from tests import reference as ref
 
 
@@ -170,18 +170,72 @@ def test_compresspp_quality_and_partition(getkey):
     assert cpp < 0.5 * np.median(iid), (cpp, iid)
     # the swapped halving keeps a partition of each node, and its coreset is no worse than
     # either KT-SPLIT half
-    halves = jnp.arange(64).reshape(2, 2, 16)
-    swapped = np.asarray(_split.swap_halves(x, kernel, halves))
-    for node, out in zip(np.asarray(halves), swapped, strict=True):
-        np.testing.assert_array_equal(np.sort(out.ravel()), np.sort(node.ravel()))
-        pts = np.asarray(x, np.float64)[node.ravel()]
+    nodes = jnp.arange(64).reshape(2, 32)
+    gram = jax.vmap(lambda p: kernel.gram(p, p))(x[nodes])
+    u = jax.random.uniform(getkey(), (2, 16))
+    signs = jax.jit(_halving.split_signs)(gram, u, jnp.float32(9.0))
+    swapped = np.asarray(jax.jit(_halving.swap_partition)(gram, signs))
+    for node, sign, out in zip(np.asarray(nodes), np.asarray(signs), swapped, strict=True):
+        np.testing.assert_array_equal(np.sort(out.ravel()), np.arange(32))
+        pts = np.asarray(x, np.float64)[node]
         K = ref.gram("gaussian", pts, pts, bandwidth=2.0)
-        position = {v: i for i, v in enumerate(node.ravel())}
+        child0 = 2 * np.arange(16) + (sign > 0)
         mmds = [
-            ref.mmd_to_indices(K, np.array([position[v] for v in ids]))
-            for ids in (out[0], node[0], node[1])
+            ref.mmd_to_indices(K, ids) for ids in (out[0], child0, np.delete(np.arange(32), child0))
         ]
         assert mmds[0] <= min(mmds[1:]) + 1e-6
+
+
+def _partition_swap(K, child0, child1):
+    """The swap of a symmetrized halving (goodpoints' `unique` swap) on a dense K: the half
+    closer in MMD to the node (child 0: the two are always tied), then each of its points in
+    turn exchanged for the point outside it, or itself, that lowers MMD most; ties to the first
+    point in [child 0, child 1] order. Returns the coreset and its complement (in that order)."""
+    order = np.concatenate([child0, child1])
+    K = K[np.ix_(order, order)]
+    s = len(child0)
+    mean_k = K.mean(axis=1)
+    core, in_core = list(range(s)), np.arange(2 * s) < s
+    stat = np.diag(K) / s - 2 * mean_k + 2 / s * K[:, :s].sum(axis=1)
+    for i in range(s):
+        old = core[i]
+        stat -= 2 / s * K[old]
+        new = int(np.argmin(np.where(in_core & (np.arange(2 * s) != old), np.inf, stat)))
+        stat += 2 / s * K[new]
+        in_core[old], in_core[new], core[i] = False, True, new
+    return order[core], order[~in_core]
+
+
+@pytest.mark.parametrize("length", [20, pytest.param(64, marks=pytest.mark.slow)])
+def test_symmetrized_halving_matches_dense_reference(x64, length):
+    """Compress's halving on stored node matrices: the split makes the paper's decisions
+    (Algorithm 1a, one round), the swap those of the dense swap, points repeated included."""
+    rng = np.random.default_rng(length)
+    num_nodes, delta = 3, 0.01
+    x = jnp.asarray(rng.normal(size=(num_nodes * length, 2)))
+    nodes = rng.permutation(num_nodes * length).reshape(num_nodes, length)
+    nodes[:, 5] = nodes[:, 9] = nodes[:, 2]  # a weighted input's multiset
+    uniforms = rng.uniform(size=(num_nodes, length // 2))
+    log_mult = jnp.asarray(2 * np.log(2 * length / delta))  # delta' = delta / l
+    kernel = km.Gaussian(1.1)
+    halving = jax.jit(_halving.symmetrized_halving)
+    args = (jnp.asarray(nodes), jnp.asarray(uniforms))
+    out = [np.asarray(halving(kernel, x, *args, jnp.full(3, side), log_mult)) for side in (0, 1)]
+    for c, node in enumerate(nodes):
+        pts = np.asarray(x)[node]
+        K = ref.gram("gaussian", pts, pts, bandwidth=1.1)
+        child0, child1 = ref.kt_split(K, 1, uniforms[c][None], delta)
+        core, rest = _partition_swap(K, child0, child1)
+        np.testing.assert_array_equal(out[0][c], node[core])
+        np.testing.assert_array_equal(out[1][c], node[rest])
+
+
+def test_kernel_matrix_matches_gram(x64):
+    x, y = jnp.asarray(_sample(5, 30, d=3) + 50.0), jnp.asarray(_sample(6, 20, d=3) + 50.0)
+    for kernel in (km.Gaussian(0.9), km.IMQ(), km.Linear()):  # radial, and a fallback
+        np.testing.assert_allclose(
+            _halving.kernel_matrix(kernel, x, y), kernel.gram(x, y), rtol=1e-9, atol=1e-12
+        )
 
 
 def test_compress_plan():
