@@ -11,7 +11,11 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from kmethods import _checks
 from kmethods._jit import cpu_jit
 from kmethods.kernels import Kernel
-from kmethods.thinning._halving import symmetrized_halving
+from kmethods.thinning._halving import (
+    NODE_ELEMENTS,
+    matrix_free_halving,
+    symmetrized_halving,
+)
 from kmethods.thinning._kt import kernel_thin_program
 from kmethods.thinning._sizes import (
     check_key,
@@ -72,7 +76,8 @@ def halving_levels(k_halve, k_pick, x, kernel, idx, delta, *, levels, n_used):
             pick_keys[:, t]
         )
         # Symmetrized: the swapped coreset or its complement, at random.
-        idx = symmetrized_halving(
+        halving = symmetrized_halving if length**2 <= NODE_ELEMENTS else matrix_free_halving
+        idx = halving(
             kernel,
             x,
             idx.reshape(inputs * nodes, length),

@@ -10,7 +10,9 @@ swap's statistic by single rows. Evaluating the kernel along the way instead cos
 10 l^2 evaluations per node (measured at 2.5x the time of this layout in CTT's compression).
 
 Nodes are processed in batches whose matrices hold at most `NODE_ELEMENTS` entries, all nodes
-of a batch (of every input compressed together) advancing in the same sequential steps.
+of a batch (of every input compressed together) advancing in the same sequential steps. A node
+whose matrix alone exceeds that (Compress++'s top levels at large n) is halved without it
+(`matrix_free_halving`: the same decisions, kernel rows evaluated as needed, O(l) memory).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import jax
 import jax.numpy as jnp
 
 from kmethods.kernels import RadialKernel
-from kmethods.pairwise import centring_point
+from kmethods.pairwise import centring_point, kernel_row_sums
+from kmethods.thinning._sizes import SLAB_ELEMENTS, slab_block
+from kmethods.thinning._split import halve, row_width
 
 # Entries of the node kernel matrices held at once: 2^24 floats = 64 MiB in float32.
 NODE_ELEMENTS = 2**24
@@ -213,3 +217,64 @@ def symmetrized_halving(kernel, x, nodes, uniforms, sides, log_multiplier):
         lambda a: a.reshape(num_nodes // size, size, *a.shape[1:]), (nodes, uniforms, sides)
     )
     return jax.lax.map(batch, batched).reshape(num_nodes, length // 2)
+
+
+def swap_halves(x, kernel, halves):
+    """`swap_partition` without the node matrices: kernel rows evaluated as needed.
+
+    For nodes whose l x l matrix would not fit in NODE_ELEMENTS (Compress++'s top levels at
+    large n): the same swap (child 0 the coreset, ties to the first point in [child 0, child 1]
+    order), in O(l) memory per node.
+
+    Args:
+      halves: (nodes, 2, s) indices into x, each node's child 0 and child 1.
+
+    Returns:
+      (nodes, 2, s): the refined coreset and its complement, as indices into x.
+    """
+    s = halves.shape[2]
+    scale = 2.0 / s
+
+    def one(node):
+        flat = node.reshape(2 * s)
+        pts = x[flat]
+        rank = jnp.arange(2 * s)
+        mean_k = kernel_row_sums(kernel, pts, pts) / (2 * s)
+        first = kernel_row_sums(kernel, pts, pts[:s])  # sum over child 0 of k(c, .)
+        row = lambda i: kernel.gram(pts[i][None], pts)[0]
+        stat = kernel.diag(pts) / s - 2.0 * mean_k + scale * first
+
+        def step(carry, old):
+            in_core, stat = carry
+            stat = stat - scale * row(old)
+            blocked = in_core & (rank != old)
+            new = first_minimum(jnp.where(blocked, jnp.inf, stat), rank)
+            stat = stat + scale * row(new)
+            return (blocked | (rank == new), stat), new
+
+        (in_core, _), core = jax.lax.scan(step, (rank < s, stat), jnp.arange(s))
+        rest = jnp.nonzero(~in_core, size=s)[0]
+        return jnp.stack([flat[core], flat[rest]])
+
+    # Nodes in batches whose kernel slabs (about 2 s x 2 s each) stay under SLAB_ELEMENTS.
+    batch = max(1, min(halves.shape[0], SLAB_ELEMENTS // (4 * s * s)))
+    return jax.lax.map(one, halves, batch_size=batch)
+
+
+def matrix_free_halving(kernel, x, nodes, uniforms, sides, log_multiplier):
+    """`symmetrized_halving` in O(l) memory per node: KT-SPLIT's slab walk (`halve`), then
+    `swap_halves`; the same arguments and result."""
+    num_nodes, length = nodes.shape
+    halves = halve(
+        kernel,
+        x,
+        nodes.reshape(-1),
+        length,
+        uniforms.reshape(-1),
+        log_multiplier,
+        num_slots=num_nodes,
+        block=slab_block(nodes.size),
+        width=row_width(length),
+    ).reshape(num_nodes, 2, length // 2)
+    halves = swap_halves(x, kernel, halves)
+    return jnp.take_along_axis(halves, sides[:, None, None], axis=1)[:, 0]

@@ -206,10 +206,19 @@ def _partition_swap(K, child0, child1):
     return order[core], order[~in_core]
 
 
-@pytest.mark.parametrize("length", [20, pytest.param(64, marks=pytest.mark.slow)])
-def test_symmetrized_halving_matches_dense_reference(x64, length):
-    """Compress's halving on stored node matrices: the split makes the paper's decisions
-    (Algorithm 1a, one round), the swap those of the dense swap, points repeated included."""
+@pytest.mark.parametrize(
+    ("length", "halving"),
+    [
+        (12, _halving.symmetrized_halving),
+        # the path of nodes whose matrices are too large to store
+        pytest.param(20, _halving.matrix_free_halving, marks=pytest.mark.slow),
+        pytest.param(64, _halving.symmetrized_halving, marks=pytest.mark.slow),
+    ],
+)
+def test_symmetrized_halving_matches_dense_reference(x64, length, halving):
+    """Compress's halving, on stored node matrices or without them: the split makes the
+    paper's decisions (Algorithm 1a, one round), the swap those of the dense swap, points
+    repeated included, and the side picks the coreset (0) or its complement (1)."""
     rng = np.random.default_rng(length)
     num_nodes, delta = 3, 0.01
     x = jnp.asarray(rng.normal(size=(num_nodes * length, 2)))
@@ -218,16 +227,20 @@ def test_symmetrized_halving_matches_dense_reference(x64, length):
     uniforms = rng.uniform(size=(num_nodes, length // 2))
     log_mult = jnp.asarray(2 * np.log(2 * length / delta))  # delta' = delta / l
     kernel = km.Gaussian(1.1)
-    halving = jax.jit(_halving.symmetrized_halving)
     args = (jnp.asarray(nodes), jnp.asarray(uniforms))
-    out = [np.asarray(halving(kernel, x, *args, jnp.full(3, side), log_mult)) for side in (0, 1)]
+    sides = jnp.asarray([0, 1, 0])
+    out = [
+        np.asarray(jax.jit(halving)(kernel, x, *args, side, log_mult))
+        for side in (sides, 1 - sides)
+    ]
     for c, node in enumerate(nodes):
         pts = np.asarray(x)[node]
         K = ref.gram("gaussian", pts, pts, bandwidth=1.1)
         child0, child1 = ref.kt_split(K, 1, uniforms[c][None], delta)
         core, rest = _partition_swap(K, child0, child1)
-        np.testing.assert_array_equal(out[0][c], node[core])
-        np.testing.assert_array_equal(out[1][c], node[rest])
+        picked = (core, rest) if int(sides[c]) == 0 else (rest, core)
+        np.testing.assert_array_equal(out[0][c], node[picked[0]])
+        np.testing.assert_array_equal(out[1][c], node[picked[1]])
 
 
 def test_kernel_matrix_matches_gram(x64):
