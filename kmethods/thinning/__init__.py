@@ -37,6 +37,13 @@ KT-SWAP scores the 2^m candidates and the standard-thinning coreset by MMD to th
 (kernel row means from `kmethods.pairwise`, blocked), then swaps each point of the best one in
 turn for the input point that lowers the MMD most (Algorithm 1b), holding one length-n vector.
 
+Compress (Compress++'s halvings) lays its symmetrized halvings out differently: each node of
+l points is one KT-SPLIT round and a swap pass, and all the kernel values both need are
+entries of the node's l x l matrix, so it is evaluated once per node (about l^2 evaluations
+instead of 10 l^2) and the walk and the swap read it, all nodes of a level (of every bin, in
+CTT) advancing together in batches of at most 2^24 matrix entries. A node whose matrix alone
+is larger is halved as KT-SPLIT above, with kernel rows evaluated as needed.
+
 Sizes: with out_size s, KT runs m = floor(log2(n / s)) halving rounds on n' = s 2^m points. When
 n' < n, the n - n' points left out of KT-SPLIT are chosen uniformly at random (a documented
 drop); KT-SWAP still measures MMD against all n points and may swap any of them in.
