@@ -137,9 +137,22 @@ def bin_statistics(key, means, bins_x: int, num_permutations: int):
 
     Returns:
       (draws, scale): draws (..., 1 + B), the statistic first; scale (...,).
+
+    Every w sums to 0, so w' K w = w' C w for the doubly centred C = K - r 1' - 1 r' + g 11'
+    (r the row means, g their mean), and the forms are evaluated on C. With K's entries near
+    a common value k (large n: the coresets' kernel means differ by O(1/sqrt(n))), a form
+    on K sums terms of size k / s^2 whose rounding (about eps k) can exceed the whole spread
+    of the permutation draws: all of them then tie with the statistic and p = 1 at every n (it
+    did at n = 2^20 in float32). C's entries are the differences themselves, and C is formed
+    as (K_ij - r_i) - (r_j - g), subtractions of nearby numbers, which round at the size of
+    the result: the forms' rounding, and the tie tolerance from `scale`, shrink with C. The
+    rank-one parts vanish exactly against w, so an error in r or g changes no statistic.
     """
     s = means.shape[-1]
     dtype = means.dtype
+    rows = jnp.mean(means, axis=-1)
+    grand = jnp.mean(rows, axis=-1)
+    means = (means - rows[..., :, None]) - (rows[..., None, :] - grand[..., None, None])
     observed = (jnp.arange(s) < bins_x).astype(dtype)
     labels = jnp.concatenate([observed[None], permuted_labels(key, observed, num_permutations)])
     w = labels / bins_x - (1.0 - labels) / (s - bins_x)  # (1 + B, s)

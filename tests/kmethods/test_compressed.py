@@ -15,6 +15,7 @@ from scipy import stats
 import kmethods as km
 from kmethods import calibration, compressed
 from kmethods.calibration import permuted_labels
+from kmethods.compressed import _bins
 
 ALPHA = 0.05
 
@@ -112,6 +113,30 @@ def test_lrctt_matches_dense_bin_features():
     f = phi.reshape(plan.bins_x + plan.bins_y, size, r).mean(1)
     weights = np.r_[np.full(plan.bins_x, 1 / plan.bins_x), -np.full(plan.bins_y, 1 / plan.bins_y)]
     np.testing.assert_allclose(result.statistic, np.sum((weights @ f) ** 2), rtol=1e-4, atol=1e-7)
+
+
+def test_bin_statistics_resolve_a_near_constant_matrix(x64):
+    """The regime of CTT at n = 2^20: the bins' kernel means sit within 1e-5 of a common 0.5,
+    so forms on the raw float32 matrix round at about eps 0.5 (more than the draws' spread:
+    every draw tied with the statistic and p was 1). On the doubly centred matrix the draws
+    equal the float64 forms to 1e-12 of the constant, and the p-value is the float64 one."""
+    s, bins_x, num = 32, 16, 199
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((s, 3))
+    a[:bins_x] += 0.8  # a signal: x's bins differ
+    exact = 0.5 + 1e-5 * (a @ a.T) / 3
+    means = jnp.asarray(exact, jnp.float32)
+    key = jax.random.key(5)
+    draws, scale = _bins.bin_statistics(key, means, bins_x, num)
+    labels = _labels(key, bins_x, s, num)
+    w = labels / bins_x - (1 - labels) / (s - bins_x)
+    want = np.einsum("bi,ij,bj->b", w, np.asarray(means, np.float64), w)
+    np.testing.assert_allclose(np.asarray(draws, np.float64), want, rtol=0, atol=1e-12)
+    assert float(scale) < 1e-4  # the size of the centred terms, not of 0.5
+    result = _bins.bin_result(draws, scale, ALPHA, means, means)
+    p_exact = (1 + np.sum(want[1:] >= want[0])) / (1 + num)
+    assert float(result.p_value) == pytest.approx(p_exact) and p_exact < 0.05
+    assert bool(result.reject)
 
 
 def test_bin_plan_follows_sample_sizes():
