@@ -197,6 +197,20 @@ def low_rank_simplex_qp(factor, residual, tol, max_iter):
         f = jnp.dot(w, kw)
         return w, f, (f - jnp.min(kw)) / jnp.maximum(f, tiny)
 
+    block = min(n, 4096)
+
+    def weighted_gram(c):
+        # F^T diag(c) F by blocks of rows (the last one shifted back to end at n, its rows
+        # already counted masked out): no (n, r) temporary beside F
+        def add(b, acc):
+            start = jnp.minimum(b * block, n - block)
+            rows = jax.lax.dynamic_slice_in_dim(factor, start, block)
+            new = start + jnp.arange(block) >= b * block
+            cb = jnp.where(new, jax.lax.dynamic_slice_in_dim(c, start, block), 0.0)
+            return acc + rows.T @ (cb[:, None] * rows)
+
+        return jax.lax.fori_loop(0, -(-n // block), add, jnp.zeros((r, r), dtype))
+
     def cond(state):
         *_, gap, it, stalled = state
         return (gap > tol) & (it < max_iter) & ~stalled
@@ -209,7 +223,7 @@ def low_rank_simplex_qp(factor, residual, tol, max_iter):
         fc = factor.T @ c
         hessian = jnp.block(
             [
-                [jnp.eye(r, dtype=dtype) + (factor.T * c[None, :]) @ factor, -fc[:, None]],
+                [jnp.eye(r, dtype=dtype) + weighted_gram(c), -fc[:, None]],
                 [-fc[None, :], jnp.sum(c)[None, None]],
             ]
         )
