@@ -42,7 +42,6 @@ import dataclasses
 import math
 import statistics
 import time
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +53,7 @@ from experiments.plots import binomial_halfwidth, pyplot, rate_bars, style_axis
 from experiments.tasks import nonfinite
 from experiments.tasks.aggregated_power import binomial_interval
 from kmethods import compressed
+from kmethods._jit import cpu_jit
 
 METHODS = ("exact", "ctt", "lrctt", "rff", "block", "mmdagg")
 ALTERNATIVES = ("shift", "mixture")
@@ -215,7 +215,10 @@ def make_test(method: str, g: int | None, cfg: Config):
     )
 
 
-@partial(jax.jit, static_argnames=("test", "n", "batch"))
+# Compiled as kmethods compiles its own entry points on the CPU (without XLA's fusion
+# emitters, `kmethods._jit`): the whole replicate loop is one program, and the emitters'
+# LLVM lowering failed on one such CTT program ("Failed to translate module to LLVM IR").
+@cpu_jit(static_argnames=("test", "n", "batch"))
 def _rejections(keys, centres, wx, wy, *, test, n, batch):
     """The test's rejection and non-finiteness on one data set per key, x from the mixture
     (centres, wx) and y from (centres, wy)."""
