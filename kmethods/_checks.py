@@ -83,6 +83,29 @@ def check_finite(x, name: str) -> None:
         raise ValueError(f"`{name}` contains NaN or inf values.")
 
 
+def point_weights(weights, n: int, dtype, name: str = "weights", *, simplex: bool):
+    """`weights` as an (n,) array of `dtype`, one per point: the shape is always checked; when
+    concrete, the values are finite and nonnegative and, with `simplex`, sum to 1 within
+    sqrt(eps) of `dtype` (else to a positive total). A ValueError names `name`."""
+    w = as_array(weights, name, f"({n},)")
+    if w.shape != (n,):
+        raise ValueError(f"`{name}` must have shape ({n},) (one per point), got {w.shape}.")
+    w = w.astype(dtype)
+    if is_concrete(w):
+        a = np.asarray(w, np.float64)
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"`{name}` contains NaN or inf values.")
+        if np.any(a < 0):
+            raise ValueError(f"`{name}` must be nonnegative, got a minimum of {a.min():.3g}.")
+        if simplex and not abs(a.sum() - 1.0) <= float(np.sqrt(np.finfo(dtype).eps)):
+            raise ValueError(
+                f"`{name}` must sum to 1 (simplex weights), got a sum of {a.sum():.8g}."
+            )
+        if not a.sum() > 0:
+            raise ValueError(f"`{name}` must have a positive sum.")
+    return w
+
+
 def nan_unless_finite(value, *arrays):
     """`value` where every entry of `arrays` is finite, else NaN: the in-jit counterpart of
     `check_finite`, for statistics that a non-finite input could leave finite (an inf point

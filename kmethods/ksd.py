@@ -95,20 +95,12 @@ def _ksd_weights(weights, x, unbiased):
     """`weights` of ksd2 checked and normalised to sum to one (None stays None)."""
     if weights is None:
         return None
-    n = x.shape[0]
-    w = _checks.as_array(weights, "weights", f"({n},)")
-    if w.shape != (n,):
-        raise ValueError(f"`weights` must have shape ({n},) (one per point), got {w.shape}.")
-    w = w.astype(x.dtype)
-    if _checks.is_concrete(w):
-        _checks.check_finite(w, "weights")
-        if bool(jnp.any(w < 0)) or not bool(jnp.sum(w) > 0):
-            raise ValueError("`weights` must be nonnegative with a positive sum.")
-        if unbiased and int(jnp.sum(w > 0)) < 2:
-            raise ValueError(
-                "The unbiased KSD with `weights` needs at least two points of positive weight; "
-                "use `unbiased=False`."
-            )
+    w = _checks.point_weights(weights, x.shape[0], x.dtype, simplex=False)
+    if _checks.is_concrete(w) and unbiased and int(jnp.sum(w > 0)) < 2:
+        raise ValueError(
+            "The unbiased KSD with `weights` needs at least two points of positive weight; "
+            "use `unbiased=False`."
+        )
     return w / jnp.sum(w)
 
 

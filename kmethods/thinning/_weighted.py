@@ -14,7 +14,6 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from kmethods import _checks
@@ -22,30 +21,11 @@ from kmethods.pairwise import kernel_matvec
 
 
 def check_simplex_weights(weights, n: int, dtype, name: str = "weights"):
-    """`weights` as an (n,) array of `dtype` on the probability simplex, or None.
-
-    Shape is always checked; values (finite, >= 0, summing to 1 within sqrt(eps) of their
-    dtype) when concrete. A ValueError names `name`.
-    """
+    """`weights` as an (n,) array of `dtype` on the probability simplex, or None
+    (`kmethods._checks.point_weights`: shape always, values when concrete)."""
     if weights is None:
         return None
-    w = _checks.as_array(weights, name, f"({n},)")
-    if w.shape != (n,):
-        raise ValueError(f"`{name}` must have shape ({n},) (one per point), got {w.shape}.")
-    if not jnp.issubdtype(w.dtype, jnp.floating):
-        w = w.astype(dtype)
-    if _checks.is_concrete(w):
-        a = np.asarray(w, np.float64)
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"`{name}` contains NaN or inf values.")
-        if np.any(a < 0):
-            raise ValueError(f"`{name}` must be nonnegative, got a minimum of {a.min():.3g}.")
-        tol = float(np.sqrt(np.finfo(w.dtype).eps))
-        if not abs(a.sum() - 1.0) <= tol:
-            raise ValueError(
-                f"`{name}` must sum to 1 (simplex weights), got a sum of {a.sum():.8g}."
-            )
-    return w.astype(dtype)
+    return _checks.point_weights(weights, n, dtype, name, simplex=True)
 
 
 def _relative(weights):
