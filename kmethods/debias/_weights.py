@@ -178,7 +178,7 @@ def low_rank_simplex_qp(factor, residual, tol, max_iter):
     floored = jnp.maximum(residual, jnp.sqrt(jnp.finfo(dtype).eps) * jnp.max(diag))
     inv_d = 1.0 / floored
     rho = floored - residual  # the proximal weight, nonzero only where D_i is below the floor
-    matvec = lambda v: factor @ (factor.T @ v) + residual * v
+    matvec = lambda v: factor @ (v @ factor) + residual * v
 
     def excess(u, lam, b):
         return lam + b - factor @ u
@@ -207,7 +207,7 @@ def low_rank_simplex_qp(factor, residual, tol, max_iter):
             rows = jax.lax.dynamic_slice_in_dim(factor, start, block)
             new = start + jnp.arange(block) >= b * block
             cb = jnp.where(new, jax.lax.dynamic_slice_in_dim(c, start, block), 0.0)
-            return acc + rows.T @ (cb[:, None] * rows)
+            return acc + jnp.einsum("ki,k,kj->ij", rows, cb, rows)
 
         return jax.lax.fori_loop(0, -(-n // block), add, jnp.zeros((r, r), dtype))
 
@@ -220,14 +220,14 @@ def low_rank_simplex_qp(factor, residual, tol, max_iter):
         psi = dual(u, lam, b)
         w = primal(u, lam, b)
         c = jnp.where(excess(u, lam, b) > 0.0, inv_d, 0.0)
-        fc = factor.T @ c
+        fc = c @ factor
         hessian = jnp.block(
             [
                 [jnp.eye(r, dtype=dtype) + weighted_gram(c), -fc[:, None]],
                 [-fc[None, :], jnp.sum(c)[None, None]],
             ]
         )
-        grad = jnp.concatenate([factor.T @ w - u, (1.0 - jnp.sum(w))[None]])
+        grad = jnp.concatenate([w @ factor - u, (1.0 - jnp.sum(w))[None]])
         step = jnp.linalg.solve(hessian, grad)  # the ascent direction -H^{-1} grad
         slope = jnp.dot(grad, step)
 
