@@ -88,3 +88,53 @@ def test_no_import_cycle():
         if node not in state:
             visit(node, [node])
     assert not cycles, cycles
+
+
+# Parameters that hold arrays, by the names the packages give them.
+ARRAY_PARAMETERS = frozenset(
+    "x y z v w u h a b xs x_t h0 init weights noise inputs points sample scores".split()
+)
+
+
+def _public_callables():
+    """(qualified name, function) of every public function of the packages' top levels and
+    their namespaces, and of the `__call__` and `step` of every public class."""
+    import importlib
+    import inspect
+
+    seen, out = set(), []
+    for package in ("kmethods", "seqmodels"):
+        namespaces = [importlib.import_module(package)]
+        for name in namespaces[0].__all__:
+            obj = getattr(namespaces[0], name)
+            if inspect.ismodule(obj):
+                namespaces.append(obj)
+        for namespace in namespaces:
+            for name in namespace.__all__:
+                obj = getattr(namespace, name)
+                found = [(name, obj)] if inspect.isfunction(obj) else []
+                if inspect.isclass(obj):
+                    for method in ("__call__", "step"):
+                        if inspect.isfunction(obj.__dict__.get(method)):
+                            found.append((f"{name}.{method}", obj.__dict__[method]))
+                for qualified, fn in found:
+                    if fn not in seen:
+                        seen.add(fn)
+                        out.append((f"{namespace.__name__}.{qualified}", fn))
+    return out
+
+
+def test_public_signatures_annotate_their_arrays():
+    """Every array parameter of a public function, and of a public class's `__call__` and
+    `step`, carries an annotation (jaxtyping shapes such as Float[Array, "n d"])."""
+    import inspect
+
+    callables = _public_callables()
+    assert len(callables) > 100
+    bare = [
+        f"{qualified}({p.name})"
+        for qualified, fn in callables
+        for p in inspect.signature(fn).parameters.values()
+        if p.name in ARRAY_PARAMETERS and p.annotation is inspect.Parameter.empty
+    ]
+    assert not bare, bare
