@@ -4,15 +4,19 @@ The sample is biased, the target p is known only through its score s = grad log 
 coreset of sqrt(n) points must represent p, not the sample (Riabiz et al., 2022; Li, Dwivedi &
 Mackey, 2024). For each target, n and method we report the kernel Stein discrepancy of the
 coreset to p (`coreset_ksd`: `kmethods.ksd2` V-statistic with the coreset's weights, Langevin
-Stein kernel on the IMQ base (1 + r^2)^(-1/2), float64), its time, and the fraction of the
-coreset's mass on the left mode (x_1 < 0; 0.5 under p).
+Stein kernel on the IMQ base (1 + r^2 / h^2)^(-1/2), float64), its time, and, for the
+mixtures, the fraction of the coreset's mass on the left mode (x_1 < 0; 0.5 under p).
 
-Targets (both the 2-d mixture p = 0.5 N((-2, 0), I) + 0.5 N((2, 0), I)):
+Targets (the first two on the 2-d mixture p = 0.5 N((-2, 0), I) + 0.5 N((2, 0), I), h = 1):
 
 - `mixture`: n i.i.d. points of the same mixture with the wrong weights (`sample_weights`,
   0.8 / 0.2 by default);
 - `mcmc`: a random-walk Metropolis chain on p (`rwm_chain`, one jitted `lax.scan`) of n steps
-  started far out at `mcmc_start`, kept whole: its burn-in contaminates the sample.
+  started far out at `mcmc_start`, kept whole: its burn-in contaminates the sample;
+- `lotka_volterra`: the posterior over the 4 log-parameters of a Lotka-Volterra ODE
+  (`experiments.tasks.ode_posterior`, after Riabiz et al., 2022), scores by autodiff through
+  RK4, sampled by a random-walk Metropolis chain of n steps (`ode_step`) from theta = 1,
+  burn-in kept; h = `ode_bandwidth`.
 
 Methods (`methods`, a list; any subset): `uniform` (a uniform subsample without replacement),
 `standard` (every (n / s)-th point), `stein_thin` (greedy Stein thinning), `skt` (Stein kernel
@@ -44,10 +48,15 @@ import kmethods as km
 from experiments.config import ConfigError, require_at_least
 from experiments.plots import style_axis
 from experiments.tasks.kt_mmd_rate import fitted_slope
+from experiments.tasks.ode_posterior import (
+    lotka_volterra_chain,
+    lotka_volterra_data,
+    lotka_volterra_scores,
+)
 from experiments.timing import timed
 from kmethods import debias, thinning
 
-Target = Literal["mixture", "mcmc"]
+Target = Literal["mixture", "mcmc", "lotka_volterra"]
 
 # Methods that return a coreset; `input` (the whole sample) is a baseline row, not a method.
 KSEQ_METHODS = (
@@ -78,6 +87,9 @@ class Config:
       sample_weights: the biased sample's weights of the modes (-2, 0) and (2, 0).
       mcmc_start: the chain's first point.
       mcmc_step: the standard deviation of the random walk's Gaussian proposals.
+      ode_step: that of the `lotka_volterra` chain, in log-parameter space.
+      ode_bandwidth: the IMQ base kernel's length scale for `lotka_volterra` (the posterior's
+        median interpoint distance is about 0.2; the mixtures use 1).
       input_max_n: largest n whose whole biased sample's KSD is reported (an n^2 sum).
     """
 
@@ -89,6 +101,8 @@ class Config:
     sample_weights: tuple[float, float] = (0.8, 0.2)
     mcmc_start: tuple[float, float] = (5.0, 5.0)
     mcmc_step: float = 0.5
+    ode_step: float = 0.03
+    ode_bandwidth: float = 0.2
     input_max_n: int = 16384
 
     def __post_init__(self):
@@ -110,8 +124,9 @@ class Config:
             raise ConfigError("`params.rank_exponent` must lie in (0, 1].")
         if min(self.sample_weights) < 0 or not sum(self.sample_weights) > 0:
             raise ConfigError("`params.sample_weights` must be two nonnegative weights.")
-        if not self.mcmc_step > 0:
-            raise ConfigError("`params.mcmc_step` must be positive.")
+        for name in ("mcmc_step", "ode_step", "ode_bandwidth"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"`params.{name}` must be positive.")
         require_at_least(self, ("repeats",))
         require_at_least(self, ("input_max_n",), minimum=0)
 
@@ -159,7 +174,13 @@ def rwm_chain(key, start, step, *, log_prob, n: int):
 
 
 def target_sample(key, target: str, n: int, cfg: Config):
-    """The biased float64 sample (n, 2) of `target` and the target's scores at it."""
+    """The biased float64 sample (n, d) of `target` and the target's scores at it."""
+    if target == "lotka_volterra":
+        # fixed observations; the chain starts at theta = (1, 1, 1, 1), in the posterior's far
+        # tail (log density about 240 below the truth's), and keeps its burn-in
+        data = lotka_volterra_data(jax.random.key(0))
+        x, _ = lotka_volterra_chain(key, data, n, start=jnp.zeros(4), step=cfg.ode_step)
+        return x, lotka_volterra_scores(x, data)
     if target == "mixture":
         x = biased_mixture_sample(key, n, cfg.sample_weights)
     else:
@@ -172,12 +193,18 @@ def target_sample(key, target: str, n: int, cfg: Config):
 # ------------------------------------------------------------------ the shared metric
 
 
-def base_kernel():
-    """The base kernel of every Stein kernel here: IMQ (1 + r^2)^(-1/2)."""
-    return km.IMQ(c=1.0, beta=-0.5, bandwidth=1.0)
+def base_kernel(bandwidth: float = 1.0):
+    """The base kernel of every Stein kernel here: IMQ (1 + r^2 / h^2)^(-1/2), h = 1 for the
+    mixtures."""
+    return km.IMQ(c=1.0, beta=-0.5, bandwidth=bandwidth)
 
 
-def coreset_ksd(x, scores, support, weights=None) -> float:
+def target_kernel(target: str, cfg: Config):
+    """The base kernel of `target`'s Stein kernel (methods and metric alike)."""
+    return base_kernel(cfg.ode_bandwidth if target == "lotka_volterra" else 1.0)
+
+
+def coreset_ksd(x, scores, support, weights=None, kernel=None) -> float:
     """KSD to the target of the coreset sum_j w_j delta_{x[support_j]} (w uniform when None;
     repeated indices count as often as they appear), in float64: the V-statistic of
     `kmethods.ksd2` with `weights` (Langevin Stein kernel on `base_kernel()`). Signed weights
@@ -191,10 +218,11 @@ def coreset_ksd(x, scores, support, weights=None) -> float:
             w = jnp.full(support.shape[0], 1.0 / support.shape[0], jnp.float64)
         else:
             w = jnp.asarray(np.asarray(weights, np.float64) / np.sum(weights))
+        kernel = base_kernel() if kernel is None else kernel
         if bool(jnp.all(w >= 0)):
-            value = km.ksd2(xs, ss, base_kernel(), weights=w, unbiased=False)
+            value = km.ksd2(xs, ss, kernel, weights=w, unbiased=False)
         else:
-            stein = km.SteinKernel(base_kernel(), ss)
+            stein = km.SteinKernel(kernel, ss)
             z = stein.augment(xs)
             value = jnp.dot(w, km.pairwise.kernel_matvec(stein, z, z, w))
         return float(jnp.sqrt(jnp.maximum(value, 0.0)))
@@ -215,11 +243,11 @@ def lskt_rank(n: int, exponent: float) -> int:
     return min(n, math.ceil(n**exponent))
 
 
-def kseq_method(method: str, *, out_size: int, rank: int, swap_passes: int = 1):
+def kseq_method(method: str, *, out_size: int, rank: int, swap_passes: int = 1, kernel=None):
     """kseq's `method` as a function of (key, x, scores) -> (support indices, weights or None).
     `sc_cp` and `lsc_cp` are SC and LSC with the paper's constant-preserving (signed) weights;
     `swap_passes` is `stein_cholesky`'s (all four Stein Cholesky methods)."""
-    kernel = base_kernel()
+    kernel = base_kernel() if kernel is None else kernel
     if method == "uniform":
         return lambda k, x, s: (thinning.iid_thin(k, x, out_size=out_size), None)
     if method == "standard":
@@ -259,7 +287,9 @@ def _support_and_weights(result):
 def _unit_rows(cfg: Config, key, target: str, n: int) -> list[dict]:
     out_size = math.isqrt(n)
     rank = lskt_rank(n, cfg.rank_exponent)
-    calls = {m: kseq_method(m, out_size=out_size, rank=rank) for m in cfg.methods}
+    kernel = target_kernel(target, cfg)
+    calls = {m: kseq_method(m, out_size=out_size, rank=rank, kernel=kernel) for m in cfg.methods}
+    modes = target != "lotka_volterra"  # the mixtures' left-mode mass
     ksd = {m: [] for m in (*cfg.methods, "input")}
     mass = {m: [] for m in cfg.methods}
     seconds = {m: [] for m in cfg.methods}
@@ -267,13 +297,14 @@ def _unit_rows(cfg: Config, key, target: str, n: int) -> list[dict]:
         k_data, k_method = jax.random.split(jax.random.fold_in(key, r))
         x, scores = target_sample(k_data, target, n, cfg)
         if n <= cfg.input_max_n:
-            ksd["input"].append(coreset_ksd(x, scores, np.arange(n)))
+            ksd["input"].append(coreset_ksd(x, scores, np.arange(n), kernel=kernel))
         for j, method in enumerate(cfg.methods):
             k = jax.random.fold_in(k_method, j)
             t, (support, weights) = timed(partial(calls[method], k, x, scores))
             seconds[method].append(t)
-            ksd[method].append(coreset_ksd(x, scores, support, weights))
-            mass[method].append(left_mass(x, support, weights))
+            ksd[method].append(coreset_ksd(x, scores, support, weights, kernel=kernel))
+            if modes:
+                mass[method].append(left_mass(x, support, weights))
     rows = []
     for method in (*cfg.methods, "input"):
         if not ksd[method]:
@@ -289,7 +320,7 @@ def _unit_rows(cfg: Config, key, target: str, n: int) -> list[dict]:
         if method != "input":
             later = seconds[method][1:] or seconds[method]
             row |= {
-                "left_mass_median": statistics.median(mass[method]),
+                "left_mass_median": statistics.median(mass[method]) if modes else None,
                 "first_s": seconds[method][0],
                 "seconds_median": statistics.median(later),
             }
@@ -339,7 +370,7 @@ def run(cfg: Config, ctx) -> dict:
     _plot(rows, slopes, cfg.targets, ctx)
     table = [{k: v for k, v in r.items() if k != "ksd"} for r in rows]
     return {
-        "kernel": "Langevin Stein kernel, IMQ base (1 + r^2)^(-1/2)",
+        "kernel": "Langevin Stein kernel, IMQ base (1 + r^2 / h^2)^(-1/2)",
         "slopes": slopes,
         "ksd": table,
     }

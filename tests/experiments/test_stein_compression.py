@@ -15,11 +15,13 @@ def test_coreset_ksd_weights_and_repeats_agree():
 
 def test_stein_compression_tiny_run(tiny_run):
     run_dir, results = tiny_run(
-        "stein_compression", "sample_sizes=[32,64] methods=[uniform,stein_thin] targets=[mcmc]"
+        "stein_compression",
+        "sample_sizes=[32,64] methods=[uniform,stein_thin] targets=[mcmc,lotka_volterra]",
     )
     rows = {(r["target"], r["n"], r["method"]): r for r in results["ksd"]}
-    assert len(rows) == 2 * 3  # two n, two methods and the input
-    for target in ("mcmc",):
+    assert len(rows) == 2 * 2 * 3  # two targets, two n, two methods and the input
+    assert rows["lotka_volterra", 64, "stein_thin"]["left_mass_median"] is None
+    for target in ("mcmc", "lotka_volterra"):
         # Stein thinning beats the uniform subsample of the biased sample
         ksd = {m: rows[target, 64, m]["ksd_median"] for m in ("stein_thin", "uniform")}
         assert ksd["stein_thin"] < ksd["uniform"]
