@@ -34,6 +34,7 @@ __all__ = [
     "lotka_volterra_log_posterior",
     "lotka_volterra_scores",
     "lotka_volterra_solution",
+    "random_walk_chain",
 ]
 
 TRUE_THETA = (0.67, 1.33, 1.0, 1.0)
@@ -126,18 +127,26 @@ def lotka_volterra_chain(
 @partial(jax.jit, static_argnums=(4, 5))
 def _chain(key, data, start, step, n, model):
     log_p = lambda phi: lotka_volterra_log_posterior(phi, data, model)
+    return random_walk_chain(key, start, step, log_p, n)
+
+
+def random_walk_chain(key, start, step, log_prob, n: int):
+    """n states of a random-walk Metropolis chain on exp(log_prob) from `start` (d,) (the first
+    state), Gaussian proposals of standard deviation `step`, one `lax.scan` (trace it inside
+    `jit`); returns (states (n, d), acceptance rate). A proposal whose log density is not
+    finite (an ODE solution that blew up) is rejected."""
 
     def move(carry, k):
-        phi, lp = carry
+        x, lp = carry
         k_prop, k_accept = jax.random.split(k)
-        proposal = phi + step * jax.random.normal(k_prop, phi.shape, phi.dtype)
-        lp_proposal = log_p(proposal)
-        # a NaN log density at the proposal (an ODE that blew up) is a rejection
-        accept = jnp.log(jax.random.uniform(k_accept, (), phi.dtype)) < lp_proposal - lp
+        proposal = x + step * jax.random.normal(k_prop, x.shape, x.dtype)
+        lp_proposal = log_prob(proposal)
+        accept = jnp.log(jax.random.uniform(k_accept, (), x.dtype)) < lp_proposal - lp
         accept = accept & jnp.isfinite(lp_proposal)
-        phi, lp = jnp.where(accept, proposal, phi), jnp.where(accept, lp_proposal, lp)
-        return (phi, lp), (phi, accept)
+        x, lp = jnp.where(accept, proposal, x), jnp.where(accept, lp_proposal, lp)
+        return (x, lp), (x, accept)
 
-    _, (chain, accepted) = jax.lax.scan(move, (start, log_p(start)), jax.random.split(key, n - 1))
-    rate = jnp.mean(accepted.astype(data.dtype))
-    return jnp.concatenate([start[None], chain]), rate
+    _, (chain, accepted) = jax.lax.scan(
+        move, (start, log_prob(start)), jax.random.split(key, n - 1)
+    )
+    return jnp.concatenate([start[None], chain]), jnp.mean(accepted.astype(start.dtype))

@@ -52,6 +52,7 @@ from experiments.tasks.ode_posterior import (
     lotka_volterra_chain,
     lotka_volterra_data,
     lotka_volterra_scores,
+    random_walk_chain,
 )
 from experiments.timing import timed
 from kmethods import debias, thinning
@@ -159,18 +160,7 @@ def biased_mixture_sample(key, n: int, weights=(0.8, 0.2), dtype=jnp.float64):
 def rwm_chain(key, start, step, *, log_prob, n: int):
     """n states of a random-walk Metropolis chain on exp(log_prob) from `start` (d,), with
     Gaussian proposals of standard deviation `step`; the start is the first state."""
-
-    def move(carry, k):
-        x, lp = carry
-        k_prop, k_accept = jax.random.split(k)
-        proposal = x + step * jax.random.normal(k_prop, x.shape, x.dtype)
-        lp_proposal = log_prob(proposal)
-        accept = jnp.log(jax.random.uniform(k_accept, (), x.dtype)) < lp_proposal - lp
-        x, lp = jnp.where(accept, proposal, x), jnp.where(accept, lp_proposal, lp)
-        return (x, lp), x
-
-    _, chain = jax.lax.scan(move, (start, log_prob(start)), jax.random.split(key, n - 1))
-    return jnp.concatenate([start[None], chain])
+    return random_walk_chain(key, start, step, log_prob, n)[0]
 
 
 def target_sample(key, target: str, n: int, cfg: Config):

@@ -15,6 +15,21 @@ def _ksd(x, w=None):
     return float(jnp.sqrt(km.ksd2(x, mixture_score, km.IMQ(), weights=w, unbiased=False)))
 
 
+def _simplex_minimum(K):
+    """min of v' K v over the probability simplex, by a dense SLSQP solve (the generic QP)."""
+    m = K.shape[0]
+    best = scipy.optimize.minimize(
+        lambda v: v @ K @ v,
+        np.full(m, 1 / m),
+        jac=lambda v: 2 * K @ v,
+        bounds=[(0, 1)] * m,
+        constraints={"type": "eq", "fun": lambda v: v.sum() - 1},
+        method="SLSQP",
+        options={"ftol": 1e-14, "maxiter": 1000},
+    )
+    return best.fun
+
+
 def test_stein_cholesky_weights_solve_the_support_qp(x64, getkey):
     """Simplex weights; KKT of min v^T K_SS v over the simplex; the optimum of a generic
     dense float64 solver on the same support."""
@@ -32,16 +47,7 @@ def test_stein_cholesky_weights_solve_the_support_qp(x64, getkey):
     kw = K @ w
     assert np.all(kw >= lam * (1 - 2e-6))  # stationarity with multiplier lam
     assert np.all(w * np.abs(kw - lam) <= 2e-6 * lam)  # complementary slackness
-    best = scipy.optimize.minimize(
-        lambda v: v @ K @ v,
-        np.full(8, 1 / 8),
-        jac=lambda v: 2 * K @ v,
-        bounds=[(0, 1)] * 8,
-        constraints={"type": "eq", "fun": lambda v: v.sum() - 1},
-        method="SLSQP",
-        options={"ftol": 1e-14, "maxiter": 1000},
-    )
-    assert lam <= best.fun * (1 + 1e-5)
+    assert lam <= _simplex_minimum(K) * (1 + 1e-5)
     np.testing.assert_allclose(_ksd(x[idx], w) ** 2, lam, rtol=1e-8)
 
 
@@ -92,16 +98,7 @@ def test_stein_cholesky_constant_preserving(x64, getkey):
     lam = v @ K @ v
     np.testing.assert_allclose(K @ v, lam, rtol=1e-9)
     np.testing.assert_allclose(v, _cp_reference(K), rtol=1e-8, atol=1e-12)
-    simplex = scipy.optimize.minimize(
-        lambda u: u @ K @ u,
-        np.full(8, 1 / 8),
-        jac=lambda u: 2 * K @ u,
-        bounds=[(0, 1)] * 8,
-        constraints={"type": "eq", "fun": lambda u: u.sum() - 1},
-        method="SLSQP",
-        options={"ftol": 1e-14, "maxiter": 1000},
-    )
-    assert lam <= simplex.fun * (1 + 1e-9)
+    assert lam <= _simplex_minimum(K) * (1 + 1e-9)
     i2, w2 = stein_cholesky(key, x, mixture_score, km.IMQ(), out_size=8)
     assert lam <= _ksd(x[i2], w2) ** 2 * (1 + 1e-9)
     # more swap passes (each keeps only improving swaps, then reweights): never a higher KSD
