@@ -13,7 +13,6 @@ differentiation of its `__call__` (`Kernel.stein_gram`).
 
 from __future__ import annotations
 
-import jax
 from jaxtyping import Array, Float
 
 from kmethods.pairwise import gram_matvec
@@ -26,26 +25,20 @@ def langevin_stein_matvec(
     x: Float[Array, "n d"],
     scores: Float[Array, "n d"],
     v: Float[Array, "n ..."],
-    *,
-    exclude_diagonal: bool = False,
-    block_size: int | None = None,
-    mesh: jax.sharding.Mesh | None = None,
+    **options,
 ) -> Float[Array, "n ..."]:
-    """U v with U = [u_p(x_i, x_j)] the Langevin Stein kernel matrix, without forming U.
+    """U v with U = [u_p(x_i, x_j)] the Langevin Stein kernel matrix, without forming U:
+    `kmethods.pairwise.gram_matvec` over row blocks of (x, scores), `options` as there.
 
     Args:
       kernel: base kernel. x: (n, d) sample. scores: (n, d), grad log p at x.
-      v: (n,) or (n, p). exclude_diagonal: treat u_p(x_i, x_i) as zero (U-statistics).
-      block_size: rows of U held at once (memory O(block_size * n)).
-      mesh: a `jax.sharding.Mesh` whose devices share the rows of U, each holding about n/p
-        of them and a p-th of each block (`kmethods.pairwise.map_row_blocks`; call it inside
-        `jit` with the inputs on the mesh), or None (one device).
+      v: (n,) or (n, p).
+      options: `exclude_diagonal` (treat u_p(x_i, x_i) as zero: U-statistics), `block_size`
+        (rows of U held at once: memory O(block_size * n)), `mesh` (a `jax.sharding.Mesh`
+        whose devices share the rows of U, each holding about n/p of them and a p-th of each
+        block, `kmethods.pairwise.map_row_blocks`; call it inside `jit` with the inputs on the
+        mesh; or None, one device).
     """
     return gram_matvec(
-        lambda xb, sb: kernel.stein_gram(xb, sb, x, scores),
-        (x, scores),
-        v,
-        exclude_diagonal=exclude_diagonal,
-        block_size=block_size,
-        mesh=mesh,
+        lambda xb, sb: kernel.stein_gram(xb, sb, x, scores), (x, scores), v, **options
     )
