@@ -40,6 +40,7 @@ __all__ = [
     "map_row_blocks",
     "mask_diagonal",
     "sqdist",
+    "sqdist_product",
 ]
 
 # Up to this many coordinates, per-coordinate accumulation beats the matrix-product form.
@@ -63,11 +64,19 @@ def sqdist(x: Float[Array, "n d"], y: Float[Array, "m d"]) -> Float[Array, "n m"
         for j in range(1, d):
             out = out + (x[:, j, None] - y[None, :, j]) ** 2
         return out
+    return sqdist_product(x, y)
+
+
+def sqdist_product(x: Float[Array, "n d"], y: Float[Array, "m d"]) -> Float[Array, "n m"]:
+    """Squared distances as |x - c|^2 + |y - c|^2 - 2 (x - c).(y - c), c = y's first point: the
+    cross term is one matrix product (the shift keeps the expansion from cancelling on data
+    far from the origin; pairs much closer than the data's spread lose relative accuracy)."""
     c = centring_point(y)
     x, y = x - c, y - c
     xx = jnp.sum(x * x, axis=-1)
     yy = jnp.sum(y * y, axis=-1)
-    return jnp.maximum(xx[:, None] + yy[None, :] - 2.0 * (x @ y.T), 0.0)
+    r2 = xx[:, None] + yy[None, :] - 2.0 * (x @ y.T)
+    return jnp.maximum(r2, jnp.zeros((), r2.dtype))
 
 
 def default_block_size(n: int, m: int) -> int:
