@@ -103,8 +103,13 @@ def lotka_volterra_scores(
     model: LotkaVolterra = DEFAULT_MODEL,
 ) -> Float[Array, "n 4"]:
     """grad log p(phi | data) at each row of phis, by reverse-mode autodiff through RK4."""
-    score = jax.grad(lotka_volterra_log_posterior)
-    return jax.jit(jax.vmap(score, in_axes=(0, None, None)), static_argnums=2)(phis, data, model)
+    return _scores(phis, data, model)
+
+
+# One jitted function for every call (a jit built inside the call would compile each time).
+_scores = jax.jit(
+    jax.vmap(jax.grad(lotka_volterra_log_posterior), in_axes=(0, None, None)), static_argnums=2
+)
 
 
 def lotka_volterra_chain(
