@@ -56,6 +56,7 @@ class Config:
       repeats: warm calls timed (median reported).
       rate_sizes: n at which rejection rates are estimated (a subset of `sample_sizes`).
       replicates: data sets per rejection rate (null and alternative each).
+      rate_chunk: replicates per resumable unit (a killed run redoes at most one chunk).
       shift: the alternative's mean shift of y's first coordinate.
       kseq_only_sizes: n at which kseq's CTT (the first g) is timed alone.
     """
@@ -70,6 +71,7 @@ class Config:
     repeats: int = 3
     rate_sizes: tuple[int, ...] = (16384,)
     replicates: int = 200
+    rate_chunk: int = 10
     shift: float = 0.05
     kseq_only_sizes: tuple[int, ...] = (1048576,)
 
@@ -81,7 +83,9 @@ class Config:
             raise ConfigError(f"`params.methods`: unknown {sorted(unknown)}.")
         if not set(self.rate_sizes) <= set(self.sample_sizes):
             raise ConfigError("`params.rate_sizes` must be a subset of `params.sample_sizes`.")
-        require_at_least(self, ("dim", "bins_per_sample", "num_permutations", "repeats"))
+        require_at_least(
+            self, ("dim", "bins_per_sample", "num_permutations", "repeats", "rate_chunk")
+        )
         require_at_least(self, ("num_features",), minimum=2)
         require_at_least(self, ("replicates",), minimum=0)
 
@@ -142,17 +146,38 @@ def _goodpoints_call(method: str, g: int | None, cfg: Config):
     return lambda seed, X, Y: float(fn(seed, X, Y).rejects)
 
 
-def _rates(method, g, n, cfg, seed0, kseq_fn, gp_fn) -> dict:
+def _rate_chunk(start, stop, shift, n, cfg, seed0, kseq_fn, gp_fn) -> dict:
+    """Both libraries' decisions on replicates start..stop-1 (the same data sets)."""
+    kseq_rejects, gp_rejects, bad = [], [], 0
+    for i in range(start, stop):
+        X, Y = _data(seed0 + 7919 * (i + 1), n, cfg.dim, shift)
+        x, y = jnp.asarray(X, jnp.float32), jnp.asarray(Y, jnp.float32)
+        result = kseq_fn(jax.random.key(seed0 + i), x, y)
+        kseq_rejects.append(float(result.reject))
+        bad += int(nonfinite(result))
+        gp_rejects.append(gp_fn(seed0 + i, X, Y))
+    return {"kseq": kseq_rejects, "gp": gp_rejects, "nonfinite": bad}
+
+
+def _rates(name, n, cfg, seed0, kseq_fn, gp_fn, ctx) -> dict:
+    """Rejection rates over `cfg.replicates` data sets, computed in resumable chunks of
+    `cfg.rate_chunk` replicates (each a unit of its own: hours of goodpoints calls survive a
+    kill)."""
     out = {}
     for label, shift in (("null", 0.0), ("alt", cfg.shift)):
         kseq_rejects, gp_rejects, bad = [], [], 0
-        for i in range(cfg.replicates):
-            X, Y = _data(seed0 + 7919 * (i + 1), n, cfg.dim, shift)
-            x, y = jnp.asarray(X, jnp.float32), jnp.asarray(Y, jnp.float32)
-            result = kseq_fn(jax.random.key(seed0 + i), x, y)
-            kseq_rejects.append(float(result.reject))
-            bad += int(nonfinite(result))
-            gp_rejects.append(gp_fn(seed0 + i, X, Y))
+        for start in range(0, cfg.replicates, cfg.rate_chunk):
+            stop = min(start + cfg.rate_chunk, cfg.replicates)
+            chunk = ctx.unit(
+                f"{name}-{label}-{start}-{stop}",
+                lambda start=start, stop=stop, shift=shift: _rate_chunk(
+                    start, stop, shift, n, cfg, seed0, kseq_fn, gp_fn
+                ),
+                log=False,
+            )
+            kseq_rejects += chunk["kseq"]
+            gp_rejects += chunk["gp"]
+            bad += chunk["nonfinite"]
         out[f"kseq_rate_{label}"] = float(np.mean(kseq_rejects)) if kseq_rejects else None
         out[f"gp_rate_{label}"] = float(np.mean(gp_rejects)) if gp_rejects else None
         out[f"kseq_num_nonfinite_{label}"] = bad
@@ -167,7 +192,7 @@ def _rates(method, g, n, cfg, seed0, kseq_fn, gp_fn) -> dict:
     return out
 
 
-def _bench_unit(method: str, g: int | None, n: int, cfg: Config, seed0: int, compare: bool):
+def _bench_unit(method, g, n, cfg: Config, seed0: int, compare: bool, name: str, ctx):
     kseq_fn = _kseq_call(method, g, cfg)
     datasets = [_data(seed0 + i, n, cfg.dim) for i in range(cfg.repeats + 1)]
     as_jax = lambda X: jnp.asarray(X, jnp.float32)
@@ -195,7 +220,7 @@ def _bench_unit(method: str, g: int | None, n: int, cfg: Config, seed0: int, com
     record["gp_s"] = statistics.median(gp_times)
     record["ratio_warm"] = record["gp_s"] / record["kseq_warm_s"]
     if n in cfg.rate_sizes and cfg.replicates:
-        record.update(_rates(method, g, n, cfg, seed0 + 10**5, kseq_fn, gp_fn))
+        record.update(_rates(name, n, cfg, seed0 + 10**5, kseq_fn, gp_fn, ctx))
     return record
 
 
@@ -214,14 +239,14 @@ def run(cfg: Config, ctx) -> dict:
     for i, (method, g, n, compare) in enumerate(
         ctx.progress(settings, desc="bench_ctt", total=len(settings))
     ):
+        suffix = "" if compare else "-alone"
+        name = f"{method}-g{g}-n{n}{suffix}" if g is not None else f"{method}-n{n}"
 
-        def compute(method=method, g=g, n=n, compare=compare, i=i):
-            record = _bench_unit(method, g, n, cfg, base_seed + 1000 * i, compare)
+        def compute(method=method, g=g, n=n, compare=compare, i=i, name=name):
+            record = _bench_unit(method, g, n, cfg, base_seed + 1000 * i, compare, name, ctx)
             ctx.log_metrics(**record)
             return record
 
-        suffix = "" if compare else "-alone"
-        name = f"{method}-g{g}-n{n}{suffix}" if g is not None else f"{method}-n{n}"
         records.append(ctx.unit(name, compute, log=False))
     return {
         "machine": f"{jax.default_backend()}, {jax.device_count()} device(s)",

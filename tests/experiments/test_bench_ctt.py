@@ -16,14 +16,17 @@ METHODS = {"ctt", "lrctt", "rff"}
 )
 def test_bench_ctt_tiny_run(tiny_run, methods, kseq_only):
     methods = [methods] if isinstance(methods, str) else methods
-    _, results = tiny_run(
+    run_dir, results = tiny_run(
         "bench_ctt",
         "sample_sizes=[256] g_values=[1] bins_per_sample=4 num_features=16 repeats=1",
-        "rate_sizes=[256] replicates=2",
+        "rate_sizes=[256] replicates=3 rate_chunk=2",
         f"methods=[{','.join(methods)}] kseq_only_sizes=[{','.join(map(str, kseq_only))}]",
         ignore_warnings=True,
     )
     records = results["records"]
+    # the replicates are stored in resumable chunks of rate_chunk (the last one shorter)
+    chunks = sorted(p.stem for p in (run_dir / "units").glob("*-null-*"))
+    assert chunks[:2] == [f"{methods[0]}-g1-n256-null-0-2", f"{methods[0]}-g1-n256-null-2-3"]
     expected = {(m, 256) for m in methods} | {("ctt", n) for n in kseq_only}
     assert {(r["method"], r["n"]) for r in records} == expected
     for r in records:
