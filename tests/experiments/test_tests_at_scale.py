@@ -37,3 +37,23 @@ def test_tests_at_scale_tiny_run(tiny_run):
 def test_bad_config_names_the_key(override, name):
     with pytest.raises(ConfigError, match=name):
         load_config("configs/tests_at_scale.yaml", [override])
+
+
+def test_harder_alternative_reaches_the_samplers():
+    """`shift` and `weight_difference` (the keys of the harder alternative of the docs) set the
+    shift family's second centre and the mixture's weights; the nulls stay the same."""
+    import numpy as np
+
+    from experiments.tasks.tests_at_scale import Config, mixtures
+
+    easy, hard = mixtures(Config()), mixtures(Config(shift=0.02, weight_difference=0.01))
+    centres, wx, wy = hard["shift"]
+    assert centres[1, 0] == np.float32(0.02) and not centres[0].any()
+    np.testing.assert_array_equal(wx, [1, 0, 0])
+    np.testing.assert_array_equal(wy, [0, 1, 0])
+    _, wx, wy = hard["mixture"]
+    np.testing.assert_allclose(wx, [1 / 3] * 3, atol=1e-7)
+    np.testing.assert_allclose(wy - wx, [0.01, -0.005, -0.005], atol=1e-7)
+    for name in ("shift", "mixture"):  # the null (y from x's weights) does not depend on them
+        np.testing.assert_array_equal(easy[name][1], hard[name][1])
+    np.testing.assert_array_equal(easy["mixture"][0], hard["mixture"][0])
