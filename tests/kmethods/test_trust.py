@@ -143,6 +143,29 @@ def test_level_with_a_nearly_constant_kernel(test, x64):
         assert lo <= rate <= hi, (test, rate)
 
 
+@pytest.mark.slow
+def test_wide_kernel_at_large_n_keeps_its_power_and_level():
+    # At large n the permutation statistics spread by O(1/n) around a kernel mean; with a
+    # bandwidth 1e3 times the data scale every float32 kernel value is 1 - O(1e-7). The
+    # statistic must still be the quadratic (mean-difference) MMD, not rounding: it scales as
+    # 1 / bandwidth^2 between two bandwidths, a shift of 0.05 at n = 2^13 is rejected with the
+    # smallest p-value, and the null is not (CTT's forms lost exactly this at n = 2^20).
+    n, permutations = 2**13, 19
+    x = jax.random.normal(jax.random.key(1), (n, 2))
+    y = jax.random.normal(jax.random.key(2), (n, 2))
+    shifted = y.at[:, 0].add(0.05)
+    key = jax.random.key(0)
+    statistics = {}
+    for bw in (100.0, 1000.0):
+        alt = km.mmd_test(key, x, shifted, km.Gaussian(bw), num_permutations=permutations)
+        null = km.mmd_test(key, x, y, km.Gaussian(bw), num_permutations=permutations)
+        assert bool(alt.reject) and float(alt.p_value) == pytest.approx(1 / (permutations + 1))
+        assert 0.2 < float(null.p_value) < 1.0  # p = 1 would mean every draw tied
+        statistics[bw] = float(alt.statistic)
+    ratio = statistics[100.0] / statistics[1000.0]
+    assert ratio == pytest.approx(100.0, rel=0.02)
+
+
 @pytest.mark.parametrize("unbiased", [False, True])
 def test_hsic_with_a_constant_variable_never_rejects(unbiased):
     # One variable constant: every permutation gives the same statistic, so p = 1 exactly.
