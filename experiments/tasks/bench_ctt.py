@@ -57,6 +57,9 @@ class Config:
       rate_sizes: n at which rejection rates are estimated (a subset of `sample_sizes`).
       replicates: data sets per rejection rate (null and alternative each).
       rate_chunk: replicates per resumable unit (a killed run redoes at most one chunk).
+      rate_settings: which rates to estimate, of "null" and "alt" (two processes may share
+        the work: one each, in two run folders of the same config, then one folder's units
+        copied into the other and `kseq run --resume` reuses them).
       shift: the alternative's mean shift of y's first coordinate.
       kseq_only_sizes: n at which kseq's CTT (the first g) is timed alone.
     """
@@ -72,6 +75,7 @@ class Config:
     rate_sizes: tuple[int, ...] = (16384,)
     replicates: int = 200
     rate_chunk: int = 10
+    rate_settings: tuple[str, ...] = ("null", "alt")
     shift: float = 0.05
     kseq_only_sizes: tuple[int, ...] = (1048576,)
 
@@ -81,6 +85,8 @@ class Config:
         unknown = set(self.methods) - {"ctt", "lrctt", "rff"}
         if unknown:
             raise ConfigError(f"`params.methods`: unknown {sorted(unknown)}.")
+        if not set(self.rate_settings) <= {"null", "alt"}:
+            raise ConfigError('`params.rate_settings`: a list of "null" and "alt".')
         if not set(self.rate_sizes) <= set(self.sample_sizes):
             raise ConfigError("`params.rate_sizes` must be a subset of `params.sample_sizes`.")
         require_at_least(
@@ -165,6 +171,8 @@ def _rates(name, n, cfg, seed0, kseq_fn, gp_fn, ctx) -> dict:
     kill)."""
     out = {}
     for label, shift in (("null", 0.0), ("alt", cfg.shift)):
+        if label not in cfg.rate_settings:
+            continue
         kseq_rejects, gp_rejects, bad = [], [], 0
         for start in range(0, cfg.replicates, cfg.rate_chunk):
             stop = min(start + cfg.rate_chunk, cfg.replicates)

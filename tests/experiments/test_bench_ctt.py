@@ -37,3 +37,13 @@ def test_bench_ctt_tiny_run(tiny_run, methods, kseq_only):
             assert r["kseq_num_nonfinite_null"] == 0
             assert -1 <= r["rate_difference_alt"] <= 1 and r["rate_difference_se_null"] >= 0
             assert 0 <= r["gp_halfwidth95_null"] <= 1
+
+
+def test_rate_settings_are_checked():
+    from experiments import load_config
+    from experiments.config import ConfigError
+
+    cfg = load_config("configs/bench_ctt.yaml", ["params.rate_settings=[alt]"])
+    assert cfg.params.rate_settings == ("alt",)
+    with pytest.raises(ConfigError, match="rate_settings"):
+        load_config("configs/bench_ctt.yaml", ["params.rate_settings=[power]"])
