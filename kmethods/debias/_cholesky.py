@@ -136,10 +136,9 @@ def stein_cholesky_program(
     n = z.shape[0]
     dtype = z.dtype
     k_debias, k_pivots = jax.random.split(key)
-    zeros = jnp.zeros(n, dtype)
     if rank is None:
         # SC: Stein thinning run for n steps, its counts as the debiased weights.
-        picked = stein_thin_program(z, kernel, zeros, zeros, out_size=n)
+        picked = stein_thin_program(z, kernel, out_size=n)
         w = jnp.bincount(jnp.maximum(picked, 0), length=n).astype(dtype) / n
     else:  # LSC: the low-rank debiasing weights
         w, _ = debias_program(k_debias, z, kernel, debias_tol, max_iter, rank=rank, block_size=None)

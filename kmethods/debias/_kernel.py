@@ -13,9 +13,40 @@ from jaxtyping import Array, Float
 
 from kmethods import _checks
 from kmethods._scores import scores_at
-from kmethods.kernels import Kernel, check_kernel
+from kmethods.kernels import IMQ, Kernel, RadialKernel, check_kernel
+
+# Up to this dimension blocks of a radial base's Stein kernel are evaluated coordinate by
+# coordinate (as `kmethods.pairwise.sqdist` does for squared distances).
+_COORDINATEWISE_MAX_DIM = 16
 
 ScoreFunction = Callable[[Float[Array, " d"]], Float[Array, " d"]]
+
+
+def _concrete_exponent(base):
+    """The exponent beta of an IMQ base as a Python float when it is concrete (the kernel is
+    built outside a trace), else None. A static exponent lets the Stein kernel evaluate
+    u^(-1/2) as one square root rather than a power (a logarithm and an exponential)."""
+    if type(base) is not IMQ:
+        return None
+    try:
+        return float(np.asarray(base.beta))
+    except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return None
+
+
+def _pairwise_terms(xa, sa, xb, sb):
+    """(r^2, s_a . s_b, (s_b - s_a) . (x_a - x_b)) from coordinate lists (d arrays each, all
+    broadcastable): one elementwise expression, which XLA fuses into one loop, with no
+    matrix product, no (n, m, d) temporary and no cancellation (the differences are direct)."""
+    r2 = ss = cross = None
+    for xa_k, sa_k, xb_k, sb_k in zip(xa, sa, xb, sb, strict=True):
+        diff = xa_k - xb_k
+        terms = (diff * diff, sa_k * sb_k, (sb_k - sa_k) * diff)
+        if r2 is None:
+            r2, ss, cross = terms
+        else:
+            r2, ss, cross = r2 + terms[0], ss + terms[1], cross + terms[2]
+    return r2, ss, cross
 
 
 def _check_preconditioner(m):
@@ -50,10 +81,13 @@ class SteinKernel(Kernel):
     wherever a kernel does, unchanged: `kmethods.pairwise.kernel_matvec(k, z, z, v)` (Gram
     products), `kmethods.thinning.mmd_to_sample(z, idx, k)`, `kmethods.kernel_thin(key, z, k)`
     and `kmethods.compresspp(key, z, k)`; indices into z are indices into x. Its `gram` splits
-    each point into (x, s) and calls `base.stein_gram`, which is in closed form for radial
-    base kernels (`RadialKernel.radial_derivatives`: Gaussian, IMQ, Matern 1.5 / 2.5) and by
-    automatic differentiation otherwise, so one Gram block costs O(b m d) time and memory,
-    with no (b, m, d) temporary for radial bases.
+    each point into (x, s). For radial bases (`RadialKernel.radial_derivatives`: Gaussian,
+    IMQ, Matern 1.5 / 2.5) in dimension d <= 16 a block is one elementwise expression built
+    coordinate by coordinate, which XLA fuses into a single loop (IMQ's exponent, when
+    concrete at construction, is static: u^(-1/2) is a square root, not a power); otherwise
+    it calls `base.stein_gram` (matrix products for radial bases, automatic differentiation
+    for others). One Gram block costs O(b m d) time and memory, with no (b, m, d) temporary
+    for radial bases.
 
     **Preconditioner.** With a symmetric positive-definite M (d, d), the kernel is that of the
     preconditioned Langevin operator (T g)(x) = div(p M g)(x) / p(x) on the base kernel
@@ -86,6 +120,7 @@ class SteinKernel(Kernel):
     preconditioner: Array | None
     score_arrays: Any
     score_static: Any = eqx.field(static=True)
+    imq_exponent: float | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -112,6 +147,7 @@ class SteinKernel(Kernel):
         self.preconditioner = (
             None if preconditioner is None else _check_preconditioner(preconditioner)
         )
+        self.imq_exponent = _concrete_exponent(base)
 
     @property
     def score(self):
@@ -162,16 +198,79 @@ class SteinKernel(Kernel):
         x = jax.scipy.linalg.solve_triangular(c, x.T, lower=True).T
         return x, s @ c
 
+    def coordinatewise(self, d: int) -> bool:
+        """Whether blocks are evaluated coordinate by coordinate (`_pairwise_terms`): radial
+        bases in dimension d <= 16. Otherwise `base.stein_gram` (matrix products, or autodiff
+        for non-radial bases)."""
+        return isinstance(self.base, RadialKernel) and d <= _COORDINATEWISE_MAX_DIM
+
+    def _radial_stein(self, r2, ss, cross, d):
+        """k_p from the pairwise terms: g ss + (g'/r) cross - [(d - 1) g'/r + g''], elementwise."""
+        beta = self.imq_exponent
+        if beta is None:
+            g, g1_over_r, g2 = self.base.radial_derivatives(r2)
+            return g * ss + g1_over_r * cross - ((d - 1) * g1_over_r + g2)
+        # IMQ with a static exponent: u = c^2 + r^2 / h^2, phi = u^beta (a square root for
+        # beta = -1/2), g'/r = 2 beta phi / (u h^2) and
+        # g'' = g'/r + 2 (beta - 1) r^2 (g'/r) / (u h^2), as `IMQ.radial_derivatives`, written
+        # over one shared 1 / u.
+        base = self.base
+        inv_h2 = 1.0 / jnp.maximum(
+            jnp.square(jnp.asarray(base.bandwidth, r2.dtype)), jnp.finfo(r2.dtype).tiny
+        )
+        inv_u = 1.0 / (jnp.asarray(base.c, r2.dtype) ** 2 + r2 * inv_h2)
+        if beta == -0.5:
+            phi = jnp.sqrt(inv_u)
+        elif beta == -1.0:
+            phi = inv_u
+        else:
+            phi = inv_u ** (-beta)
+        g1_over_r = (2.0 * beta) * phi * inv_u * inv_h2
+        g2 = g1_over_r + (2.0 * (beta - 1.0)) * r2 * g1_over_r * inv_u * inv_h2
+        return phi * ss + g1_over_r * cross - ((d - 1) * g1_over_r + g2)
+
+    def columns(self, z):
+        """The whitened points and scores of z (n, 2d) as two lists of d (n,) coordinate
+        arrays: the layout of `column`, made once outside a loop."""
+        a, sa = self.split(z)
+        return [a[:, k] for k in range(a.shape[1])], [sa[:, k] for k in range(a.shape[1])]
+
+    def column(self, point, columns):
+        """[k_p(point, z_j)]_j, shape (n,), for one augmented point (2d,) and `columns(z)`:
+        Stein thinning's and KT-SWAP's rows, with the points' coordinates laid out once."""
+        xb, sb = columns
+        d = len(xb)
+        if not self.coordinatewise(d):
+            a, sa = self.split(point[None])
+            return self.base.stein_gram(a, sa, jnp.stack(xb, 1), jnp.stack(sb, 1))[0]
+        a, sa = self.split(point[None])
+        r2, ss, cross = _pairwise_terms(list(a[0]), list(sa[0]), xb, sb)
+        return self._radial_stein(r2, ss, cross, d)
+
     def gram(self, x, y):
         a, sa = self.split(x)
         b, sb = self.split(y)
-        return self.base.stein_gram(a, sa, b, sb)
+        d = a.shape[-1]
+        if not self.coordinatewise(d):
+            return self.base.stein_gram(a, sa, b, sb)
+        r2, ss, cross = _pairwise_terms(
+            [a[:, k, None] for k in range(d)],
+            [sa[:, k, None] for k in range(d)],
+            [b[None, :, k] for k in range(d)],
+            [sb[None, :, k] for k in range(d)],
+        )
+        return self._radial_stein(r2, ss, cross, d)
 
     def __call__(self, x: Float[Array, " D"], y: Float[Array, " D"]) -> Float[Array, ""]:
         return self.gram(x[None], y[None])[0, 0]
 
     def diag(self, x):
         a, sa = self.split(x)
+        d = a.shape[-1]
+        if self.coordinatewise(d):
+            zero = jnp.zeros(a.shape[:-1], a.dtype)
+            ss = jnp.sum(sa * sa, axis=-1)
+            return self._radial_stein(zero, ss, zero, d)
         return jax.vmap(lambda p, q: self.base.stein_gram(p[None], q[None], p[None], q[None]))(
             a, sa
         )[:, 0, 0]

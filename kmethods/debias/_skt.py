@@ -101,17 +101,16 @@ def stein_kernel_thin(
     max_iter = _checks.positive_int(max_iter, "max_iter")
     m = math.ceil(math.log2(n / out_size))
     size = out_size * 2**m
-    zeros = jnp.zeros(n, z.dtype)
     k_debias, k_round, k_split = jax.random.split(key, 3)
     if rank is None:
         # greedy Stein thinning is prefix-consistent: its first out_size picks are the baseline
-        full = stein_thin_program(z, stein, zeros, zeros, out_size=size)
+        full = stein_thin_program(z, stein, out_size=size)
         sequence, baseline = jnp.sort(full), full[:out_size]
         candidates = _split_candidates(k_split, z, sequence, stein, delta, out_size=out_size, m=m)
     else:
         w, _ = debias_program(k_debias, z, stein, tol, max_iter, rank=rank, block_size=None)
         sequence = stratified_round(k_round, w, size)
-        baseline = stein_thin_program(z, stein, zeros, zeros, out_size=out_size)
+        baseline = stein_thin_program(z, stein, out_size=out_size)
         candidates = sequence[compresspp(k_split, z[sequence], stein, out_size=out_size)][None]
     # KT-SWAP writes argmin indices (the default int type) into the candidate.
     index = jax.dtypes.canonicalize_dtype(jnp.int64)

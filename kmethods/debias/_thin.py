@@ -71,21 +71,45 @@ def _regulariser(x, score, log_prob, strength, out_size):
     return laplacian.astype(dtype), (-0.5 * strength * values).astype(dtype)
 
 
+def first_argmin(values):
+    """jnp.argmin of a finite (n,) vector (ties to the smallest index) as two plain reductions:
+    the minimum, then the least (int32) index holding it. XLA:CPU evaluates argmin's
+    (value, index) reduction one element at a time; these two vectorise (measured 2.4x faster
+    at n = 2^14, where it dominated a Stein-thinning step). Non-finite values are the caller's
+    concern (with a NaN the result is n)."""
+    n = values.shape[0]
+    index_dtype = jnp.int32 if n < 2**31 - 1 else jnp.int64
+    smallest = jnp.min(values)
+    index = jnp.arange(n, dtype=index_dtype)
+    return jnp.min(jnp.where(values == smallest, index, jnp.asarray(n, index_dtype)))
+
+
 @cpu_jit(static_argnames=("out_size",))
-def stein_thin_program(z, kernel, laplacian, entropic, *, out_size):
+def stein_thin_program(z, kernel, laplacian=None, entropic=None, *, out_size):
     """The greedy loop: step t picks argmin_i [k_p(x_i, x_i) + Delta^+_i] / 2 +
-    sum_{j < t} k_p(x_{pi_j}, x_i) + t e_i, holding the running sum of the Stein kernel's
-    columns (one (n,) column per step)."""
-    first = 0.5 * (kernel.diag(z) + laplacian)
+    sum_{j < t} k_p(x_{pi_j}, x_i) + t e_i, holding first + the running sum of the Stein
+    kernel's columns (one (n,) column per step). `laplacian` and `entropic` are (n,) arrays,
+    or None for zeros (plain Stein thinning: no pass over them)."""
+    first = kernel.diag(z)
+    if laplacian is not None:
+        first = first + laplacian
+    first = 0.5 * first
+    # The points' coordinates are laid out once, an (n,) array each; a step evaluates one
+    # column of k_p against them in one fused loop (`SteinKernel.column`), which also adds it.
+    columns = kernel.columns(z)
 
     def step(carry, t):
-        running = carry
-        objective = first + running + t.astype(z.dtype) * entropic
-        i = jnp.argmin(objective)
-        running = running + kernel.gram(z[i][None], z)[0]
-        return running, i
+        current = carry  # first + the columns of the points picked so far
+        if entropic is None:
+            objective = current
+        else:
+            objective = current + t.astype(z.dtype) * entropic
+        i = first_argmin(objective)
+        return current + kernel.column(z[i], columns), i
 
-    _, picked = jax.lax.scan(step, jnp.zeros(z.shape[0], z.dtype), jnp.arange(1, out_size + 1))
+    _, picked = jax.lax.scan(step, first, jnp.arange(1, out_size + 1))
+    # default int indices (int64 under x64), as before
+    picked = picked.astype(jax.dtypes.canonicalize_dtype(jnp.int64))
     finite = jnp.all(jnp.isfinite(z))
     # A non-finite score that jit let through would pick arbitrary points: -1 marks them.
     return jnp.where(finite, picked, -1)
@@ -144,7 +168,6 @@ def stein_thin(
     z, stein = stein_problem(x, score, kernel, preconditioner)
     out_size = _checks.positive_int(out_size, "out_size")
     regularised = _checks.flag(regularised, "regularised")
-    n = z.shape[0]
     if regularised:
         laplacian, entropic = _regulariser(
             z[:, : z.shape[1] // 2], score, log_prob, strength, out_size
@@ -152,5 +175,5 @@ def stein_thin(
     else:
         if strength is not None or log_prob is not None:
             raise ValueError("`log_prob` and `strength` apply only with `regularised=True`.")
-        laplacian = entropic = jnp.zeros(n, z.dtype)
+        laplacian = entropic = None
     return stein_thin_program(z, stein, laplacian, entropic, out_size=out_size)

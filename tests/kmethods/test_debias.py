@@ -72,6 +72,44 @@ def test_stein_kernel_gram_equals_dense_autodiff(x64, getkey, base, precondition
     np.testing.assert_allclose(got, expected @ np.asarray(v), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("beta", [-0.5, -1.0, -0.3])
+def test_stein_kernel_coordinatewise_equals_matrix_form(x64, getkey, beta):
+    # SteinKernel evaluates radial bases in low dimension coordinate by coordinate, with IMQ's
+    # exponent static; the base's own matrix-product stein_gram is the reference. A SteinKernel
+    # built under jit (traced exponent) takes the generic radial path, and `column` (Stein
+    # thinning's rows) equals a row of `gram`.
+    base = km.IMQ(c=0.7, beta=beta, bandwidth=1.6)
+    x = 3.0 + jax.random.normal(getkey(), (9, 3))
+    score = jax.grad(_log_p)
+    stein = SteinKernel(base, score)
+    assert stein.imq_exponent == beta and stein.coordinatewise(3)
+    z = stein.augment(x)
+    a, s = z[:, :3], z[:, 3:]
+    expected = np.asarray(base.stein_gram(a, s, a, s))
+    np.testing.assert_allclose(stein.gram(z, z), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(stein.diag(z), np.diag(expected), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        stein.column(z[4], stein.columns(z)), expected[4], rtol=1e-12, atol=1e-12
+    )
+
+    @jax.jit
+    def traced(b):
+        k = SteinKernel(km.IMQ(c=0.7, beta=b, bandwidth=1.6))
+        assert k.imq_exponent is None
+        return k.gram(z, z)
+
+    np.testing.assert_allclose(traced(beta), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_first_argmin_is_argmin_with_ties(getkey):
+    from kmethods.debias._thin import first_argmin
+
+    v = jnp.round(jax.random.normal(getkey(), (1000,)), 1)  # many ties
+    assert int(first_argmin(v)) == int(jnp.argmin(v))
+    v = v.at[::7].set(jnp.min(v))
+    assert int(first_argmin(v)) == int(jnp.argmin(v)) == 0
+
+
 def test_stein_kernel_works_where_kernels_do(x64, getkey):
     x = biased_mixture(getkey(), 64)
     stein = SteinKernel(km.IMQ(), mixture_score)
