@@ -200,9 +200,13 @@ class SteinKernel(Kernel):
 
     def coordinatewise(self, d: int) -> bool:
         """Whether blocks are evaluated coordinate by coordinate (`_pairwise_terms`): radial
-        bases in dimension d <= 16. Otherwise `base.stein_gram` (matrix products, or autodiff
-        for non-radial bases)."""
-        return isinstance(self.base, RadialKernel) and d <= _COORDINATEWISE_MAX_DIM
+        bases (that keep `RadialKernel.stein_gram`) in dimension d <= 16. Otherwise
+        `base.stein_gram` (matrix products, or autodiff for non-radial bases)."""
+        return (
+            isinstance(self.base, RadialKernel)
+            and type(self.base).stein_gram is RadialKernel.stein_gram
+            and d <= _COORDINATEWISE_MAX_DIM
+        )
 
     def _radial_stein(self, r2, ss, cross, d):
         """k_p from the pairwise terms: g ss + (g'/r) cross - [(d - 1) g'/r + g''], elementwise."""
@@ -237,13 +241,12 @@ class SteinKernel(Kernel):
 
     def column(self, point, columns):
         """[k_p(point, z_j)]_j, shape (n,), for one augmented point (2d,) and `columns(z)`:
-        Stein thinning's and KT-SWAP's rows, with the points' coordinates laid out once."""
+        a Stein-thinning step's column, with the points' coordinates laid out once."""
         xb, sb = columns
         d = len(xb)
-        if not self.coordinatewise(d):
-            a, sa = self.split(point[None])
-            return self.base.stein_gram(a, sa, jnp.stack(xb, 1), jnp.stack(sb, 1))[0]
         a, sa = self.split(point[None])
+        if not self.coordinatewise(d):
+            return self.base.stein_gram(a, sa, jnp.stack(xb, 1), jnp.stack(sb, 1))[0]
         r2, ss, cross = _pairwise_terms(list(a[0]), list(sa[0]), xb, sb)
         return self._radial_stein(r2, ss, cross, d)
 

@@ -99,6 +99,12 @@ def test_stein_kernel_coordinatewise_equals_matrix_form(x64, getkey, beta):
         return k.gram(z, z)
 
     np.testing.assert_allclose(traced(beta), expected, rtol=1e-12, atol=1e-12)
+    # A base that is not radial (a sum) keeps its own stein_gram, rows included.
+    summed = SteinKernel(base + km.Gaussian(0.8))
+    assert not summed.coordinatewise(3)
+    np.testing.assert_allclose(
+        summed.column(z[2], summed.columns(z)), summed.gram(z, z)[2], rtol=1e-12, atol=1e-12
+    )
 
 
 def test_first_argmin_is_argmin_with_ties(getkey):
