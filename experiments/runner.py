@@ -50,7 +50,14 @@ import types
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from experiments.config import ConfigError, RunConfig, dump_config, load_config, resolved_dict
+from experiments.config import (
+    ConfigError,
+    RunConfig,
+    config_to_dict,
+    dump_config,
+    load_config,
+    resolved_dict,
+)
 from experiments.context import RunContext, check_units
 from experiments.distributed import broadcast_text, is_writer, start_distributed
 from experiments.errors import RunError, RunInterrupted
@@ -355,6 +362,21 @@ def _check_unchanged(run_dir: pathlib.Path, original: dict, cfg: RunConfig) -> N
     for field in dataclasses.fields(RunConfig):
         if field.name not in before and field.name in now and now[field.name] == field.default:
             before[field.name] = field.default
+    # likewise a task parameter added after the run started, while it holds its default (the
+    # run computed its units as that default does)
+    if dataclasses.is_dataclass(cfg.params):
+        for field in dataclasses.fields(cfg.params):
+            if field.default is not dataclasses.MISSING:
+                default = field.default
+            elif field.default_factory is not dataclasses.MISSING:
+                default = field.default_factory()
+            else:
+                continue
+            if default != getattr(cfg.params, field.name):
+                continue
+            for k, v in _dotted(f"params.{field.name}", config_to_dict(default), {}).items():
+                if not any(b == k or b.startswith(k + ".") for b in before):
+                    before[k] = v
     # compared as canonical JSON: a NaN equals itself, a tuple its list
     same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
     changed = [

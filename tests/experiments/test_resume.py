@@ -129,3 +129,29 @@ def test_resume_errors(tmp_path, capsys):
         from experiments import RunContext
 
         RunContext(tmp_path).unit("../x", dict)
+
+
+def test_resume_after_a_parameter_was_added_with_its_default(tmp_path):
+    # A run started before the task grew a parameter has no value for it in its record; it
+    # resumes while the parameter holds its default (the units were computed as the default
+    # computes them), and is refused while config.yaml holds another value.
+    import dataclasses
+
+    from experiments.config import ConfigError
+
+    cfg = load_config("configs/quickstart.yaml", TINY)
+    run_dir = run_experiment(cfg, tmp_path, quiet=True)
+    (run_dir / "results.json").unlink()
+    added = "num_permutations"  # stands for a parameter the task did not have yet
+    default = {f.name: f.default for f in dataclasses.fields(cfg.params)}[added]
+    assert cfg.params.num_permutations == 20 != default
+    record = json.loads((run_dir / ".run.json").read_text())
+    del record["config"]["params"][added]
+    (run_dir / ".run.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=f"params.{added}"):
+        resume_experiment(run_dir, quiet=True)
+    config = (run_dir / "config.yaml").read_text()
+    assert f"{added}: 20\n" in config
+    (run_dir / "config.yaml").write_text(config.replace(f"{added}: 20\n", f"{added}: {default}\n"))
+    resume_experiment(run_dir, quiet=True)
+    assert _results(run_dir)["meta"]["resumed_units"] == UNITS
