@@ -20,6 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from kmethods._numerics import first_minimum
 from kmethods.kernels import RadialKernel
 from kmethods.pairwise import kernel_row_sums, sqdist_product
 from kmethods.thinning._sizes import SLAB_ELEMENTS, slab_block
@@ -49,17 +50,6 @@ def kernel_matrix(kernel, x, y):
 def pair_block(half: int) -> int:
     """Pairs per block: the largest divisor of the number of pairs that is at most PAIR_BLOCK."""
     return max(b for b in range(1, min(PAIR_BLOCK, half) + 1) if half % b == 0)
-
-
-def first_minimum(values, rank):
-    """Along the last axis, the rank of the smallest value, ties to the smallest rank.
-
-    A minimum and a masked minimum of the ranks: two plain reductions, several times faster on
-    a CPU than `argmin`'s paired reduction. For a NaN row the result is clipped to the last rank.
-    """
-    low = jnp.min(values, axis=-1, keepdims=True)
-    size = values.shape[-1]
-    return jnp.minimum(jnp.min(jnp.where(values == low, rank, size), axis=-1), size - 1)
 
 
 def split_signs(gram, uniforms, log_multiplier):
