@@ -180,9 +180,9 @@ def gram_matvec(
     arrays: tuple[Array, ...],
     v: Float[Array, "m ..."],
     *,
-    exclude_diagonal=False,
-    block_size=None,
-    mesh=None,
+    exclude_diagonal: bool = False,
+    block_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Float[Array, "n ..."]:
     """G v for a matrix G given by row blocks, without forming G.
 
