@@ -13,7 +13,7 @@ from jaxtyping import Array, Float
 
 from kmethods import _checks
 from kmethods._scores import scores_at
-from kmethods.kernels import IMQ, Kernel, RadialKernel, check_kernel
+from kmethods.kernels import IMQ, Kernel, RadialKernel, check_kernel, imq_radial_derivatives
 
 # Up to this dimension blocks of a radial base's Stein kernel are evaluated coordinate by
 # coordinate (as `kmethods.pairwise.sqdist` does for squared distances).
@@ -210,28 +210,12 @@ class SteinKernel(Kernel):
 
     def _radial_stein(self, r2, ss, cross, d):
         """k_p from the pairwise terms: g ss + (g'/r) cross - [(d - 1) g'/r + g''], elementwise."""
-        beta = self.imq_exponent
-        if beta is None:
+        if self.imq_exponent is None:
             g, g1_over_r, g2 = self.base.radial_derivatives(r2)
-            return g * ss + g1_over_r * cross - ((d - 1) * g1_over_r + g2)
-        # IMQ with a static exponent: u = c^2 + r^2 / h^2, phi = u^beta (a square root for
-        # beta = -1/2), g'/r = 2 beta phi / (u h^2) and
-        # g'' = g'/r + 2 (beta - 1) r^2 (g'/r) / (u h^2), as `IMQ.radial_derivatives`, written
-        # over one shared 1 / u.
-        base = self.base
-        inv_h2 = 1.0 / jnp.maximum(
-            jnp.square(jnp.asarray(base.bandwidth, r2.dtype)), jnp.finfo(r2.dtype).tiny
-        )
-        inv_u = 1.0 / (jnp.asarray(base.c, r2.dtype) ** 2 + r2 * inv_h2)
-        if beta == -0.5:
-            phi = jnp.sqrt(inv_u)
-        elif beta == -1.0:
-            phi = inv_u
         else:
-            phi = inv_u ** (-beta)
-        g1_over_r = (2.0 * beta) * phi * inv_u * inv_h2
-        g2 = g1_over_r + (2.0 * (beta - 1.0)) * r2 * g1_over_r * inv_u * inv_h2
-        return phi * ss + g1_over_r * cross - ((d - 1) * g1_over_r + g2)
+            base = self.base
+            g, g1_over_r, g2 = imq_radial_derivatives(r2, base.c, self.imq_exponent, base.bandwidth)
+        return g * ss + g1_over_r * cross - ((d - 1) * g1_over_r + g2)
 
     def columns(self, z):
         """The whitened points and scores of z (n, 2d) as two lists of d (n,) coordinate
