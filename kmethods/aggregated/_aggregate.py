@@ -210,8 +210,12 @@ def aggregate(
     quantiles = jnp.take_along_axis(m1_sorted, jnp.clip(index, 0, b1 - 1)[:, None], 1)[:, 0]
     quantiles = jnp.where(index >= 0, quantiles, -jnp.inf)
     p_values = c_obs.astype(dtype) / b1
-    statistic = jnp.min(p_values / w)
-    null_samples = jnp.min(c_draws.astype(dtype) / b1 / w[:, None], axis=0)
+    # min_i p_i / w_i of the data and of the draws in one expression on one array: computed
+    # apart, XLA may round the two differently (a / b1 / w rewritten in one place only), and
+    # the data's exact ties with draws (p-values are multiples of 1 / b1) would stop counting.
+    counts = jnp.concatenate([c_obs[:, None], c_draws], axis=1).astype(dtype)
+    weighted = jnp.min(counts / b1 / w[:, None], axis=0)
+    statistic, null_samples = weighted[0], weighted[1:]
     count = jnp.sum((null_samples <= statistic).astype(dtype))
     p_value = (1.0 + count) / (1.0 + null_samples.shape[0])
     nan = jnp.full((), jnp.nan, dtype)

@@ -506,11 +506,36 @@ def test_smallest_draw_counts_for_the_level_are_accepted():
 
 
 def test_corrected_p_value_is_never_zero():
-    """Far-apart samples: no correction draw is as extreme as the data, and the p-value is
-    1 / (1 + B2), not 0."""
+    """Far-apart samples: the data's p-value is 1 / (1 + B1) for every kernel, which a
+    correction draw ties only when it exceeds all B1 draws for some kernel (one of the 49
+    here), and the corrected p-value is (1 + those ties) / (1 + B2), never 0."""
     rng = np.random.default_rng(21)
     x, y = rng.standard_normal((20, 1)), rng.standard_normal((20, 1)) + 6.0
     options = dict(num_bandwidths=3, num_permutations=39, num_correction=49)
     result = kmethods.mmdagg(jax.random.key(22), x, y, **options)
     assert bool(result.reject)
-    np.testing.assert_allclose(float(result.p_value), 1.0 / 50, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(result.p_values), 1.0 / 40, rtol=1e-6)
+    ties = np.sum(np.asarray(result.null_samples) <= float(result.statistic))
+    assert ties == 1
+    np.testing.assert_allclose(float(result.p_value), (1.0 + ties) / 50, rtol=1e-6)
+
+
+def test_corrected_p_value_counts_ties_with_the_data(x64):
+    """Statistics on a few values tie the data's weighted p-value min_i p_i / w_i with many
+    draws'; with weights 1/6 (not binary fractions) both must round alike, so that the
+    corrected p-value counts every tie (an exact count on the ranks: equal weights). Before,
+    jit rounded the two apart and gave 0.005 where the count gives 0.32 (seed 2)."""
+    num, b1, b2 = 6, 19, 200
+    aggregate = jax.jit(
+        lambda d, w: aggregated.aggregate(
+            d, w, ALPHA, jnp.zeros(num), num_quantile=b1, num_steps=30, kernels=None
+        )
+    )
+    for seed in range(4):
+        draws = np.random.default_rng(seed).integers(0, 3, size=(num, 1 + b1 + b2))
+        result = aggregate(jnp.asarray(draws, jnp.float64), jnp.full(num, 1 / 6))
+        at_least = (draws[:, : b1 + 1, None] >= draws[:, None, :]).sum(1)  # (N, 1 + B)
+        smallest = at_least.min(0)  # equal weights: min_i p_i / w_i follows the ranks
+        expected = (1 + np.sum(smallest[b1 + 1 :] <= smallest[0])) / (1 + b2)
+        np.testing.assert_allclose(float(result.p_value), expected, rtol=1e-12)
+        _check_p_value_and_decision(result.p_value, result.reject, b2)
