@@ -125,7 +125,7 @@ def as_collection(kernels, dtype, name: str = "kernels") -> KernelCollection:
     non-empty sequence of kernels (consecutive kernels of one type become one family)."""
     if isinstance(kernels, KernelCollection):
         cast = lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v
-        return jax.tree.map(lambda v: cast(jnp.asarray(v)), kernels)
+        return _checked(jax.tree.map(lambda v: cast(jnp.asarray(v)), kernels), name)
     if isinstance(kernels, Kernel) or not isinstance(kernels, Sequence) or len(kernels) == 0:
         raise TypeError(
             f"`{name}` must be a non-empty sequence of kmethods kernels or a "
@@ -143,7 +143,29 @@ def as_collection(kernels, dtype, name: str = "kernels") -> KernelCollection:
             groups[-1].append(kernel)
         else:
             groups.append([kernel])
-    return KernelCollection(tuple(_stack(group, dtype) for group in groups))
+    return _checked(KernelCollection(tuple(_stack(group, dtype) for group in groups)), name)
+
+
+def _checked(collection, name):
+    """`collection`, after checking that every family stacks its kernels along one leading
+    axis: a family needs an array parameter (its length is the family's size) and all its
+    parameters of one length."""
+    for i, family in enumerate(collection.families):
+        kind = type(family).__name__
+        shapes = [jnp.shape(leaf) for leaf in jax.tree.leaves(family)]
+        if not shapes:
+            raise TypeError(
+                f"`{name}`: a {kind} kernel has no numeric parameter, and a collection stacks "
+                "its kernels along their parameters; give it one, e.g. "
+                "kmethods.kernels.ScaledKernel(kernel, 1.0)."
+            )
+        if any(len(shape) == 0 for shape in shapes) or len({s[0] for s in shapes}) != 1:
+            raise ValueError(
+                f"`{name}`: family {i} ({kind}) must stack its kernels along a leading axis "
+                f"shared by all its parameters, got parameter shapes {shapes} (pass a list "
+                "of kernels to have them stacked)."
+            )
+    return collection
 
 
 def _geometric(low, high, num):

@@ -16,7 +16,7 @@ from kmethods import aggregated
 from kmethods.aggregated import L1Laplace
 from kmethods.aggregated._mmdagg import _mmdagg
 from kmethods.calibration import permuted_labels
-from kmethods.kernels import IMQ, Gaussian
+from kmethods.kernels import IMQ, Gaussian, Linear
 
 ALPHA = 0.05
 B1, B2, B3 = 60, 60, 50  # draws of the reference checks
@@ -420,6 +420,18 @@ def test_nonfinite_input_raises_eagerly():
         (lambda k, a: kmethods.mmdagg(k, a, a, kernels=[]), TypeError, "`kernels`"),
         (lambda k, a: kmethods.mmdagg(k, a, a, kernels=Gaussian(1.0)), TypeError, "`kernels`"),
         (lambda k, a: kmethods.mmdagg(k, a, a, kernels=[Gaussian(1.0), 3]), TypeError, "`kernels"),
+        (lambda k, a: kmethods.mmdagg(k, a, a, kernels=[Linear()]), TypeError, "`kernels`"),
+        # A collection built by hand must stack its kernels (a scalar bandwidth does not).
+        (
+            lambda k, a: kmethods.mmdagg(k, a, a, aggregated.KernelCollection((Gaussian(1.0),))),
+            ValueError,
+            "`kernels`",
+        ),
+        (
+            lambda k, a: kmethods.hsicagg(k, a, a, [Gaussian(1.0)], [Linear(), Gaussian(1.0)]),
+            TypeError,
+            "`kernels_y`",
+        ),
         (lambda k, a: kmethods.mmdagg(k, a, a, weights="flat"), ValueError, "`weights`"),
         (lambda k, a: kmethods.mmdagg(k, a, a, weights=[1.0, 2.0]), ValueError, "`weights`"),
         (lambda k, a: kmethods.mmdagg(k, a, a, alpha=1.5), ValueError, "`alpha`"),
