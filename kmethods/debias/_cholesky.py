@@ -37,7 +37,9 @@ def constant_preserving_weights(gram):
     with a small rcond), then one step of iterative refinement. O(m^3).
 
     Returns (v, DebiasInfo) with objective v^T K_SS v, gap the relative KKT residual
-    max_i |(K_SS v)_i - v^T K_SS v| / v^T K_SS v, iterations 0, converged when finite."""
+    max_i |(K_SS v)_i - v^T K_SS v| / v^T K_SS v, iterations 0, converged when finite.
+    An integer or half-precision `gram` is computed in float32 (or the default float)."""
+    gram = _square_matrix(gram, "gram")
     m = gram.shape[0]
     dtype = gram.dtype
     gram = 0.5 * (gram + gram.T)
@@ -50,12 +52,31 @@ def constant_preserving_weights(gram):
     y = pinv(ones)
     y = y + pinv(ones - gram @ y)  # iterative refinement: the residual of K y = 1 on range(K)
     v = y / jnp.sum(y)
+    # K 1 = 0 (a zero block): 1^T K^+ 1 = 0, and every v summing to one is optimal; the
+    # uniform one, where its objective is zero to rounding (a PSD K is then 0 on 1).
+    uniform = ones / m
+    zero = jnp.abs(uniform @ gram @ uniform) <= m * jnp.finfo(dtype).eps * jnp.max(jnp.abs(gram))
+    v = jnp.where(zero, uniform, v)
     kv = gram @ v
     f = jnp.dot(v, kv)
     tiny = jnp.finfo(dtype).tiny
     gap = jnp.max(jnp.abs(kv - f)) / jnp.maximum(f, tiny)
     ok = jnp.all(jnp.isfinite(v))
     return v, DebiasInfo(f, gap, jnp.zeros((), jnp.int32), ok)
+
+
+def _square_matrix(a, name):
+    """`a` as a floating (m, m) array, m >= 1 (integers to the default float, half precision
+    to float32), else a TypeError / ValueError naming `name`; shapes only, so it runs on
+    tracers."""
+    a = _checks.as_array(a, name, "(m, m)")
+    if jnp.issubdtype(a.dtype, jnp.integer) or a.dtype == jnp.bool_:
+        a = a.astype(jnp.result_type(float))
+    elif not jnp.issubdtype(a.dtype, jnp.floating):
+        raise TypeError(f"`{name}` must hold real floating values, got dtype {a.dtype}.")
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] == 0:
+        raise ValueError(f"`{name}` must be a square (m, m) matrix, m >= 1, got shape {a.shape}.")
+    return _checks.at_least_float32(a)
 
 
 def swap_with_line_search(z, kernel, support, v, *, signed=False, exclude_present=True):

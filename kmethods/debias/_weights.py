@@ -302,16 +302,34 @@ def rp_cholesky(key, column, diag, rank, *, return_pivots=False):
     takes g = K[:, s] - F F[s]^T, appends g / sqrt(g_s) to F and lowers d by its square.
     O(n rank^2) time, O(n rank) memory. Returns (F, the residual diagonal d >= 0), and the
     (rank,) pivots with `return_pivots` (a pivot repeats only once d is exhausted).
+    `column(s)` must give an (n,) array for an integer index s; an integer or half-precision
+    `diag` is computed in float32 (or the default float).
     """
+    rank = _checks.positive_int(rank, "rank")
+    diag = _checks.as_array(diag, "diag", "(n,)")
+    if jnp.issubdtype(diag.dtype, jnp.integer) or diag.dtype == jnp.bool_:
+        diag = diag.astype(jnp.result_type(float))
+    elif not jnp.issubdtype(diag.dtype, jnp.floating):
+        raise TypeError(f"`diag` must hold real floating values, got dtype {diag.dtype}.")
+    if diag.ndim != 1 or diag.shape[0] == 0:
+        raise ValueError(f"`diag` must have shape (n,), n >= 1, got {diag.shape}.")
+    diag = _checks.at_least_float32(diag)
     n = diag.shape[0]
     dtype = diag.dtype
+    index = jax.ShapeDtypeStruct((), jax.dtypes.canonicalize_dtype(jnp.int64))
+    out = jax.eval_shape(column, index)
+    if getattr(out, "shape", None) != (n,):
+        raise ValueError(
+            f"`column` must map a pivot index to a column of shape ({n},) (as `diag`), got "
+            f"{getattr(out, 'shape', type(out).__name__)}."
+        )
     keys = jax.random.split(key, rank)
 
     def step(i, carry):
         factor, residual, pivots = carry
         logits = jnp.log(jnp.maximum(residual, 0.0))
         s = jax.random.categorical(keys[i], logits)
-        g = column(s) - factor @ factor[s]
+        g = column(s).astype(dtype) - factor @ factor[s]
         pivot = g[s]
         ok = (pivot > 0) & jnp.isfinite(pivot)
         new = jnp.where(ok, g / jnp.sqrt(jnp.where(ok, pivot, 1.0)), 0.0)

@@ -155,3 +155,29 @@ def test_stein_cholesky_bad_inputs(getkey):
         stein_cholesky(0, x, mixture_score, km.IMQ(), out_size=4)
     with pytest.raises(ValueError, match="`score`"):
         stein_cholesky(getkey(), x, jnp.zeros((15, 2)), km.IMQ(), out_size=4)
+
+
+def test_low_level_solvers_check_their_inputs(getkey):
+    """`constant_preserving_weights` and `rp_cholesky` name a malformed argument (they raised
+    IndexError, broadcasting or MLIR errors), take integer matrices as floats, and a zero
+    Stein block gets uniform weights (every weighting is optimal) instead of NaN."""
+    with pytest.raises(ValueError, match="`gram`"):
+        constant_preserving_weights(jnp.ones((2, 3)))
+    with pytest.raises(ValueError, match="`gram`"):
+        constant_preserving_weights(jnp.ones(3))
+    solve = jax.jit(constant_preserving_weights)
+    v, _ = solve(np.diag([2, 1, 1]))  # K^-1 1 = (1/2, 1, 1)
+    np.testing.assert_allclose(v, [0.2, 0.4, 0.4], rtol=1e-6)
+    v, info = solve(jnp.zeros((3, 3)))
+    np.testing.assert_allclose(v, np.full(3, 1 / 3), rtol=1e-6)
+    assert float(info.objective) == 0.0 and bool(info.converged)
+    eye = lambda s: jnp.eye(3)[:, s]
+    with pytest.raises(ValueError, match="`rank`"):
+        rp_cholesky(getkey(), eye, jnp.ones(3), 0)
+    with pytest.raises(ValueError, match="`column`"):
+        rp_cholesky(getkey(), lambda s: jnp.eye(4)[:, s], jnp.ones(3), 2)
+    with pytest.raises(ValueError, match="`diag`"):
+        rp_cholesky(getkey(), eye, jnp.ones((3, 1)), 2)
+    f, residual = jax.jit(lambda k, d: rp_cholesky(k, eye, d, 3))(getkey(), np.ones(3, np.int32))
+    np.testing.assert_allclose(np.asarray(f) @ np.asarray(f).T, np.eye(3), atol=1e-6)
+    np.testing.assert_allclose(residual, 0.0, atol=1e-6)
