@@ -16,6 +16,7 @@ from kmethods._jit import cpu_jit
 from kmethods.debias._kernel import stein_problem
 from kmethods.kernels import Kernel
 from kmethods.pairwise import kernel_matvec
+from kmethods.thinning._sizes import check_key
 
 Score = Callable[[Float[Array, " d"]], Float[Array, " d"]] | Float[Array, "n d"]
 
@@ -446,6 +447,7 @@ def debias_weights(
         raise ValueError('`rank` applies only to method="low_rank".')
     if key is None:
         key = jax.random.key(0)
+    check_key(key)
     _checks.check_positive(tol, "tol")
     max_iter = _checks.positive_int(max_iter, "max_iter")
     block_size = _checks.block_size(block_size)

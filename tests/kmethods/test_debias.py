@@ -368,6 +368,8 @@ def test_bad_inputs_name_the_argument(getkey):
         (lambda: debias_weights(x, score, k, method="low_rank"), ValueError, "rank"),
         (lambda: debias_weights(x, score, k, method="low_rank", rank=21), ValueError, "rank"),
         (lambda: debias_weights(x, score, k, rank=3), ValueError, "rank"),
+        # was JAX's "invalid PRNG key data", naming no argument
+        (lambda: debias_weights(x, score, k, method="low_rank", rank=3, key=0), TypeError, "key"),
         (lambda: debias_weights(x, score, k, tol=0.0), ValueError, "tol"),
         (lambda: debias_weights(x, score, k, max_iter=0), ValueError, "max_iter"),
         (lambda: debias_weights(x, score, "imq"), TypeError, "kernel"),
