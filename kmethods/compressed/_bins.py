@@ -53,6 +53,8 @@ def bin_plan(m: int, n: int, num_bins: int, name: str = "num_bins") -> BinPlan:
     (which takes s_m = s m / (m + n)) and goodpoints' `ctt`. Points past the last whole bin
     of a sample are left out (fewer than one bin's worth).
     """
+    m = _checks.positive_int(m, "m")
+    n = _checks.positive_int(n, "n")
     num_bins = _checks.positive_int(num_bins, name, minimum=2)
     if num_bins > m + n:
         raise ValueError(f"`{name}` must be at most m + n = {m + n}, got {num_bins}.")

@@ -145,6 +145,8 @@ def test_bin_plan_follows_sample_sizes():
     assert compressed.bin_plan(10, 100, 4) == (10, 1, 10)
     with pytest.raises(ValueError, match="num_bins"):
         compressed.bin_plan(4, 4, 9)
+    with pytest.raises(ValueError, match="`m`"):  # was ZeroDivisionError
+        compressed.bin_plan(0, 100, 3)
 
 
 @pytest.mark.slow
