@@ -43,5 +43,17 @@ def scores_at(x, score):
                 f"log p per point), got shape {s.shape}."
             )
     _checks.check_finite(s, "score")
-    dtype = jnp.promote_types(x.dtype, _checks.at_least_float32(s).dtype)
+    dtype = common_float(x, s)
     return x.astype(dtype), s.astype(dtype)
+
+
+def common_float(x, s):
+    """The wider float type of x and of the scores s (at least float32): the promotion
+    jnp.promote_types would give, written out so that it also holds under
+    `jax_numpy_dtype_promotion="strict"` (scores in float32, or integer, with float64 x)."""
+    floats = [
+        _checks.compute_dtype(a.dtype) for a in (x, s) if jnp.issubdtype(a.dtype, jnp.floating)
+    ]
+    if not floats:
+        return jnp.dtype(jnp.float32)
+    return max(floats, key=lambda dtype: jnp.finfo(dtype).bits)

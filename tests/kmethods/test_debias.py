@@ -437,3 +437,18 @@ def test_stratified_round_keeps_the_weights(getkey):
     assert seq.shape == (256,) and np.all(np.diff(seq) >= 0)
     counts = np.bincount(seq, minlength=50)
     assert np.all(np.abs(counts - 256 * np.asarray(w)) < 2)
+
+
+def test_score_arrays_of_another_precision_are_promoted(x64, getkey):
+    """Scores given as a float32 or integer array with float64 points are computed in float64
+    (as jnp.promote_types would), also under strict dtype promotion (the test setting)."""
+    x = jax.random.normal(getkey(), (40, 2))
+    exact = km.ksd2(x, -x, km.IMQ())
+    for scores in ((-x).astype(jnp.float32), jnp.round(-3 * x).astype(jnp.int32)):
+        value = km.ksd2(x, scores, km.IMQ())
+        assert value.dtype == jnp.float64
+        reference = km.ksd2(x, scores.astype(jnp.float64), km.IMQ())
+        np.testing.assert_allclose(value, reference, rtol=1e-12)
+        idx = stein_thin(x, scores, km.IMQ(), out_size=4)
+        assert np.array_equal(idx, stein_thin(x, scores.astype(jnp.float64), km.IMQ(), out_size=4))
+    np.testing.assert_allclose(km.ksd2(x, (-x).astype(jnp.float32), km.IMQ()), exact, rtol=1e-6)
