@@ -50,8 +50,9 @@ def block_mmd_test(
       key: unused (the B-test is deterministic); taken so that every two-sample test is
         called as `test(key, x, y, kernel)`.
       x: (m, d). y: (n, d). kernel: a `kmethods` kernel.
-      block_size: b_x >= 2 (default floor(sqrt(m))); K = m // b_x >= 2 blocks, and
-        n // K >= 2.
+      block_size: b_x >= 2 (default floor(sqrt(m)), or m // floor(sqrt(n)) when y is so
+        much smaller that sqrt(m) blocks would leave fewer than 2 of its points in each);
+        K = m // b_x >= 2 blocks, and n // K >= 2.
       alpha: level.
 
     Returns:
@@ -66,7 +67,14 @@ def block_mmd_test(
     check_kernel(kernel)
     alpha = _checks.probability(alpha, "alpha", traced_ok=True)
     m, n = x.shape[0], y.shape[0]
-    size_x = math.isqrt(m) if block_size is None else block_size
+    if block_size is None:
+        size_x = math.isqrt(m)
+        if n // max(m // size_x, 1) < 2:
+            # y is the much smaller sample: sqrt(n) blocks, so that each holds
+            # about sqrt(n) >= 2 points of y.
+            size_x = m // max(math.isqrt(n), 1)
+    else:
+        size_x = block_size
     size_x = _checks.positive_int(size_x, "block_size", minimum=2)
     num_blocks = m // size_x
     if num_blocks < 2 or n // max(num_blocks, 1) < 2:

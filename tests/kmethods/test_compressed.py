@@ -340,6 +340,19 @@ def test_block_mmd_matches_dense_blocks():
     assert result.null_samples.shape == (0,)
 
 
+def test_block_mmd_default_blocks_fit_a_much_smaller_y():
+    """m = 10 n: sqrt(m) blocks would leave one point of y in each; the default then takes
+    sqrt(n) blocks (here 3 blocks of 33 points of x and 3 of y), as an explicit block_size."""
+    x = jax.random.normal(jax.random.key(1), (100, 2))
+    y = jax.random.normal(jax.random.key(2), (10, 2))
+    default = compressed.block_mmd_test(None, x, y, km.Gaussian(1.0))
+    explicit = compressed.block_mmd_test(None, x, y, km.Gaussian(1.0), block_size=33)
+    assert np.isfinite(default.statistic)
+    np.testing.assert_array_equal(default.statistic, explicit.statistic)
+    with pytest.raises(ValueError, match="block_size"):
+        compressed.block_mmd_test(None, x, y, km.Gaussian(1.0), block_size=10)
+
+
 # ----------------------------------------------------------------------------- contract
 
 
