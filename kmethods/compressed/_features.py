@@ -55,6 +55,10 @@ def random_frequencies(
       dtype: floating dtype of the result.
     """
     check_fourier_kernel(kernel)
+    dim = _checks.positive_int(dim, "dim")
+    num_frequencies = _checks.positive_int(num_frequencies, "num_frequencies")
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"`dtype` must be a floating dtype, got {jnp.dtype(dtype).name}.")
     k_normal, k_gamma = jax.random.split(key)
     z = jax.random.normal(k_normal, (dim, num_frequencies), dtype)
     h = jnp.asarray(kernel.bandwidth, dtype)
@@ -70,6 +74,11 @@ def random_features(
 ) -> Float[Array, "n 2F"]:
     """phi(x) = F^{-1/2} [cos(x W), sin(x W)] for the frequencies W of shape (d, F), shape
     (n, 2F): phi(x)'phi(y) estimates k(x, y) without bias."""
+    if x.ndim != 2 or frequencies.ndim != 2 or x.shape[1] != frequencies.shape[0]:
+        raise ValueError(
+            f"`x` (n, d) and `frequencies` (d, F) must share d; got shapes {x.shape} and "
+            f"{frequencies.shape}."
+        )
     projections = x @ frequencies
     scale = 1.0 / jnp.sqrt(jnp.asarray(frequencies.shape[1], x.dtype))
     return scale * jnp.concatenate([jnp.cos(projections), jnp.sin(projections)], axis=1)

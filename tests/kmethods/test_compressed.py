@@ -375,6 +375,14 @@ def test_errors_name_the_argument():
         compressed.block_mmd_test(key, x, x, km.Gaussian(1.0), block_size=40)
     with pytest.raises(ValueError, match="dimension"):
         km.ctt_test(key, x, jnp.zeros((64, 3)), km.Gaussian(1.0), g=1, num_bins=4)
+    with pytest.raises(ValueError, match="`dim`"):
+        compressed.random_frequencies(key, km.Gaussian(1.0), 0, 8)
+    with pytest.raises(ValueError, match="`num_frequencies`"):
+        compressed.random_frequencies(key, km.Gaussian(1.0), 2, 0)
+    with pytest.raises(TypeError, match="`dtype`"):
+        compressed.random_frequencies(key, km.Gaussian(1.0), 2, 8, dtype=jnp.int32)
+    with pytest.raises(ValueError, match="share d"):
+        compressed.random_features(x, jnp.zeros((3, 8)))
     with pytest.raises(TypeError, match="`key`"):
         km.ctt_test(0, x, x, km.Gaussian(1.0), g=1, num_bins=4)
     with pytest.raises(ValueError, match="`num_permutations` = 18 is too small"):
