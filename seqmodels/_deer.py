@@ -222,7 +222,8 @@ def _adjoint_quasi(fns, consts, hprev, xs, g, options):
 
     def cond(carry):
         it, _, err = carry
-        return (it < max(max_iter, length)) & ~(err <= tol)
+        # exact after L iterations, whatever the forward solve's (possibly damped) cap
+        return (it < max(min(max_iter, length + 1), length)) & ~(err <= tol)
 
     inf = jnp.asarray(jnp.inf, g.dtype)
     _, lam, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), g, inf))
@@ -371,8 +372,9 @@ def deer_solve(
       xs: the inputs, a pytree of arrays with a common leading time axis of length L.
       method: "newton" (DEER; full Jacobians, O(L H^2) memory) or "quasi" (quasi-DEER;
         Jacobian diagonals, O(L H) memory).
-      max_iter: iteration cap (default 1000, never more than L + 1, since L undamped iterations
-        already give the exact answer). Contractive cells need a handful of Newton iterations;
+      max_iter: iteration cap (default 1000; without damping never more than L + 1, since L
+        undamped iterations already give the exact answer, while a damped step is not exact
+        and may need more). Contractive cells need a handful of Newton iterations;
         cells whose Jacobians expand (spectral radius > 1 over long stretches, as trained
         RNNs can have) may need hundreds.
       tol: convergence when no state entry h moves by more than `tol * (1 + |h|)` in an
@@ -461,7 +463,9 @@ def deer_solve(
             )
     # the solver name is mapped to its `Solver` once; every inner linear solve takes the object
     solver = resolve_solver(solver, None, length)
-    options = (method, min(max_iter, length + 1), float(tol), damping is not None, solver)
+    # L undamped (Newton or quasi) iterations give the exact answer; a damped step does not
+    cap = max_iter if damping is not None else min(max_iter, length + 1)
+    options = (method, cap, float(tol), damping is not None, solver)
     h, it, converged = _deer(fns, consts, h0_flat, xs, init_flat, damping_arr, options)
     # the diagnostics carry no gradient; without this, their (float0) tangents would reach
     # integer and boolean ops downstream under `grad`

@@ -64,6 +64,7 @@ def damped_step(a, b, h0, guess, damping, quasi, solver):
         m_pred_next = jnp.einsum("lij,lj->li", a[1:], m[:-1]) + b[1:]
         offset = m[:-1] - jnp.einsum("lij,lj->li", smooth_gain, m_pred_next)
     # m^s_t = G_t m^s_{t+1} + offset_t, m^s_{L-1} = m_{L-1}: a reverse linear recurrence.
-    smooth_gain = jnp.concatenate([smooth_gain, jnp.zeros_like(smooth_gain[:1])])
+    # (the zero gain has a's shape: smooth_gain[:1] is empty when L = 1)
+    smooth_gain = jnp.concatenate([smooth_gain, jnp.zeros_like(a[:1], smooth_gain.dtype)])
     offset = jnp.concatenate([offset, m[-1:]])
     return linear_recurrence(smooth_gain, offset, jnp.zeros_like(h0), reverse=True, method=solver)

@@ -169,6 +169,29 @@ def test_damped_solve_converges_to_the_sequential_solution(method, x64):
     assert _max_dev(sol.states, ref) < 1e-8
 
 
+def test_damped_solve_of_one_step():
+    """ELK on L = 1 crashed: its smoother's L - 1 gains, an empty array, were extended by
+    `zeros_like` of their own (empty) first row."""
+    cell, xs = _problem(sm.cells.ElmanCell, 3, 1, jnp.float32)
+    ref = sm.sequential_solve(cell, cell.init_state(), xs)
+    for method in ("newton", "quasi"):
+        sol = sm.deer_solve(cell, cell.init_state(), xs, method=method, damping=1.0)
+        assert bool(sol.converged), method
+        assert _max_dev(sol.states, ref) < 1e-5
+
+
+def test_damped_solve_is_not_cut_at_the_undamped_bound():
+    """`max_iter` was capped at L + 1, the bound of undamped Newton, for damped solves too:
+    at L = 9 with damping 1, quasi-ELK stopped after 10 unconverged iterations, 0.04 from
+    the answer (and `RNN` turned it into NaN); it needs about 40."""
+    cell, xs = _problem(sm.cells.ElmanCell, 3, 9, jnp.float32)
+    ref = sm.sequential_solve(cell, cell.init_state(), xs)
+    sol = sm.deer_solve(cell, cell.init_state(), xs, method="quasi", damping=1.0)
+    assert bool(sol.converged)
+    assert int(sol.num_iters) > 10
+    assert _max_dev(sol.states, ref) < 1e-4
+
+
 def test_warm_start_from_the_solution_stops_at_once(x64):
     cell, xs = _problem(sm.cells.GRUCell, 8, 300, jnp.float64)
     ref = sm.sequential_solve(cell, cell.init_state(), xs)
