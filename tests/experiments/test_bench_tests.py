@@ -15,23 +15,10 @@ def _hyppo(stat_fn, *args):
         return float(stat_fn(*args))
 
 
-def test_hyppo_statistics_map_onto_kseq(x64, getkey):
-    """The mapping written in bench_tests' docstring reproduces hyppo's statistics exactly, at
-    equal and unequal sample sizes (one test, so that hyppo's numba compiles once)."""
-    from hyppo.independence import Hsic
-    from hyppo.ksample import MMD
-
-    for n, m in [(40, 40), (30, 45)]:
-        x = np.asarray(jax.random.normal(getkey(), (n, 3)))
-        y = np.asarray(0.5 * x[:, :2] + jax.random.normal(getkey(), (n, 2)))
-        hsic = _hyppo(Hsic().statistic, x, y)
-        np.testing.assert_allclose(hyppo_hsic_in_kseq(x, y), hsic, rtol=1e-9)
-        z = np.asarray(0.3 + jax.random.normal(getkey(), (m, 3)))
-        mmd = _hyppo(MMD().statistic, x, z)
-        np.testing.assert_allclose(hyppo_mmd_in_kseq(x, z), mmd, rtol=1e-9)
-
-
-def test_bench_tests_tiny_run(tiny_run):
+def test_bench_tests_tiny_run_and_the_hyppo_mapping(tiny_run, getkey):
+    """A tiny run of the benchmark, then the mapping written in bench_tests' docstring against
+    hyppo's statistics at equal and unequal sample sizes. One test, so that hyppo's numba
+    functions compile once (about 40 CPU s each time on a fresh install)."""
     run_dir, results = tiny_run(
         "bench_tests",
         "sample_sizes=[30] num_permutations=20 repeats=1 hyppo_reps_large=10",
@@ -50,3 +37,16 @@ def test_bench_tests_tiny_run(tiny_run):
         if r["null"] == "permutation":
             assert r["statistic_rel_diff"] < 1e-8
     assert (run_dir / "plots" / "times.png").is_file()
+
+    from hyppo.independence import Hsic
+    from hyppo.ksample import MMD
+
+    with jax.enable_x64(True):
+        for n, m in [(40, 40), (30, 45)]:
+            x = np.asarray(jax.random.normal(getkey(), (n, 3)))
+            y = np.asarray(0.5 * x[:, :2] + jax.random.normal(getkey(), (n, 2)))
+            hsic = _hyppo(Hsic().statistic, x, y)
+            np.testing.assert_allclose(hyppo_hsic_in_kseq(x, y), hsic, rtol=1e-9)
+            z = np.asarray(0.3 + jax.random.normal(getkey(), (m, 3)))
+            mmd = _hyppo(MMD().statistic, x, z)
+            np.testing.assert_allclose(hyppo_mmd_in_kseq(x, z), mmd, rtol=1e-9)
