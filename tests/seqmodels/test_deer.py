@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
-from jax.test_util import check_grads
 
 import seqmodels as sm
 from seqmodels._elk import damped_step
+from tests.gradcheck import check_grads
 
 CELLS = [sm.cells.ElmanCell, sm.cells.GRUCell, sm.cells.LSTMCell, sm.cells.NeuralODECell]
 

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl.testing import parameterized
-from jax.test_util import check_grads
 
 from seqmodels import linear_recurrence
+from tests.gradcheck import check_grads
 
 METHODS = ["sequential", "associative", "chunked", "auto"]
 
