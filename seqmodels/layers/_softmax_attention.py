@@ -138,7 +138,9 @@ class SoftmaxAttention(eqx.Module):
     ) -> tuple[tuple[Inexact[Array, "length H K"], ...], Float[Array, " d_model"]]:
         """One token x_t of shape (d_model,) at the position held in the state: its key and
         value enter the cache and y_t (d_model,) is the t-th row of `__call__` on the tokens
-        so far. Tokens beyond the cache's `length` are not stored (the cache is full)."""
+        so far. The cache holds `length` tokens: a token beyond it gets a NaN output and
+        leaves the state as it was (it used to overwrite the last key and value, silently),
+        so size the cache for the whole generation."""
         attention, x, out = self._prepared(x_t, token=True)
         keys, values, t = state
         split = lambda proj: proj(x).reshape(self.num_heads, self.head_dim)
@@ -149,8 +151,15 @@ class SoftmaxAttention(eqx.Module):
         )
         if self.rotary:
             q, k = (rotate(a[None], t[None], self.theta)[0] for a in (q, k))
-        keys = jax.lax.dynamic_update_slice(keys, k[None].astype(keys.dtype), (t, 0, 0))
-        values = jax.lax.dynamic_update_slice(values, v[None].astype(values.dtype), (t, 0, 0))
+        fits = t < keys.shape[0]  # dynamic_update_slice would clamp t onto the last slot
+        keys = jnp.where(
+            fits, jax.lax.dynamic_update_slice(keys, k[None].astype(keys.dtype), (t, 0, 0)), keys
+        )
+        values = jnp.where(
+            fits,
+            jax.lax.dynamic_update_slice(values, v[None].astype(values.dtype), (t, 0, 0)),
+            values,
+        )
         logits = jnp.einsum("hk,shk->hs", q, keys.astype(q.dtype)) / jnp.sqrt(
             jnp.asarray(self.head_dim, q.dtype)
         )
@@ -158,4 +167,6 @@ class SoftmaxAttention(eqx.Module):
         logits = jnp.where(seen[None], logits, jnp.finfo(logits.dtype).min)
         weights = jax.nn.softmax(logits.astype(compute_dtype(logits.dtype)), axis=-1)
         y = jnp.einsum("hs,shv->hv", weights.astype(q.dtype), values.astype(q.dtype))
-        return (keys, values, t + 1), attention.output_proj(y.reshape(-1)).astype(out)
+        y = attention.output_proj(y.reshape(-1))
+        y = jnp.where(fits, y, jnp.asarray(jnp.nan, y.dtype))
+        return (keys, values, jnp.where(fits, t + 1, t)), y.astype(out)

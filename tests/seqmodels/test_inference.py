@@ -174,3 +174,22 @@ def test_step_errors(getkey):
     )
     with pytest.raises(TypeError, match="Identity"):
         model.init_state()
+
+
+def test_softmax_attention_step_and_a_full_cache(getkey):
+    """SoftmaxAttention's step equals its call while the cache has room; a token beyond the
+    cache's length gets a NaN output and leaves the cache as it was (it overwrote the last
+    key and value, and returned finite outputs 0.07 and 0.28 away from the call's)."""
+    layer = layers.SoftmaxAttention(8, num_heads=2, key=getkey())
+    x = jax.random.normal(getkey(), (5, 8))
+    full = layer(x)
+    state = layer.init_state(3)
+    for t in range(3):
+        state, y = layer.step(state, x[t])
+        np.testing.assert_allclose(y, full[t], rtol=1e-5, atol=1e-6)
+    cache = state
+    for t in (3, 4):
+        state, y = layer.step(state, x[t])
+        assert bool(jnp.all(jnp.isnan(y)))
+    for got, want in zip(state, cache, strict=True):
+        np.testing.assert_array_equal(got, want)
