@@ -47,6 +47,23 @@ def _init_params(key, input_size, hidden_size, dtype, gates, *extra):
     )
 
 
+def _check_step(cell, x, **states):
+    """A ValueError naming the cell and the argument unless every state in `states` has shape
+    (hidden_size,) and x has shape (input_size,): one time step per call. (A wrong shape
+    otherwise fails in a matrix product, naming neither, or inside `deer_solve`.)"""
+    hidden, width = cell.hidden_size, cell.input_size
+    got = {**{name: jnp.shape(v) for name, v in states.items()}, "x": jnp.shape(x)}
+    want = {**{name: (hidden,) for name in states}, "x": (width,)}
+    if got != want:
+        expected = ", ".join(f"{n} of shape {s}" for n, s in want.items())
+        received = ", ".join(f"{n} of shape {s}" for n, s in got.items())
+        raise ValueError(
+            f"{type(cell).__name__} expected {expected} (one time step), got {received}; the "
+            "state is h0 at the first step and xs holds one x per step along its leading axis "
+            "(use jax.vmap over a batch)."
+        )
+
+
 def _sigmoid_grad(s):
     return s * (1.0 - s)
 
@@ -60,6 +77,10 @@ class _WeightedCell(eqx.Module):
     @property
     def hidden_size(self):
         return self.bias.shape[0] // self._num_gates
+
+    @property
+    def input_size(self):
+        return self.weight_ih.shape[1]
 
     def init_state(self):
         return jnp.zeros(self.hidden_size, self.bias.dtype)
@@ -79,6 +100,7 @@ class ElmanCell(_WeightedCell):
     def __call__(
         self, h: Float[Array, " hidden"], x: Float[Array, " input"]
     ) -> Float[Array, " hidden"]:
+        _check_step(self, x, h=h)
         return jnp.tanh(self.weight_hh @ h + self.weight_ih @ x + self.bias)
 
     def diag_jacobian(self, h, x):
@@ -104,6 +126,7 @@ class GRUCell(_WeightedCell):
         self.weight_ih, self.weight_hh, self.bias, self.bias_hn = params
 
     def _gates(self, h, x):
+        _check_step(self, x, h=h)
         size = self.hidden_size
         gi = self.weight_ih @ x + self.bias
         gh = self.weight_hh[: 2 * size] @ h
@@ -152,6 +175,7 @@ class LSTMCell(_WeightedCell):
         return zeros, zeros
 
     def _gates(self, h, c, x):
+        _check_step(self, x, h=h, c=c)
         pre = self.weight_ih @ x + self.weight_hh @ h + self.bias
         i, f, g, o = jnp.split(pre, 4)
         i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
@@ -203,12 +227,17 @@ class NeuralODECell(eqx.Module):
     def hidden_size(self):
         return self.field.hidden_size
 
+    @property
+    def input_size(self):
+        return self.field.input_size
+
     def init_state(self):
         return self.field.init_state()
 
     def __call__(
         self, h: Float[Array, " hidden"], x: Float[Array, " input"]
     ) -> Float[Array, " hidden"]:
+        _check_step(self, x, h=h)
         dt, v = self.dt, self.field
         k1 = v(h, x)
         k2 = v(h + 0.5 * dt * k1, x)

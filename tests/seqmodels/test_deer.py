@@ -1,6 +1,8 @@
 """DEER, quasi-DEER and ELK against the sequential solution; gradients against backprop
 through `lax.scan` and finite differences; the cells' closed-form Jacobian diagonals."""
 
+import re
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -287,3 +289,27 @@ def test_bad_input():
         sm.RNN(cell, solver="fast")
     with pytest.raises(ValueError, match="hidden_size"):
         sm.cells.GRUCell(3, 0, key=jax.random.key(0))
+
+
+@pytest.mark.parametrize("cell_type", CELLS, ids=lambda c: c.__name__)
+def test_cells_name_a_wrong_state_or_input_shape(cell_type):
+    """A wrong h0 (too short, or batched) or xs (wrong width, or batch-first) is a ValueError
+    naming the cell, the argument and both shapes, from every solve (it was a dot_general
+    TypeError naming neither)."""
+    cell, xs = _problem(cell_type, 4, 6, jnp.float32)
+    h0 = cell.init_state()
+    bad_h0 = jax.tree.map(lambda h: jnp.zeros((2, 4)), h0)
+    solves = [
+        sm.sequential_solve,
+        lambda *a: sm.deer_solve(*a, method="newton"),
+        lambda *a: sm.deer_solve(*a, method="quasi"),
+    ]
+    for solve in solves:
+        with pytest.raises(ValueError, match=rf"{cell_type.__name__}.*h of shape \(4,\).*\(2, 4\)"):
+            solve(cell, bad_h0, xs)
+        for bad_xs in (jnp.ones((6, 5)), jnp.ones((2, 6, 3))):
+            shape = re.escape(str(bad_xs.shape[1:]))
+            with pytest.raises(ValueError, match=rf"x of shape \(3,\).*{shape}"):
+                solve(cell, h0, bad_xs)
+    with pytest.raises(ValueError, match=r"jax\.vmap"):
+        sm.RNN(cell)(jnp.ones((2, 6, 3)))
