@@ -151,15 +151,14 @@ class SoftmaxAttention(eqx.Module):
         )
         if self.rotary:
             q, k = (rotate(a[None], t[None], self.theta)[0] for a in (q, k))
-        fits = t < keys.shape[0]  # dynamic_update_slice would clamp t onto the last slot
-        keys = jnp.where(
-            fits, jax.lax.dynamic_update_slice(keys, k[None].astype(keys.dtype), (t, 0, 0)), keys
-        )
-        values = jnp.where(
-            fits,
-            jax.lax.dynamic_update_slice(values, v[None].astype(values.dtype), (t, 0, 0)),
-            values,
-        )
+        # dynamic_update_slice clamps t onto the last slot: past the end, that slot is
+        # rewritten with what it holds (a one-row select, so the cache stays updated in place)
+        fits = t < keys.shape[0]
+        slot = jnp.minimum(t, keys.shape[0] - 1)
+        k = jnp.where(fits, k.astype(keys.dtype), keys[slot])
+        v = jnp.where(fits, v.astype(values.dtype), values[slot])
+        keys = jax.lax.dynamic_update_slice(keys, k[None], (slot, 0, 0))
+        values = jax.lax.dynamic_update_slice(values, v[None], (slot, 0, 0))
         logits = jnp.einsum("hk,shk->hs", q, keys.astype(q.dtype)) / jnp.sqrt(
             jnp.asarray(self.head_dim, q.dtype)
         )
